@@ -13,3 +13,15 @@ array, a saved statistics .npz, a numpy array or torch tensor (N,H,W,C or N,C,H,
 in [0, 1]), or a SetStats. ``progress`` is called with app.schemas.Progress; ``should_cancel()``
 returning True makes the engine raise app.errors.CancelledError at its next batch.
 """
+
+_EXPORTS = {"score": "pipeline", "compute_stats": "pipeline", "extract": "pipeline", "inspect": "pipeline",
+            "load_stats": "stats", "SetStats": "stats"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):  # lazy: importing a submodule (e.g. stats) does not load the whole engine
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(name)
