@@ -1,0 +1,77 @@
+"""The Fréchet core against scipy's sqrtm (pytorch-fid's calculate_frechet_distance) and analytic cases."""
+
+import numpy as np
+import pytest
+from pytorch_fid.fid_score import calculate_frechet_distance as pytorch_fid_frechet
+
+from worker.engine.frechet import frechet_distance
+from worker.engine.stats import Gaussian, Moments
+
+REL = 1e-6  # the issue's acceptance tolerance on well-conditioned cases
+
+
+def _sets(d, n1, n2, seed=0):
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    x = (rng.normal(size=(n1, d)) @ mix).astype(np.float32)
+    y = (rng.normal(size=(n2, d)) @ mix * 1.2 + 0.3).astype(np.float32)
+    return x, y
+
+
+def _moments(rows, batch):
+    m = Moments(rows.shape[1])
+    for i in range(0, len(rows), batch):
+        m.add(rows[i:i + batch])
+    return m.gaussian()
+
+
+def _reference(x, y):
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    return pytorch_fid_frechet(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+
+
+@pytest.mark.parametrize("d,n1,n2", [
+    (64, 400, 900),    # both sets larger than d: Cholesky + eigvalsh route
+    (64, 40, 900),     # one small set: n1 x n1 eigenproblem
+    (64, 40, 50),      # both small: nuclear norm of the cross matrix
+    (512, 100, 120),   # both small, wide
+])
+def test_equals_scipy_sqrtm(d, n1, n2):
+    x, y = _sets(d, n1, n2)
+    ours = frechet_distance(_moments(x, 33), _moments(y, 50))
+    assert ours == pytest.approx(_reference(x, y), rel=REL)
+
+
+def test_equals_scipy_sqrtm_at_d2048_with_small_sets():
+    x, y = _sets(2048, 120, 150, seed=3)
+    assert frechet_distance(_moments(x, 64), _moments(y, 64)) == pytest.approx(_reference(x, y), rel=REL)
+
+
+def test_equal_covariances_give_the_squared_mean_distance():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(32, 32))
+    sigma = a @ a.T + np.eye(32)
+    mu1, mu2 = rng.normal(size=32), rng.normal(size=32)
+    fid = frechet_distance(Gaussian(1000, mu1, sigma=sigma), Gaussian(1000, mu2, sigma=sigma.copy()))
+    assert fid == pytest.approx(float(np.sum((mu1 - mu2) ** 2)), rel=1e-9)
+
+
+def test_diagonal_covariances_have_a_closed_form():
+    d1, d2 = np.linspace(0.5, 3, 16), np.linspace(2, 0.1, 16)
+    fid = frechet_distance(Gaussian(10, np.zeros(16), sigma=np.diag(d1)), Gaussian(10, np.zeros(16), sigma=np.diag(d2)))
+    assert fid == pytest.approx(float(np.sum((np.sqrt(d1) - np.sqrt(d2)) ** 2)), rel=1e-9)
+
+
+def test_identical_sets_give_zero_never_negative():
+    x, _ = _sets(128, 60, 10)
+    for g in (_moments(x, 7), _moments(np.concatenate([x] * 4), 7)):
+        fid = frechet_distance(g, g)
+        assert 0.0 <= fid < 1e-8
+
+
+def test_singular_covariance_from_repeated_images_is_finite():
+    x, y = _sets(32, 8, 200)
+    repeated = np.repeat(x, 10, axis=0)  # 80 rows, rank 7 in 32 dims: Cholesky fails
+    fid = frechet_distance(_moments(repeated, 16), _moments(y, 16))
+    assert np.isfinite(fid)
+    assert fid == pytest.approx(_reference(repeated, y), rel=1e-5)

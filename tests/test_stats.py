@@ -1,0 +1,124 @@
+"""Streaming statistics: batch-size independence, exact shard merges, pickle-free .npz."""
+
+import json
+
+import numpy as np
+import pytest
+
+from app.errors import IncompatibleStatsError, InputError
+from app.schemas import ScoreOptions, SkippedFile
+from worker.engine.frechet import frechet_distance
+from worker.engine.stats import CHUNK, Moments, SetStats, check_compatible, fingerprint, load_stats
+
+
+def _rows(n, d=16, seed=0, offset=0.0):
+    return (np.random.default_rng(seed).normal(size=(n, d)) * 3 + offset).astype(np.float32)
+
+
+def _feed(rows, batch, keep_rows=False):
+    m = Moments(rows.shape[1], keep_rows=keep_rows)
+    for i in range(0, len(rows), batch):
+        m.add(rows[i:i + batch])
+    return m
+
+
+@pytest.mark.parametrize("n", [10, 16, 17, CHUNK * 3 + 5])
+def test_mean_and_covariance_match_numpy_and_do_not_depend_on_batch_size(n):
+    x = _rows(n)
+    g1, g7, gall = (_feed(x, b).gaussian() for b in (1, 7, n))
+    for g in (g7, gall):
+        assert np.array_equal(g.mu, g1.mu) and np.array_equal(g.covariance(), g1.covariance())
+    assert np.allclose(g1.mu, x.astype(np.float64).mean(0), rtol=0, atol=1e-12)
+    assert np.allclose(g1.covariance(), np.cov(x.astype(np.float64), rowvar=False), rtol=1e-12, atol=1e-12)
+
+
+def test_small_sets_keep_rows_large_sets_keep_a_matrix():
+    assert _feed(_rows(16), 4).gaussian().rows is not None  # n <= d: rank-(n-1) factor
+    big = _feed(_rows(CHUNK * 2), 50).gaussian()
+    assert big.rows is None and big.sigma is not None
+
+
+def test_float64_accumulation_survives_a_large_offset():
+    """float32 sums drift with many images far from zero; ours stay exact to ~1e-9."""
+    x = _rows(CHUNK * 4, offset=1e4)
+    g = _feed(x, 100).gaussian()
+    assert np.allclose(g.covariance(), np.cov(x.astype(np.float64), rowvar=False), rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("na,nb", [(5, 7), (300, 600), (10, 900)])
+def test_shards_merge_exactly(na, nb):
+    x = _rows(na + nb, seed=4)
+    whole = _feed(x, 64).gaussian()
+    merged = _feed(x[:na], 64).merge(_feed(x[na:], 64)).gaussian()
+    assert merged.n == whole.n
+    assert np.allclose(merged.mu, whole.mu, rtol=0, atol=1e-12)
+    assert np.allclose(merged.covariance(), whole.covariance(), rtol=1e-10, atol=1e-12)
+
+
+def _setstats(n, seed, passes=3, options=None):
+    options = options or ScoreOptions(passes=passes)
+    x = _rows(n, d=2048, seed=seed)
+    return SetStats(plain=_feed(x, 32, keep_rows=True),
+                    mc=[_feed(x + 0.01 * t, 32) for t in range(passes)],
+                    names=[f"img{i}.png" for i in range(n)],
+                    latent_variance=np.linspace(0, 1, n),
+                    skipped=[SkippedFile(name="bad.png", reason="cannot identify image file")],
+                    fingerprint=fingerprint("abc", options), source="test")
+
+
+def test_npz_roundtrip_keeps_everything_and_pytorch_fid_can_read_it(tmp_path):
+    s = _setstats(40, seed=1)
+    path = tmp_path / "ref.npz"
+    s.save(path)
+    with np.load(path, allow_pickle=False) as z:  # what pytorch-fid / clean-fid do with our file
+        assert z["mu"].shape == (2048,) and z["sigma"].shape == (2048, 2048)
+        assert np.allclose(z["mu"], s.plain.gaussian().mu)
+    back = load_stats(path)
+    assert back.n == 40 and back.names == s.names and back.fingerprint == s.fingerprint
+    assert back.skipped == s.skipped and len(back.mc) == 3
+    other = _setstats(30, seed=2)
+    for t in range(3):
+        assert frechet_distance(back.mc[t].gaussian(), other.mc[t].gaussian()) == pytest.approx(
+            frechet_distance(s.mc[t].gaussian(), other.mc[t].gaussian()), rel=1e-12)
+
+
+def test_pytorch_fid_statistics_are_read(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(8, 8))
+    np.savez(tmp_path / "theirs.npz", mu=np.ones(8), sigma=a @ a.T)
+    s = load_stats(tmp_path / "theirs.npz")
+    assert s.fingerprint is None and s.mc == []
+    assert np.allclose(s.plain.gaussian().covariance(), a @ a.T)
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    np.save(tmp_path / "x.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "evil.npz", "w") as z:
+        z.write(tmp_path / "x.npy", "mu.npy")
+        z.write(tmp_path / "x.npy", "sigma.npy")
+    with pytest.raises(InputError):
+        load_stats(tmp_path / "evil.npz")
+
+
+def test_npz_without_mu_sigma_names_the_keys(tmp_path):
+    np.savez(tmp_path / "x.npz", foo=np.zeros(3))
+    with pytest.raises(InputError, match="'mu' and 'sigma'"):
+        load_stats(tmp_path / "x.npz")
+
+
+def test_incompatible_fingerprints_name_the_difference():
+    a = fingerprint("abc", ScoreOptions(seed=1))
+    b = fingerprint("abc", ScoreOptions(seed=2, resize="legacy_pytorch"))
+    with pytest.raises(IncompatibleStatsError) as e:
+        check_compatible(a, b)
+    assert "seed: 1 vs 2" in e.value.message and "resize" in e.value.message
+    with pytest.raises(IncompatibleStatsError):
+        _setstats(10, 1).merge(_setstats(10, 2, options=ScoreOptions(passes=3, dropout_rate=0.5)))
+
+
+def test_setstats_shards_merge():
+    a, b = _setstats(20, 1), _setstats(25, 2)
+    m = a.merge(b)
+    assert m.n == 45 and m.names == a.names + b.names and len(m.latent_variance) == 45
+    json.dumps(m.fingerprint)

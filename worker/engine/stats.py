@@ -1,0 +1,283 @@
+"""Statistics of one image set: streaming mean and covariance per pass, in float64.
+
+Memory does not grow with the number of images: rows (float32 features, exactly what the network
+gives) are buffered in fixed chunks of CHUNK rows and merged with Chan's pairwise update
+
+    M2 = M2_a + M2_b + (mu_b - mu_a)(mu_b - mu_a)^T * n_a n_b / n
+
+so the result depends only on the order of the images, never on the batch size used to compute
+them. While a set has no more images than dimensions (the usual case for medical sets) the rows are
+kept instead: the centred rows are a rank-(n-1) factor of the covariance, smaller than the d x d
+matrix and the key to the fast Fréchet path (frechet.py).
+
+Partial statistics of disjoint shards merge exactly (``Moments.merge``), so a big job can be split
+over many workers. ``SetStats`` holds everything about one set and saves to / loads from a .npz
+without pickle: ``mu`` and ``sigma`` of the plain pass (readable by pytorch-fid and clean-fid; we
+read theirs too), the per-pass MC statistics, per-image latent variances and a fingerprint of the
+weights, preprocessing and MC settings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.errors import IncompatibleStatsError, InputError
+from app.schemas import SkippedFile
+
+CHUNK = 256
+FORMAT = "trustfid-stats-1"
+
+
+@dataclass
+class Gaussian:
+    """Mean and covariance of one set under one pass. ``rows`` (float32, n x d) is kept when
+    n <= d; then the covariance is F^T F with the factor F = (rows - mu) / sqrt(n - 1)."""
+
+    n: int
+    mu: np.ndarray
+    sigma: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    weighted_factor: np.ndarray | None = None  # a factor given directly (bootstrap resamples)
+
+    def factor(self) -> np.ndarray | None:
+        if self.weighted_factor is not None:
+            return self.weighted_factor
+        if self.rows is None:
+            return None
+        return (self.rows.astype(np.float64) - self.mu) / np.sqrt(max(self.n - 1, 1))
+
+    def covariance(self) -> np.ndarray:
+        if self.sigma is not None:
+            return self.sigma
+        f = self.factor()
+        return f.T @ f
+
+    def trace(self) -> float:
+        if self.sigma is not None:
+            return float(np.trace(self.sigma))
+        return float(np.sum(self.factor() ** 2))
+
+
+class Moments:
+    """Streaming mean/covariance of d-dimensional rows (see module docstring)."""
+
+    def __init__(self, dim: int, keep_rows: bool = False):
+        self.dim = dim
+        self.keep_rows = keep_rows  # keep every row (the plain pass keeps them for the bootstrap)
+        self.n = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self._kept: list[np.ndarray] = []
+        self._merged: tuple[int, np.ndarray, np.ndarray] | None = None  # (n, mean, M2)
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"rows must be (n, {self.dim}), got {rows.shape}")
+        self.n += len(rows)
+        self._pending.append(rows)
+        self._pending_n += len(rows)
+        if self.n > self.dim:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._pending_n:
+            return
+        block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        full = len(block) if final else (len(block) // CHUNK) * CHUNK
+        for start in range(0, full, CHUNK):
+            self._merge_chunk(block[start:start + CHUNK])
+        if self.keep_rows and full:
+            self._kept.append(block[:full])
+        rest = block[full:]
+        self._pending = [rest] if len(rest) else []
+        self._pending_n = len(rest)
+
+    def _merge_chunk(self, chunk: np.ndarray) -> None:
+        x = chunk.astype(np.float64)
+        nb = len(x)
+        mb = x.mean(axis=0)
+        xc = x - mb
+        m2b = xc.T @ xc
+        self._merged = _chan(self._merged, (nb, mb, m2b))
+
+    def merge(self, other: "Moments") -> "Moments":
+        """Statistics of the union of two disjoint shards (this shard's images first)."""
+        out = Moments(self.dim, keep_rows=self.keep_rows and other.keep_rows)
+        a, b = self.gaussian(), other.gaussian()
+        if a.n + b.n <= self.dim and a.rows is not None and b.rows is not None:
+            out.add(np.concatenate([a.rows, b.rows]))
+            return out
+        ma = (a.n, a.mu, a.covariance() * (a.n - 1))
+        mb = (b.n, b.mu, b.covariance() * (b.n - 1))
+        out._merged = _chan(ma, mb)
+        out.n = a.n + b.n
+        if out.keep_rows and a.rows is not None and b.rows is not None:
+            out._kept = [a.rows, b.rows]
+        return out
+
+    def rows(self) -> np.ndarray | None:
+        """All rows, when they were kept (n <= d, or keep_rows)."""
+        if self._merged is None:
+            return np.concatenate(self._pending) if self._pending else np.zeros((0, self.dim), np.float32)
+        if self.keep_rows:
+            return np.concatenate(self._kept + self._pending)
+        return None
+
+    def gaussian(self) -> Gaussian:
+        if self._merged is None:  # n <= d: keep the rows, the covariance is their factor
+            rows = self.rows()
+            mu = rows.astype(np.float64).mean(axis=0) if len(rows) else np.zeros(self.dim)
+            return Gaussian(self.n, mu, rows=rows)
+        merged = self._merged
+        if self._pending_n:
+            tail = np.concatenate(self._pending).astype(np.float64)
+            xc = tail - tail.mean(axis=0)
+            merged = _chan(merged, (len(tail), tail.mean(axis=0), xc.T @ xc))
+        n, mu, m2 = merged
+        return Gaussian(n, mu, sigma=m2 / (n - 1))
+
+
+def _chan(a, b):
+    if a is None:
+        return b
+    na, ma, m2a = a
+    nb, mb, m2b = b
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * (nb / n), m2a + m2b + np.outer(delta, delta) * (na * nb / n)
+
+
+def fingerprint(weights_sha256: str, options) -> dict:
+    """What makes two sets' statistics comparable: same weights, preprocessing and MC network."""
+    return {
+        "format": FORMAT,
+        "weights_sha256": weights_sha256,
+        "resize": options.resize,
+        "passes": options.passes,
+        "dropout_rate": options.dropout_rate,
+        "dropout_at": list(options.dropout_at),
+        "dropout_kind": options.dropout_kind,
+        "mask_mode": options.mask_mode,
+        "seed": options.seed,
+    }
+
+
+def check_compatible(a: dict | None, b: dict | None, what: str = "statistics") -> None:
+    if a is None or b is None:
+        return  # foreign stats (pytorch-fid / clean-fid): nothing to compare, the report says so
+    diff = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diff:
+        raise IncompatibleStatsError(
+            f"these {what} were computed differently and cannot be combined ({'; '.join(diff)}); "
+            "recompute one side with the same settings")
+
+
+@dataclass
+class SetStats:
+    """Everything the report needs about one set."""
+
+    plain: Moments
+    mc: list[Moments]
+    names: list[str] = field(default_factory=list)
+    latent_variance: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    skipped: list[SkippedFile] = field(default_factory=list)
+    fingerprint: dict | None = None
+    source: str = ""
+
+    @property
+    def n(self) -> int:
+        return self.plain.n
+
+    def merge(self, other: "SetStats") -> "SetStats":
+        check_compatible(self.fingerprint, other.fingerprint, "shards")
+        if len(self.mc) != len(other.mc):
+            raise IncompatibleStatsError("shards have different numbers of MC passes")
+        return SetStats(
+            plain=self.plain.merge(other.plain),
+            mc=[a.merge(b) for a, b in zip(self.mc, other.mc)],
+            names=self.names + other.names,
+            latent_variance=np.concatenate([self.latent_variance, other.latent_variance]),
+            skipped=self.skipped + other.skipped,
+            fingerprint=self.fingerprint,
+            source=f"{self.source}+{other.source}",
+        )
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        plain = self.plain.gaussian()
+        arrays = {
+            "format": np.array(FORMAT),
+            "mu": plain.mu,
+            "sigma": plain.covariance(),
+            "n": np.array(self.n),
+            "names": np.array(self.names, dtype=str),
+            "latent_variance": np.asarray(self.latent_variance, np.float64),
+            "skipped_names": np.array([s.name for s in self.skipped], dtype=str),
+            "skipped_reasons": np.array([s.reason for s in self.skipped], dtype=str),
+            "fingerprint": np.array(json.dumps(self.fingerprint, sort_keys=True)),
+        }
+        rows = self.plain.rows()
+        if rows is not None:
+            arrays["features"] = rows
+        if self.mc:
+            gs = [m.gaussian() for m in self.mc]
+            arrays["mc_mu"] = np.stack([g.mu for g in gs])
+            if all(g.rows is not None for g in gs):
+                arrays["mc_features"] = np.stack([g.rows for g in gs])
+            else:
+                arrays["mc_sigma"] = np.stack([g.covariance() for g in gs])
+        path = Path(path)
+        with open(path, "wb") as f:  # np.savez would append .npz to a name without it
+            np.savez(f, **arrays)
+
+
+def _moments_from(dim: int, n: int, mu: np.ndarray, sigma: np.ndarray | None, rows: np.ndarray | None,
+                  keep_rows: bool = False) -> Moments:
+    m = Moments(dim, keep_rows=keep_rows)
+    if rows is not None and (n <= dim or keep_rows):
+        m.add(rows)
+        return m
+    m.n = n
+    m._merged = (n, mu.astype(np.float64), sigma.astype(np.float64) * (max(n, 2) - 1))
+    return m
+
+
+def load_stats(path: str | Path) -> SetStats:
+    """Read trustfid's .npz, or pytorch-fid's / clean-fid's (keys mu, sigma). Never unpickles."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path.name}: not a readable statistics .npz ({e})") from None
+    if "mu" not in data or "sigma" not in data:
+        raise InputError(f"{path.name}: a statistics .npz needs the keys 'mu' and 'sigma' "
+                         f"(found {sorted(data)})")
+    mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    d = mu.shape[0]
+    if mu.ndim != 1 or sigma.shape != (d, d):
+        raise InputError(f"{path.name}: mu must be (d,) and sigma (d, d); got {mu.shape} and {sigma.shape}")
+    if str(data.get("format", "")) != FORMAT:  # pytorch-fid / clean-fid statistics
+        n = 0  # unknown; the covariance is used as given
+        plain = _moments_from(d, 2, mu, sigma, None)
+        plain.n = n
+        return SetStats(plain=plain, mc=[], fingerprint=None, source=path.name)
+    n = int(data["n"])
+    features = data.get("features")
+    plain = _moments_from(d, n, mu, sigma, features, keep_rows=features is not None)
+    mc = []
+    if "mc_mu" in data:
+        for t in range(len(data["mc_mu"])):
+            rows = data["mc_features"][t] if "mc_features" in data else None
+            sig = data["mc_sigma"][t] if "mc_sigma" in data else None
+            mc.append(_moments_from(d, n, data["mc_mu"][t], sig, rows))
+    skipped = [SkippedFile(name=str(a), reason=str(b))
+               for a, b in zip(data["skipped_names"], data["skipped_reasons"])]
+    return SetStats(plain=plain, mc=mc, names=[str(s) for s in data["names"]],
+                    latent_variance=data["latent_variance"], skipped=skipped,
+                    fingerprint=json.loads(str(data["fingerprint"])), source=path.name)
