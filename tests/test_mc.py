@@ -1,0 +1,76 @@
+"""MC dropout: the split network, masks that do not depend on batching, and what each mode means."""
+
+import pytest
+import torch
+
+from app.schemas import ScoreOptions
+from tests.engine_helpers import our_net
+from worker.engine.mc import MCInception
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    return our_net(str(tmp_path_factory.mktemp("w")))
+
+
+def _x(n, seed=0):
+    return torch.rand(n, 3, 299, 299, generator=torch.Generator().manual_seed(seed)) * 1.99 - 1
+
+
+def _mc(net, **kw):
+    return MCInception(net, ScoreOptions(**kw), torch.device("cpu"))
+
+
+def test_trunk_then_tail_without_dropout_is_the_whole_network(net):
+    x = _x(3)
+    model = _mc(net, passes=2, dropout_at=["Mixed_6e", "Mixed_7b"])
+    with torch.inference_mode():
+        assert torch.equal(model.tail(model.trunk(x), None), net(x))
+
+
+def test_passes_differ_from_each_other_and_from_the_plain_pass(net):
+    plain, mc = _mc(net, passes=3, dropout_at=["Mixed_7a"]).features(_x(2))
+    assert mc.shape == (3, 2, 2048)
+    assert not torch.equal(mc[0], mc[1])
+    assert (mc.mean(0) - plain).abs().mean() < (mc[0] - plain).abs().mean() * 3  # same scale as plain
+
+
+@pytest.mark.parametrize("mask_mode", ["shared", "per_image"])
+def test_features_are_bit_identical_whatever_the_batch_size(net, mask_mode):
+    x = _x(5, seed=1)
+    model = _mc(net, passes=2, dropout_at=["Mixed_7a", "Mixed_7b"], mask_mode=mask_mode, seed=7)
+    plain5, mc5 = model.features(x, set_tag=1, first_index=0)
+    parts = [model.features(x[i:i + 2], set_tag=1, first_index=i) for i in range(0, 5, 2)]
+    assert torch.equal(plain5, torch.cat([p for p, _ in parts]))
+    assert torch.equal(mc5, torch.cat([m for _, m in parts], dim=1))
+
+
+def test_shared_masks_make_pass_t_one_network_for_every_image(net):
+    """The same image gets the same pass-t features in either set and at any position."""
+    x = _x(2, seed=2)
+    model = _mc(net, passes=2, dropout_at=["Mixed_7b"], mask_mode="shared")
+    _, a = model.features(x, set_tag=0, first_index=0)
+    _, b = model.features(x.flip(0), set_tag=1, first_index=100)
+    assert torch.equal(a, b.flip(1))
+
+
+def test_per_image_masks_differ_between_images(net):
+    x = _x(1, seed=3).repeat(2, 1, 1, 1)  # the same image twice
+    _, mc = _mc(net, passes=1, dropout_at=["Mixed_7b"], mask_mode="per_image").features(x)
+    assert not torch.equal(mc[0, 0], mc[0, 1])
+
+
+def test_seed_changes_the_sampled_networks(net):
+    x = _x(1, seed=4)
+    _, a = _mc(net, passes=1, dropout_at=["Mixed_7b"], seed=1).features(x)
+    _, b = _mc(net, passes=1, dropout_at=["Mixed_7b"], seed=1).features(x)
+    _, c = _mc(net, passes=1, dropout_at=["Mixed_7b"], seed=2).features(x)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_channel_dropout_zeroes_whole_feature_maps(net):
+    model = _mc(net, passes=1, dropout_at=["Mixed_7c"], dropout_kind="channel", dropout_rate=0.5)
+    h = torch.ones(1, 2048, 8, 8)
+    mask = model._mask(0, net.stage_index("Mixed_7c"), h, 0, 0)
+    assert mask.shape == (1, 2048, 1, 1)
+    assert set(mask.unique().tolist()) == {0.0, 2.0}  # inverted dropout keeps the expectation

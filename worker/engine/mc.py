@@ -1,0 +1,96 @@
+"""Monte Carlo dropout in the FID InceptionV3.
+
+Dropout (rate p, inverted: kept units are scaled by 1/(1-p)) follows the output of each chosen
+block. The network splits at the first chosen block: the deterministic trunk (stem .. that block)
+runs once per image; the stochastic tail (the remaining blocks and pool3) runs once with dropout
+off — the plain FID features — and then T times with dropout on. Batch-norm stays in eval mode
+(its running statistics are the network's, not the batch's).
+
+Masks. Each mask is drawn on the CPU from its own generator, seeded from (seed, pass, point) and,
+with ``per_image`` masks, from the set and the image's index in it. A mask therefore never depends
+on the batch size, on the device or on how a job is sharded:
+- ``shared`` (default): pass t uses one mask for every image of both sets, so pass t *is* one sampled
+  network θ_t and FID_t compares both sets under the same θ_t.
+- ``per_image``: every image of every pass gets its own mask (classic MC dropout per input).
+``element`` masks drop single activations (C×H×W); ``channel`` masks drop whole feature maps (C).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from app.schemas import ScoreOptions
+from .inception import FIDInceptionV3
+
+SET_TAGS = {"real": 0, "generated": 1}
+
+
+def _generator(*key: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+class MCInception:
+    """Wraps a loaded FIDInceptionV3 with the MC-dropout settings of one job."""
+
+    def __init__(self, net: FIDInceptionV3, options: ScoreOptions, device: torch.device):
+        self.net = net
+        self.device = device
+        self.passes = options.passes
+        self.rate = options.dropout_rate
+        self.kind = options.dropout_kind
+        self.mask_mode = options.mask_mode
+        self.seed = options.seed
+        self.points = [net.stage_index(b) for b in options.dropout_at]  # sorted by the schema
+        self.split = self.points[0] + 1  # trunk = stages[:split]
+        self._shapes: dict[int, tuple[int, ...]] = {}
+        self._shared: dict[tuple[int, int], torch.Tensor] = {}
+
+    # -- masks ------------------------------------------------------------------------------------
+    def _mask_shape(self, point: int, h: torch.Tensor) -> tuple[int, ...]:
+        c, hh, ww = h.shape[1:]
+        return (c, 1, 1) if self.kind == "channel" else (c, hh, ww)
+
+    def _draw(self, shape, gen: torch.Generator) -> torch.Tensor:
+        keep = 1.0 - self.rate
+        return (torch.rand(shape, generator=gen) < keep).to(torch.float32) / keep
+
+    def _mask(self, t: int, point: int, h: torch.Tensor, set_tag: int, first_index: int) -> torch.Tensor:
+        shape = self._mask_shape(point, h)
+        if self.mask_mode == "shared":
+            key = (t, point)
+            if key not in self._shared:
+                self._shared[key] = self._draw(shape, _generator(self.seed, t, point)).to(self.device)
+            return self._shared[key].unsqueeze(0)
+        masks = [self._draw(shape, _generator(self.seed, t, point, set_tag, first_index + i))
+                 for i in range(h.shape[0])]
+        return torch.stack(masks).to(self.device)
+
+    # -- forward ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_range(x.to(self.device), 0, self.split)
+
+    @torch.inference_mode()
+    def tail(self, h: torch.Tensor, t: int | None, set_tag: int = 0, first_index: int = 0) -> torch.Tensor:
+        """Features (N, 2048) float32 from trunk output ``h``; ``t=None`` runs with dropout off."""
+        stop = len(self.net.stage_names)
+        point_set = set(self.points)
+        x = h
+        start = self.split - 1  # h is the output of stage split-1, which is a dropout point
+        for i in range(start, stop):
+            if i > start:
+                x = self.net.forward_range(x, i, i + 1)
+            if t is not None and i in point_set:
+                x = x * self._mask(t, i, x, set_tag, first_index)
+        return self.net.pool3(x)
+
+    @torch.inference_mode()
+    def features(self, x: torch.Tensor, set_tag: int = 0, first_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(plain (N, 2048), mc (T, N, 2048)) for one batch of network inputs, on the CPU."""
+        h = self.trunk(x)
+        plain = self.tail(h, None).float().cpu()
+        mc = [self.tail(h, t, set_tag, first_index).float().cpu() for t in range(self.passes)]
+        mc = torch.stack(mc) if mc else torch.empty(0, *plain.shape)
+        return plain, mc
