@@ -15,7 +15,6 @@ commands start fast and the API side never needs torch.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -106,14 +105,19 @@ def _summary(report) -> str:
     return "\n".join(lines)
 
 
+def _with_progress(args, fn, *fn_args):
+    """Run an engine call with progress bars on stderr (closed even when it fails)."""
+    bars = _Bars(args.quiet)
+    try:
+        return fn(*fn_args, _options(args), progress=bars)
+    finally:
+        bars.close()
+
+
 def cmd_score(args) -> int:
     from worker.engine import score
 
-    bars = _Bars(args.quiet)
-    try:
-        report = score(args.real, args.generated, _options(args), progress=bars)
-    finally:
-        bars.close()
+    report = _with_progress(args, score, args.real, args.generated)
     _write_json(args.json, report)
     print(report.model_dump_json(indent=2) if args.json == "-" else _summary(report))
     return 0
@@ -122,11 +126,7 @@ def cmd_score(args) -> int:
 def cmd_stats(args) -> int:
     from worker.engine import compute_stats
 
-    bars = _Bars(args.quiet)
-    try:
-        stats = compute_stats(args.set, _options(args), progress=bars)
-    finally:
-        bars.close()
+    stats = _with_progress(args, compute_stats, args.set)
     stats.save(args.output)
     print(f"wrote {args.output}: {stats.n} images, {len(stats.mc)} MC passes, {len(stats.skipped)} skipped")
     return 0
@@ -135,11 +135,7 @@ def cmd_stats(args) -> int:
 def cmd_inspect(args) -> int:
     from worker.engine import inspect
 
-    bars = _Bars(args.quiet)
-    try:
-        result = inspect(args.set, _options(args), progress=bars)
-    finally:
-        bars.close()
+    result = _with_progress(args, inspect, args.set)
     _write_json(args.json, result)
     s = result.summary
     print(f"{len(result.images)} images: latent variance mean {s.mean:.4g}, median {s.median:.4g}, p95 {s.p95:.4g}"
