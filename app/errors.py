@@ -56,3 +56,52 @@ class CancelledError(TrustfidError):
 
     code = "cancelled"
     status = 409
+
+
+# --- the service's errors ----------------------------------------------------------------------
+
+
+class AuthError(TrustfidError):
+    """No API key, or one the service does not know."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class NotFoundError(TrustfidError):
+    """No such job or reference for this API key (others' are invisible, so also 404)."""
+
+    code = "not_found"
+    status = 404
+
+
+class ConflictError(TrustfidError):
+    """The thing exists but is not in a state that allows this (e.g. a report of a running job)."""
+
+    code = "conflict"
+    status = 409
+
+
+class RateLimitError(TrustfidError):
+    """Too many submissions per minute for this API key."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int = 60):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ForbiddenURLError(TrustfidError):
+    """A URI names a scheme, host, address or path the service may not read."""
+
+    code = "forbidden_uri"
+    status = 422
+
+
+class UnavailableError(TrustfidError):
+    """Redis or the queue cannot be reached; try again later."""
+
+    code = "unavailable"
+    status = 503

@@ -1,0 +1,190 @@
+"""What the API does, as plain functions over the store (the routes in app/api.py only translate HTTP):
+accept a job or a reference from staged uploads or JSON, cancel or delete one, list them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from app import ingest
+from app.errors import ConflictError, InputError, NotFoundError
+from app.queue import TASK_REFERENCE, TASK_SCORE, enqueue
+from app.schemas import (FINAL_STATES, InputInfo, InputRef, JobOptions, JobRecord, JobSubmit,
+                         ReferenceRecord, ReferenceSubmit, ScoreOptions)
+from app.settings import Settings
+from app.store import Store, Stored, new_id
+
+
+def staging_dir(settings: Settings, record_id: str) -> Path:
+    return Path(settings.data_dir).resolve() / "staging" / record_id
+
+
+def reference_stats_path(settings: Settings, ref_id: str) -> Path:
+    return Path(settings.data_dir).resolve() / "references" / f"{ref_id}.npz"
+
+
+def validation_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
+
+
+def parse_options(raw: dict, model=JobOptions):
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise InputError(f"options: {validation_message(e)}", code="bad_options") from None
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def _resolve_ref(store: Store, settings: Settings, owner: str, side: str, ref: InputRef):
+    """(InputInfo, path or URI for the worker, reference options or None) for one JSON input."""
+    if ref.reference_id is not None:
+        try:
+            st = store.get_owned(ref.reference_id, owner, "reference")
+        except NotFoundError:
+            raise InputError(f"{side}: no reference {ref.reference_id!r} for this API key",
+                             code="unknown_reference") from None
+        if st.record.state != "succeeded":
+            raise ConflictError(f"{side}: reference {ref.reference_id!r} is {st.record.state}, not ready",
+                                code="reference_not_ready")
+        info = InputInfo(kind="reference", reference_id=ref.reference_id, files=st.record.images)
+        return info, st.paths["stats"], st.record.options
+    ingest.check_uri(ref.uri, settings, side)
+    return InputInfo(kind="uri", uri=ref.uri), "uri:" + ref.uri, None
+
+
+def _uploaded(staged: ingest.StagedSet, settings: Settings, side: str):
+    path = ingest.check_set(staged, settings, side)
+    return InputInfo(kind="upload", files=len(staged.files), bytes=staged.bytes), str(path)
+
+
+def _check_callback(options: JobOptions, settings: Settings) -> None:
+    if options.callback_url:
+        ingest.check_callback_url(options.callback_url, settings)
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+
+
+def _create_job(store: Store, settings: Settings, owner: str, job_id: str, infos: dict, paths: dict,
+                options: JobOptions) -> JobRecord:
+    _check_callback(options, settings)
+    rec = JobRecord(id=job_id, created_at=time.time(), real=infos["real"], generated=infos["generated"],
+                    options=options)
+    store.create(Stored(owner=owner, paths=paths, record=rec))
+    try:
+        enqueue(settings, TASK_SCORE, job_id)
+    except Exception:
+        store.delete(Stored(owner=owner, paths=paths, record=rec))
+        raise
+    return rec
+
+
+def submit_job_json(store: Store, settings: Settings, owner: str, body: JobSubmit) -> JobRecord:
+    infos, paths, ref_options = {}, {}, None
+    for side in ("real", "generated"):
+        infos[side], paths[side], opts = _resolve_ref(store, settings, owner, side, getattr(body, side))
+        ref_options = ref_options or opts
+    options = body.options
+    if options is None:
+        # A job on a registered reference scores with the reference's settings unless told otherwise.
+        options = JobOptions(**ref_options.model_dump()) if ref_options else JobOptions()
+    return _create_job(store, settings, owner, new_id(), infos, paths, options)
+
+
+def submit_job_upload(store: Store, settings: Settings, owner: str, job_id: str,
+                      stager: ingest.MultipartStager) -> JobRecord:
+    raw_options = stager.texts.get("options")
+    infos, paths, ref_options = {}, {}, None
+    for side in ("real", "generated"):
+        infos[side], paths[side], opts = _form_side(store, settings, owner, stager, side)
+        ref_options = ref_options or opts
+    if raw_options is None and ref_options is not None:
+        options = JobOptions(**ref_options.model_dump())
+    else:
+        options = parse_options(ingest.parse_json_field(raw_options, "options"))
+    return _create_job(store, settings, owner, job_id, infos, paths, options)
+
+
+def _form_side(store: Store, settings: Settings, owner: str, stager: ingest.MultipartStager, side: str):
+    """One set of a multipart form: uploaded files, or a text field with JSON {"reference_id"} / {"uri"}."""
+    text, staged = stager.texts.get(side), stager.sets.get(side)
+    if text is not None and staged is not None:
+        raise InputError(f"{side}: send files or a reference, not both", code="bad_field")
+    if staged is not None:
+        return (*_uploaded(staged, settings, side), None)
+    if text is None:
+        raise InputError(f"the form has no field {side!r}", code="missing_field")
+    try:
+        ref = InputRef.model_validate(ingest.parse_json_field(text, side))
+    except ValidationError as e:
+        raise InputError(f"{side}: {validation_message(e)}", code="invalid_request") from None
+    return _resolve_ref(store, settings, owner, side, ref)
+
+
+def cancel_or_delete(store: Store, settings: Settings, owner: str, record_id: str, kind: str) -> Stored | None:
+    """Cancel a queued/running job or reference (returns the cancelled record), or delete a
+    finished one with its report and files (returns None)."""
+    st = store.get_owned(record_id, owner, kind)
+    if st.record.state not in FINAL_STATES:
+        store.request_cancel(record_id)
+
+        def cancel(s: Stored):
+            if s.record.state in FINAL_STATES:
+                return None
+            s.record.state = "cancelled"
+            s.record.finished_at = time.time()
+            s.record.error = None
+            return s
+
+        new = store.update(record_id, cancel)
+        if new is not None and new.record.state == "cancelled" and st.record.state == "queued":
+            ingest.remove_tree(staging_dir(settings, record_id))
+        return new
+    store.delete(st)
+    ingest.remove_tree(staging_dir(settings, record_id))
+    if kind == "reference":
+        reference_stats_path(settings, record_id).unlink(missing_ok=True)
+    return None
+
+
+# --- references ---------------------------------------------------------------------------------
+
+
+def _create_reference(store: Store, settings: Settings, owner: str, ref_id: str, info: InputInfo,
+                      path: str, name: str | None, options: ScoreOptions) -> ReferenceRecord:
+    rec = ReferenceRecord(id=ref_id, created_at=time.time(), name=name, source=info, options=options)
+    paths = {"source": path, "stats": str(reference_stats_path(settings, ref_id))}
+    store.create(Stored(owner=owner, paths=paths, record=rec))
+    try:
+        enqueue(settings, TASK_REFERENCE, ref_id)
+    except Exception:
+        store.delete(Stored(owner=owner, paths=paths, record=rec))
+        raise
+    return rec
+
+
+def submit_reference_json(store: Store, settings: Settings, owner: str, body: ReferenceSubmit) -> ReferenceRecord:
+    if body.source.reference_id is not None:
+        raise InputError("source: a reference is made from a uri or an upload", code="bad_source")
+    info, path, _ = _resolve_ref(store, settings, owner, "source", body.source)
+    return _create_reference(store, settings, owner, new_id(), info, path, body.name,
+                             body.options or ScoreOptions())
+
+
+def submit_reference_upload(store: Store, settings: Settings, owner: str, ref_id: str,
+                            stager: ingest.MultipartStager) -> ReferenceRecord:
+    options = parse_options(ingest.parse_json_field(stager.texts.get("options"), "options"), ScoreOptions)
+    info, path, _ = _form_side(store, settings, owner, stager, "source")
+    if info.kind == "reference":
+        raise InputError("source: a reference is made from a uri or an upload", code="bad_source")
+    name = stager.texts.get("name") or None
+    return _create_reference(store, settings, owner, ref_id, info, path, name, options)

@@ -1,0 +1,73 @@
+"""Celery configuration shared by the API (which enqueues by task name, never importing the worker)
+and the worker (worker/celery_app.py builds its app from the same function).
+
+Delivery guarantees: tasks are acknowledged late (after they finish), a task whose worker process
+dies is rejected back to the queue (prefork), and with Redis as broker a message that was delivered
+but never acknowledged — its worker was killed with SIGKILL, or its machine died — becomes visible
+again after ``visibility_timeout`` seconds and goes to another worker. Workers look for such messages
+when they start and then every ``unacked_restore_interval`` seconds. The visibility timeout must be
+longer than the longest job (the default is the hard time limit plus five minutes), or a job still
+running would be handed out twice; worker/tasks.py also holds a lease per running job so that a
+second delivery waits instead of running in parallel.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.errors import UnavailableError
+from app.settings import Settings
+
+TASK_SCORE = "trustfid.score_job"
+TASK_REFERENCE = "trustfid.compute_reference"
+
+
+def celery_config(settings: Settings) -> dict:
+    if not settings.redis_url:
+        raise UnavailableError("TRUSTFID_REDIS_URL is not set (`trustfid serve` sets it for its own processes)")
+    transport = {
+        "visibility_timeout": settings.effective_visibility_timeout,
+        "unacked_restore_interval": settings.unacked_restore_interval_s,
+        "unacked_restore_throttle": 1,
+    }
+    return dict(
+        broker_url=settings.redis_url,
+        result_backend=settings.redis_url,
+        broker_transport_options=transport,
+        result_backend_transport_options={"visibility_timeout": settings.effective_visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue,
+        task_routes={"trustfid.*": {"queue": settings.queue}},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # the job records in app/store.py are the results
+        result_expires=settings.record_ttl_s,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit_s,
+        task_time_limit=settings.time_limit_s,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+    )
+
+
+def make_celery(settings: Settings, main: str = "trustfid") -> Celery:
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+_client_apps: dict[tuple, Celery] = {}
+
+
+def enqueue(settings: Settings, task_name: str, record_id: str) -> None:
+    """Send a task by name (the API never imports the worker's code)."""
+    key = (settings.redis_url, settings.queue)
+    app = _client_apps.get(key) or _client_apps.setdefault(key, make_celery(settings, main="trustfid-api"))
+    try:
+        app.send_task(task_name, args=[record_id], queue=settings.queue)
+    except Exception as e:  # kombu's OperationalError and friends
+        raise UnavailableError(f"cannot enqueue the job: {e}") from e
