@@ -1,0 +1,100 @@
+"""The worker's guarantees, with real processes: a job survives a worker killed with SIGKILL
+mid-job (Redis hands its unacknowledged message to the next worker), cancelling stops a running job,
+and deleting a finished one removes it."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, write_images
+
+SLOW = {**FAST_OPTIONS, "batch_size": 2}  # many small batches: progress to watch, and places to stop
+
+
+@pytest.fixture(scope="module")
+def bigger_sets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bigger")
+    return pngs(write_images(d / "real", 10, seed=11)), pngs(write_images(d / "gen", 10, seed=12, shift=0.2))
+
+
+def wait_for(pred, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_job_survives_kill_9_of_its_worker(make_stack, bigger_sets):
+    s = make_stack()
+    s.start_api()
+    first = s.start_worker()
+    s.wait_ready()
+    real, gen = bigger_sets
+    with s.client() as c:
+        job = upload(c, real, gen, SLOW).json()["id"]
+
+        def mid_job():
+            rec = c.get(f"/v1/jobs/{job}").json()
+            p = rec.get("progress") or {}
+            return rec["state"] == "running" and p.get("images_done", 0) >= 2 and rec
+        wait_for(mid_job, what="the job to be part-way")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert c.get(f"/v1/jobs/{job}").json()["state"] == "running"  # the record still says so: nobody knows yet
+
+        s.start_worker()
+        rec = s.wait_job(job)
+        assert rec["state"] == "succeeded", rec
+        assert rec["attempts"] == 2
+        survived = c.get(f"/v1/jobs/{job}/report").json()
+
+        # The same inputs and seed, undisturbed, give the same report.
+        again = upload(c, real, gen, SLOW).json()["id"]
+        assert s.wait_job(again)["state"] == "succeeded"
+        undisturbed = c.get(f"/v1/jobs/{again}/report").json()
+    assert strip_timing(survived) == strip_timing(undisturbed)
+
+
+def test_cancel_a_running_job_then_delete_it(stack, bigger_sets, image_sets):
+    real, gen = bigger_sets
+    with stack.client() as c:
+        job = upload(c, real, gen, SLOW).json()["id"]
+        wait_for(lambda: c.get(f"/v1/jobs/{job}").json()["state"] == "running", what="running")
+        r = c.delete(f"/v1/jobs/{job}")
+        assert r.status_code == 202 and r.json()["state"] == "cancelled"
+        # The worker stops at its next batch and is free for the next job, which succeeds.
+        nxt = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS).json()["id"]
+        assert stack.wait_job(nxt)["state"] == "succeeded"
+        rec = c.get(f"/v1/jobs/{job}").json()
+        assert rec["state"] == "cancelled" and rec["fid"] is None
+        assert c.get(f"/v1/jobs/{job}/report").json()["error"]["code"] == "job_cancelled"
+        assert not (stack.data_dir / "staging" / job).exists()
+        # A finished job is deleted: gone for good.
+        assert c.delete(f"/v1/jobs/{job}").status_code == 204
+        assert c.get(f"/v1/jobs/{job}").status_code == 404
+        assert c.delete(f"/v1/jobs/{nxt}").status_code == 204
+        assert c.get(f"/v1/jobs/{nxt}/report").status_code == 404
+        assert all(j["id"] not in (job, nxt) for j in c.get("/v1/jobs").json()["jobs"])
+
+
+def test_cancel_a_queued_job(make_stack, image_sets):
+    s = make_stack()  # an API with no worker: the job stays queued
+    s.start_api()
+    with s.client() as c:
+        job = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS).json()["id"]
+        assert c.get(f"/v1/jobs/{job}").json()["state"] == "queued"
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and ready.json() == {"status": "unavailable", "redis": True, "workers": 0}
+        assert c.delete(f"/v1/jobs/{job}").json()["state"] == "cancelled"
+        s.start_worker()  # a worker that gets the message leaves the cancelled job alone
+        s.wait_ready()
+        ok = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS).json()["id"]
+        assert s.wait_job(ok)["state"] == "succeeded"
+        rec = c.get(f"/v1/jobs/{job}").json()
+        assert rec["state"] == "cancelled" and rec["attempts"] == 0
