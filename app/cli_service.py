@@ -1,0 +1,105 @@
+"""The service's subcommands of `trustfid` (app/cli.py calls ``add_service_commands``):
+
+    trustfid serve [--host 127.0.0.1] [--port 8000]    embedded Redis + one worker + the API
+    trustfid worker [--pool solo] [--concurrency 1]    a worker against TRUSTFID_REDIS_URL
+    trustfid submit REAL GENERATED [--wait]            send a job to a running service
+
+``python -m app.cli_service ...`` runs them without the rest of the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def cmd_serve(args) -> int:
+    from app.serve import run_embedded
+
+    return run_embedded(args.host, args.port, log_level=args.log_level)
+
+
+def cmd_worker(args) -> int:
+    from app.serve import run_worker
+
+    return run_worker(pool=args.pool, concurrency=args.concurrency, loglevel=args.log_level)
+
+
+def cmd_submit(args) -> int:
+    from app.client import Client
+
+    options = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        print("trustfid submit: --options must be a JSON object", file=sys.stderr)
+        return 2
+    for name in ("passes", "seed"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    with Client(args.url, args.api_key) as client:
+        job = client.submit(_side(args.real), _side(args.generated), options, tags=args.tag or None, wait=True)
+        if not args.wait:
+            print(job.id)
+            return 0
+        print(f"job {job.id} queued; waiting", file=sys.stderr)
+        report = job.wait(args.timeout).report()
+    if args.json == "-":
+        print(report.model_dump_json(indent=2))
+    elif args.json:
+        with open(args.json, "w") as f:
+            f.write(report.model_dump_json(indent=2))
+    mc = report.fid_mc
+    spread = f" ± {mc.std:.3f} (MC, {mc.passes} passes)" if mc.std is not None else ""
+    print(f"job {job.id}: FID {report.fid:.3f}{spread}; trust {report.trust.level}")
+    return 0
+
+
+def _side(value: str):
+    return {"reference_id": value[4:]} if value.startswith("ref:") else value
+
+
+def add_service_commands(sub) -> None:
+    p = sub.add_parser("serve", help="run the service on this machine: embedded Redis, one worker and the API")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need API keys)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run a scoring worker against TRUSTFID_REDIS_URL")
+    p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default TRUSTFID_WORKER_POOL)")
+    p.add_argument("--concurrency", type=int, help="processes/threads (default TRUSTFID_WORKER_CONCURRENCY)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="send a job to a running service (TRUSTFID_URL, TRUSTFID_API_KEY)")
+    p.add_argument("real", help="folder, archive, .npy/.npz, image file, URI, or ref:<reference id>")
+    p.add_argument("generated", help="same choices as REAL")
+    p.add_argument("--url", help="service URL (default TRUSTFID_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="API key (default TRUSTFID_API_KEY)")
+    p.add_argument("--options", help='JSON score options, e.g. \'{"passes": 20, "resize": "clean"}\'')
+    p.add_argument("--passes", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--tag", action="append", help="label the job (repeatable), e.g. --tag run=abc")
+    p.add_argument("--wait", action="store_true", help="wait for the report and print the FID")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    p.add_argument("--json", metavar="PATH", help="with --wait: write the report as JSON ('-' = print it)")
+    p.set_defaults(func=cmd_submit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="trustfid")
+    add_service_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    from app.errors import TrustfidError
+
+    try:
+        return args.func(args)
+    except TrustfidError as e:
+        print(f"trustfid: error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

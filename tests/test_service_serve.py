@@ -1,0 +1,108 @@
+"""`trustfid serve`, the README's run command: embedded Redis + one worker + the API, stopped cleanly
+by Ctrl-C. Run as a subprocess, in a fresh working directory, with no TRUSTFID_* settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from app.client import Client
+from app.serve import free_port
+from tests.conftest import FAST_OPTIONS, ROOT, pngs
+
+
+def children_of(pid: int) -> set[int]:
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.add(int(d.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTFID_")}
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), TRUSTFID_THREADS="2", **extra)
+    return env
+
+
+def test_serve_runs_everything_and_stops_on_ctrl_c(tmp_path, image_sets):
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli_service", "serve", "--port", str(port)],
+                            cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        kids = children_of(proc.pid)
+        assert len(kids) == 2  # redis-server and the worker
+
+        # The quick start: no key needed on 127.0.0.1; the client and plain HTTP both work.
+        with Client(url) as client:
+            job = client.submit(image_sets["real"], image_sets["generated"], FAST_OPTIONS)
+            report = job.wait(timeout=240).report()
+        assert report.counts.real.used == 4 and report.counts.generated.used == 4
+        cli = subprocess.run([sys.executable, "-m", "app.cli_service", "submit", str(image_sets["real"]),
+                              str(image_sets["generated"]), "--url", url, "--passes", "2", "--seed", "7",
+                              "--options", '{"bootstrap_resamples": 5}', "--wait", "--json", str(tmp_path / "r.json")],
+                             capture_output=True, text=True, timeout=300, env=clean_env())
+        assert cli.returncode == 0, cli.stderr
+        assert "FID" in cli.stdout and json.loads((tmp_path / "r.json").read_text())["config"]["passes"] == 2
+        with httpx.Client(base_url=url) as c:
+            files = [("real", (p.name, p.read_bytes())) for p in pngs(image_sets["real"])]
+            files += [("generated", (p.name, p.read_bytes())) for p in pngs(image_sets["generated"])]
+            r = c.post("/v1/jobs", files=files, data={"options": '{"passes": 2, "bootstrap_resamples": 5, "seed": 7}'})
+            assert r.status_code == 202
+            assert c.get(r.headers["location"]).json()["state"] in ("queued", "running", "succeeded")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    out = (tmp_path / "serve.log").read_text()
+    assert code == 0, out
+    assert "no API keys configured" in out and "127.0.0.1" in out
+    deadline = time.monotonic() + 10
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(k) for k in kids), "child processes outlived `trustfid serve`"
+    data = tmp_path / ".trustfid"
+    assert any((data / "redis").glob("appendonly*")), "Redis kept no append-only file in the data dir"
+
+
+def test_serve_refuses_a_public_address_without_keys(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "app.cli_service", "serve", "--host", "0.0.0.0", "--port",
+                        str(free_port())], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "TRUSTFID_API_KEYS" in r.stderr
+    assert not (tmp_path / ".trustfid").exists()
