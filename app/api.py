@@ -133,23 +133,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raise UnsupportedTypeError("send multipart/form-data (uploads) or application/json (URIs, references)")
 
     # --- jobs ---------------------------------------------------------------------------------
-    @app.post("/v1/jobs", status_code=202, response_model=JobRecord, tags=["jobs"],
-              summary="Submit a scoring job (multipart uploads or JSON with URIs / reference ids)")
-    async def submit_job(request: Request, store: StoreD, owner: Owner):
+    async def submit(request: Request, store: Store, owner: str, body_model, from_json, from_upload,
+                     set_fields: tuple, text_fields: tuple, collection: str):
+        """POST a job or a reference: JSON (URIs / reference ids) or multipart uploads staged first."""
         kind = content_kind(request)
         await run_in_threadpool(store.hit_rate, owner, settings.rate_limit_per_minute)
         if kind == "json":
-            body = await read_json(request, JobSubmit)
-            rec = await run_in_threadpool(jobs.submit_job_json, store, settings, owner, body)
+            body = await read_json(request, body_model)
+            rec = await run_in_threadpool(from_json, store, settings, owner, body)
         else:
-            job_id = new_id()
-            stager = await stage(request, job_id, ("real", "generated"), ("options",))
+            record_id = new_id()
+            stager = await stage(request, record_id, set_fields, text_fields)
             try:
-                rec = await run_in_threadpool(jobs.submit_job_upload, store, settings, owner, job_id, stager)
+                rec = await run_in_threadpool(from_upload, store, settings, owner, record_id, stager)
             except BaseException:
-                ingest.remove_tree(jobs.staging_dir(settings, job_id))
+                ingest.remove_tree(jobs.staging_dir(settings, record_id))
                 raise
-        return accepted(rec, f"/v1/jobs/{rec.id}")
+        return accepted(rec, f"/v1/{collection}/{rec.id}")
+
+    @app.post("/v1/jobs", status_code=202, response_model=JobRecord, tags=["jobs"],
+              summary="Submit a scoring job (multipart uploads or JSON with URIs / reference ids)")
+    async def submit_job(request: Request, store: StoreD, owner: Owner):
+        return await submit(request, store, owner, JobSubmit, jobs.submit_job_json, jobs.submit_job_upload,
+                            ("real", "generated"), ("options",), "jobs")
 
     @app.get("/v1/jobs", response_model=JobList, tags=["jobs"], summary="The caller's jobs, newest first")
     def list_jobs(store: StoreD, owner: Owner, tag: Annotated[list[str], Query()] = [],
@@ -193,20 +199,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/references", status_code=202, response_model=ReferenceRecord, tags=["references"],
               summary="Register a real set: its statistics are computed once, then used by id")
     async def submit_reference(request: Request, store: StoreD, owner: Owner):
-        kind = content_kind(request)
-        await run_in_threadpool(store.hit_rate, owner, settings.rate_limit_per_minute)
-        if kind == "json":
-            body = await read_json(request, ReferenceSubmit)
-            rec = await run_in_threadpool(jobs.submit_reference_json, store, settings, owner, body)
-        else:
-            ref_id = new_id()
-            stager = await stage(request, ref_id, ("source",), ("options", "name"))
-            try:
-                rec = await run_in_threadpool(jobs.submit_reference_upload, store, settings, owner, ref_id, stager)
-            except BaseException:
-                ingest.remove_tree(jobs.staging_dir(settings, ref_id))
-                raise
-        return accepted(rec, f"/v1/references/{rec.id}")
+        return await submit(request, store, owner, ReferenceSubmit, jobs.submit_reference_json,
+                            jobs.submit_reference_upload, ("source",), ("options", "name"), "references")
 
     @app.get("/v1/references", response_model=ReferenceList, tags=["references"])
     def list_references(store: StoreD, owner: Owner, limit: Annotated[int, Query(ge=1, le=1000)] = 100):

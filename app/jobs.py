@@ -74,18 +74,24 @@ def _check_callback(options: JobOptions, settings: Settings) -> None:
 # --- jobs ---------------------------------------------------------------------------------------
 
 
+def _store_and_enqueue(store: Store, settings: Settings, st: Stored, task: str):
+    """Write the record, then queue its task; a record whose task could not be queued is removed,
+    so an accepted (202) record always has a task that will end it."""
+    store.create(st)
+    try:
+        enqueue(settings, task, st.record.id)
+    except Exception:
+        store.delete(st)
+        raise
+    return st.record
+
+
 def _create_job(store: Store, settings: Settings, owner: str, job_id: str, infos: dict, paths: dict,
                 options: JobOptions) -> JobRecord:
     _check_callback(options, settings)
     rec = JobRecord(id=job_id, created_at=time.time(), real=infos["real"], generated=infos["generated"],
                     options=options)
-    store.create(Stored(owner=owner, paths=paths, record=rec))
-    try:
-        enqueue(settings, TASK_SCORE, job_id)
-    except Exception:
-        store.delete(Stored(owner=owner, paths=paths, record=rec))
-        raise
-    return rec
+    return _store_and_enqueue(store, settings, Stored(owner=owner, paths=paths, record=rec), TASK_SCORE)
 
 
 def submit_job_json(store: Store, settings: Settings, owner: str, body: JobSubmit) -> JobRecord:
@@ -163,13 +169,7 @@ def _create_reference(store: Store, settings: Settings, owner: str, ref_id: str,
                       path: str, name: str | None, options: ScoreOptions) -> ReferenceRecord:
     rec = ReferenceRecord(id=ref_id, created_at=time.time(), name=name, source=info, options=options)
     paths = {"source": path, "stats": str(reference_stats_path(settings, ref_id))}
-    store.create(Stored(owner=owner, paths=paths, record=rec))
-    try:
-        enqueue(settings, TASK_REFERENCE, ref_id)
-    except Exception:
-        store.delete(Stored(owner=owner, paths=paths, record=rec))
-        raise
-    return rec
+    return _store_and_enqueue(store, settings, Stored(owner=owner, paths=paths, record=rec), TASK_REFERENCE)
 
 
 def submit_reference_json(store: Store, settings: Settings, owner: str, body: ReferenceSubmit) -> ReferenceRecord:
