@@ -31,12 +31,12 @@ class _Strict(BaseModel):
 
 class ScoreOptions(_Strict):
     """Everything that changes the numbers of a score, plus a few knobs that do not (batch_size,
-    device, strict). Defaults of the MC settings are provisional until the validation study
-    (docs/VALIDATION.md) chooses them."""
+    device, strict). The MC defaults are the ones the validation study chose from data
+    (docs/VALIDATION.md); the trust rule's baseline was measured with them."""
 
     passes: int = Field(20, ge=0, le=1000, description="T, stochastic MC-dropout passes (0 = plain FID only)")
-    dropout_rate: float = Field(0.2, gt=0.0, lt=1.0, description="dropout probability p")
-    dropout_at: list[str] = Field(default_factory=lambda: ["Mixed_6e", "Mixed_7a", "Mixed_7b"],
+    dropout_rate: float = Field(0.1, gt=0.0, lt=1.0, description="dropout probability p")
+    dropout_at: list[str] = Field(default_factory=lambda: ["Mixed_7a"],
                                   description="blocks after whose output dropout is applied")
     dropout_kind: Literal["element", "channel"] = "element"
     mask_mode: Literal["shared", "per_image"] = Field(
