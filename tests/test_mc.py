@@ -25,7 +25,7 @@ def test_trunk_then_tail_without_dropout_is_the_whole_network(net):
     x = _x(3)
     model = _mc(net, passes=2, dropout_at=["Mixed_6e", "Mixed_7b"])
     with torch.inference_mode():
-        assert torch.equal(model.tail(model.trunk(x), None), net(x))
+        assert torch.equal(model.tail(model.trunk(x), None), net(x.contiguous(memory_format=torch.channels_last)))
 
 
 def test_passes_differ_from_each_other_and_from_the_plain_pass(net):
@@ -74,3 +74,14 @@ def test_channel_dropout_zeroes_whole_feature_maps(net):
     mask = model._mask(0, net.stage_index("Mixed_7c"), h, 0, 0)
     assert mask.shape == (1, 2048, 1, 1)
     assert set(mask.unique().tolist()) == {0.0, 2.0}  # inverted dropout keeps the expectation
+
+
+def test_channels_last_network_gives_the_same_features(net):
+    """The pipeline runs the network in channels_last memory format (faster on CPU)."""
+    import copy
+
+    fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    x = _x(3, seed=5)
+    plain, _ = MCInception(fast, ScoreOptions(passes=1), torch.device("cpu")).features(x)
+    with torch.inference_mode():
+        assert (plain - net(x)).abs().max().item() < 1e-4

@@ -70,7 +70,8 @@ class MCInception:
     # -- forward ----------------------------------------------------------------------------------
     @torch.inference_mode()
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_range(x.to(self.device), 0, self.split)
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.net.forward_range(x, 0, self.split)
 
     @torch.inference_mode()
     def tail(self, h: torch.Tensor, t: int | None, set_tag: int = 0, first_index: int = 0) -> torch.Tensor:
