@@ -30,7 +30,6 @@ network, per-pass statistics) with the default options, for T=0 and for T.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
 import torch
@@ -38,7 +37,7 @@ import torch
 from app.schemas import ScoreOptions
 from bench.common import (OUT, interleaved, load_average, make_image_folder, network_inputs, our_network,
                           paired_ratio, reference_network, spread)
-from bench.machine import describe
+from bench.machine import describe, write_results
 
 ISSUE_DROPOUT_AT = ["Mixed_6e", "Mixed_7a", "Mixed_7b"]  # (c)'s configuration in issue 2
 
@@ -207,10 +206,7 @@ def main(argv=None) -> dict:
     results = {"machine": describe(), "batch": a.batch, "rounds": a.rounds, "threads": torch.get_num_threads(),
                "deterministic": det, "monte_carlo": mc, "end_to_end": e2e,
                "load_average_1min": {"before": load_before, "after": load_average()}}
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return results
+    return write_results(a.json, results)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,11 @@ pytorch-fid takes ~10-20 s per call at d=2048 on 2 cores, so by default it is ti
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
-from bench.machine import describe
+from bench.machine import describe, write_results
 from worker.engine.stats import Moments
 from worker.engine.frechet import frechet_distances
 
@@ -80,10 +79,7 @@ def main(argv=None):
         print(f"n={r['images_per_set']:>6}  T={r['passes']}  ours {r['ours_s']:.1f} s  "
               f"pytorch-fid {r['pytorch_fid_total_s']:.1f} s ({r['pytorch_fid_per_call_s']:.2f} s/call x {r['passes']}, "
               f"{r['pytorch_fid_calls_timed']} timed)  speed-up {r['speedup']:.0f}x  max rel diff {r['max_rel_diff']:.1e}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return results
+    return write_results(a.json, results)
 
 
 if __name__ == "__main__":

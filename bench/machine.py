@@ -25,3 +25,13 @@ def describe() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "gpu": gpu,
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__}
+
+
+def write_results(path: str | None, results: dict) -> dict:
+    """Write a benchmark's results as JSON when a path was given; returns them unchanged."""
+    if path:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+    return results

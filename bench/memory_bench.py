@@ -39,7 +39,7 @@ import sys
 import time
 
 from bench.common import OUT, gb, load_average, make_image_folder, vm_hwm_bytes
-from bench.machine import describe
+from bench.machine import describe, write_results
 from worker.engine.inception import FEATURE_DIM as D
 from worker.engine.report import PASS_GROUP
 from worker.engine.stats import CHUNK as CHUNK_ROWS  # rows buffered before a merge once n > d
@@ -192,10 +192,7 @@ def main(argv=None) -> dict:
                "stats_model": stats_runs, "target_images": a.target,
                "estimate": estimate, "rusage_children_max_gb": gb(children_max),
                "load_average_1min": {"before": load_before, "after": load_average()}}
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return results
+    return write_results(a.json, results)
 
 
 if __name__ == "__main__":
