@@ -16,6 +16,7 @@ RUN useradd --system --uid 10001 --home-dir /srv/trustfid trustfid \
  && mkdir -p /data /srv/trustfid && chown trustfid /data
 WORKDIR /srv/trustfid
 COPY pyproject.toml README.md ./
+COPY trustfid ./trustfid
 COPY app ./app
 COPY worker ./worker
 

@@ -19,12 +19,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import ingest, jobs
 from app.auth import authenticate
-from app.errors import (ConflictError, InputError, RateLimitError, TooLargeError, TrustfidError,
-                        UnavailableError, UnsupportedTypeError)
-from app.schemas import (JobList, JobRecord, JobSubmit, ReferenceList, ReferenceRecord,
-                         ReferenceSubmit, Report)
+from app.errors import ConflictError, RateLimitError, UnavailableError
 from app.settings import Settings, get_settings
 from app.store import Store, connect, new_id
+from trustfid.errors import (
+    InputError,
+    TooLargeError,
+    TrustfidError,
+    UnsupportedTypeError,
+)
+from trustfid.records import (
+    JobList,
+    JobRecord,
+    JobSubmit,
+    ReferenceList,
+    ReferenceRecord,
+    ReferenceSubmit,
+)
+from trustfid.schemas import Report
 
 log = logging.getLogger("trustfid.api")
 MAX_JSON_BYTES = 1 << 20

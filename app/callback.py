@@ -16,8 +16,8 @@ import logging
 import time
 
 from app import ingest
-from app.errors import TrustfidError
 from app.settings import Settings
+from trustfid.errors import TrustfidError
 
 log = logging.getLogger("trustfid.callback")
 

@@ -1,197 +1,95 @@
-"""The `trustfid` command line.
+"""The installed `trustfid` command: the library's commands (score, stats, inspect; trustfid/cli.py)
+plus the service's:
 
-    trustfid score REAL GENERATED [MC options] [--json PATH]
-    trustfid stats SET -o FILE.npz [MC options]
-    trustfid inspect SET --json PATH [MC options]
+    trustfid serve [--host 127.0.0.1] [--port 8000]    embedded Redis + one worker + the API
+    trustfid worker [--pool solo] [--concurrency 1]    a worker against TRUSTFID_REDIS_URL
+    trustfid submit REAL GENERATED [--wait]            send a job to a running service
 
-Each SET is a folder, a .zip/.tar/.tar.gz archive, a .npy/.npz image array or (score) a saved
-statistics .npz. Exit codes: 0 success, 2 bad input (one line on stderr saying what and what to do),
-1 an internal error (a bug: please report it).
-
-The engine (torch) is imported lazily inside the commands, so `trustfid --help` and the service
-commands start fast and the API side never needs torch.
+It sits above everything (library, API, worker), as the top of the house may.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
-from pathlib import Path
-
-from pydantic import ValidationError
-
-from app.errors import TrustfidError
-from app.schemas import BLOCKS, Progress, ScoreOptions
 
 
-def _add_mc_options(p: argparse.ArgumentParser) -> None:
-    d = ScoreOptions()
-    g = p.add_argument_group("MC dropout and preprocessing (these change the numbers)")
-    g.add_argument("--passes", type=int, default=d.passes, help=f"T, stochastic passes (default {d.passes}; 0 = plain FID only)")
-    g.add_argument("--dropout-rate", type=float, default=d.dropout_rate, help=f"dropout probability p (default {d.dropout_rate})")
-    g.add_argument("--dropout-at", default=",".join(d.dropout_at),
-                   help=f"comma-separated blocks followed by dropout (default {','.join(d.dropout_at)}; any of {', '.join(BLOCKS)})")
-    g.add_argument("--dropout-kind", choices=["element", "channel"], default=d.dropout_kind)
-    g.add_argument("--mask-mode", choices=["shared", "per_image"], default=d.mask_mode,
-                   help="shared: pass t is one sampled network for every image (default)")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--resize", choices=["clean", "legacy_pytorch"], default=d.resize,
-                   help="clean = clean-fid's PIL bicubic (default); legacy_pytorch = pytorch-fid's bilinear")
-    o = p.add_argument_group("run")
-    o.add_argument("--device", default=d.device, help="auto (default), cpu or cuda")
-    o.add_argument("--batch-size", type=int, default=d.batch_size, help="does not change results")
-    o.add_argument("--bootstrap", type=int, default=d.bootstrap_resamples, dest="bootstrap_resamples",
-                   help=f"image resamples for the bootstrap interval (default {d.bootstrap_resamples}; 0 = off)")
-    o.add_argument("--top-k", type=int, default=d.top_k, help="most uncertain images listed per set")
-    o.add_argument("--strict", action="store_true", help="an unreadable file is an error instead of being skipped")
-    o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+def cmd_serve(args) -> int:
+    from app.serve import run_embedded
+
+    return run_embedded(args.host, args.port, log_level=args.log_level)
 
 
-def _options(args) -> ScoreOptions:
-    return ScoreOptions(
-        passes=args.passes, dropout_rate=args.dropout_rate,
-        dropout_at=[b.strip() for b in args.dropout_at.split(",") if b.strip()],
-        dropout_kind=args.dropout_kind, mask_mode=args.mask_mode, seed=args.seed, resize=args.resize,
-        device=args.device, batch_size=args.batch_size, bootstrap_resamples=args.bootstrap_resamples,
-        top_k=args.top_k, strict=args.strict)
+def cmd_worker(args) -> int:
+    from app.serve import run_worker
+
+    return run_worker(pool=args.pool, concurrency=args.concurrency, loglevel=args.log_level)
 
 
-class _Bars:
-    """tqdm bars on stderr, one per set; silent when stderr is not a terminal or with --quiet."""
+def cmd_submit(args) -> int:
+    from trustfid import Client
 
-    def __init__(self, quiet: bool):
-        self.enabled = not quiet and sys.stderr.isatty()
-        self.bars: dict = {}
-
-    def __call__(self, p: Progress) -> None:
-        if not self.enabled or p.stage != "extracting" or p.set is None:
-            return
-        from tqdm import tqdm
-
-        bar = self.bars.get(p.set)
-        if bar is None:
-            bar = self.bars[p.set] = tqdm(total=p.images_total, desc=f"{p.set:>9}", unit="img", file=sys.stderr)
-        bar.update(p.images_done - bar.n)
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-
-
-def _write_json(path: str | None, model) -> None:
-    text = model.model_dump_json(indent=2)
-    if path in (None, "-"):
-        return
-    Path(path).write_text(text + "\n")
-
-
-def _summary(report) -> str:
-    lines = [f"FID {report.fid:.4f}   ({report.counts.real.used} real vs {report.counts.generated.used} generated images, "
-             f"{report.preprocessing.split(':')[0]} resize)"]
-    mc, boot = report.fid_mc, report.fid_bootstrap
-    if mc.passes:
-        lines.append(f"MC dropout ({mc.passes} passes): mean {mc.mean:.4f}  std {mc.std:.4f}  "
-                     f"95% [{mc.ci95[0]:.4f}, {mc.ci95[1]:.4f}]")
-    if boot.ci95:
-        lines.append(f"bootstrap over images ({boot.resamples}): 95% [{boot.ci95[0]:.4f}, {boot.ci95[1]:.4f}]")
-    lv = report.latent_variance
-    if lv.real.mean is not None:
-        lines.append(f"latent variance: real {lv.real.mean:.4g}   generated {lv.generated.mean:.4g}")
-    lines.append(f"trust: {report.trust.level.upper()} ({report.trust.score:.2f})")
-    lines += [f"  - {r}" for r in report.trust.reasons]
-    skipped = len(report.counts.real.skipped) + len(report.counts.generated.skipped)
-    if skipped:
-        lines.append(f"{skipped} file(s) skipped (see counts.*.skipped in the JSON report)")
-    return "\n".join(lines)
-
-
-def _with_progress(args, fn, *fn_args):
-    """Run an engine call with progress bars on stderr (closed even when it fails)."""
-    bars = _Bars(args.quiet)
-    try:
-        return fn(*fn_args, _options(args), progress=bars)
-    finally:
-        bars.close()
-
-
-def cmd_score(args) -> int:
-    from worker.engine import score
-
-    report = _with_progress(args, score, args.real, args.generated)
-    _write_json(args.json, report)
-    print(report.model_dump_json(indent=2) if args.json == "-" else _summary(report))
-    return 0
-
-
-def cmd_stats(args) -> int:
-    from worker.engine import compute_stats
-
-    stats = _with_progress(args, compute_stats, args.set)
-    stats.save(args.output)
-    print(f"wrote {args.output}: {stats.n} images, {len(stats.mc)} MC passes, {len(stats.skipped)} skipped")
-    return 0
-
-
-def cmd_inspect(args) -> int:
-    from worker.engine import inspect
-
-    result = _with_progress(args, inspect, args.set)
-    _write_json(args.json, result)
-    s = result.summary
-    print(f"{len(result.images)} images: latent variance mean {s.mean:.4g}, median {s.median:.4g}, p95 {s.p95:.4g}"
-          + (f"; wrote {args.json}" if args.json not in (None, "-") else ""))
+    options = json.loads(args.options) if args.options else {}
+    if not isinstance(options, dict):
+        print("trustfid submit: --options must be a JSON object", file=sys.stderr)
+        return 2
+    for name in ("passes", "seed"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    with Client(args.url, args.api_key) as client:
+        job = client.submit(_side(args.real), _side(args.generated), options, tags=args.tag or None, wait=True)
+        if not args.wait:
+            print(job.id)
+            return 0
+        print(f"job {job.id} queued; waiting", file=sys.stderr)
+        report = job.wait(args.timeout).report()
     if args.json == "-":
-        print(result.model_dump_json(indent=2))
+        print(report.model_dump_json(indent=2))
+    elif args.json:
+        with open(args.json, "w") as f:
+            f.write(report.model_dump_json(indent=2))
+    mc = report.fid_mc
+    spread = f" ± {mc.std:.3f} (MC, {mc.passes} passes)" if mc.std is not None else ""
+    print(f"job {job.id}: FID {report.fid:.3f}{spread}; trust {report.trust.level}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trustfid", description="FID with an uncertainty report you can act on.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _side(value: str):
+    return {"reference_id": value[4:]} if value.startswith("ref:") else value
 
-    p = sub.add_parser("score", help="FID of GENERATED against REAL, with MC-dropout uncertainty and a trust level")
-    p.add_argument("real", help="folder, archive, image array or statistics .npz")
-    p.add_argument("generated", help="folder, archive, image array or statistics .npz")
-    p.add_argument("--json", metavar="PATH", help="write the full report as JSON ('-' = print it)")
-    _add_mc_options(p)
-    p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("stats", help="compute and save a set's statistics (.npz, pytorch-fid compatible mu/sigma)")
-    p.add_argument("set")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.npz")
-    _add_mc_options(p)
-    p.set_defaults(func=cmd_stats)
+def add_service_commands(sub) -> None:
+    p = sub.add_parser("serve", help="run the service on this machine: embedded Redis, one worker and the API")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need API keys)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("inspect", help="latent variance of every image of one set")
-    p.add_argument("set")
-    p.add_argument("--json", metavar="PATH", help="write {images: [...], summary: {...}} ('-' = print it)")
-    _add_mc_options(p)
-    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("worker", help="run a scoring worker against TRUSTFID_REDIS_URL")
+    p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default TRUSTFID_WORKER_POOL)")
+    p.add_argument("--concurrency", type=int, help="processes/threads (default TRUSTFID_WORKER_CONCURRENCY)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_worker)
 
-    try:  # the service's commands (serve, worker, submit), when that part is installed
-        from app.cli_service import add_service_commands
-    except ImportError:
-        pass
-    else:
-        add_service_commands(sub)
-    return parser
+    p = sub.add_parser("submit", help="send a job to a running service (TRUSTFID_URL, TRUSTFID_API_KEY)")
+    p.add_argument("real", help="folder, archive, .npy/.npz, image file, URI, or ref:<reference id>")
+    p.add_argument("generated", help="same choices as REAL")
+    p.add_argument("--url", help="service URL (default TRUSTFID_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="API key (default TRUSTFID_API_KEY)")
+    p.add_argument("--options", help='JSON score options, e.g. \'{"passes": 20, "resize": "clean"}\'')
+    p.add_argument("--passes", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--tag", action="append", help="label the job (repeatable), e.g. --tag run=abc")
+    p.add_argument("--wait", action="store_true", help="wait for the report and print the FID")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    p.add_argument("--json", metavar="PATH", help="with --wait: write the report as JSON ('-' = print it)")
+    p.set_defaults(func=cmd_submit)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except TrustfidError as e:
-        print(f"trustfid: error: {e.message}", file=sys.stderr)
-        return 2
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "options"
-        print(f"trustfid: error: {where}: {first['msg']}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("trustfid: interrupted", file=sys.stderr)
-        return 130
+    from trustfid.cli import build_parser, run
+
+    return run(build_parser(add_service_commands), argv)
 
 
 if __name__ == "__main__":

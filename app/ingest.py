@@ -23,9 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from app.errors import (ForbiddenURLError, InputError, TooLargeError, TrustfidError,
-                        UnsupportedTypeError)
+from app.errors import ForbiddenURLError
 from app.settings import Settings
+from trustfid.errors import (
+    InputError,
+    TooLargeError,
+    TrustfidError,
+    UnsupportedTypeError,
+)
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 ARRAY_SUFFIXES = (".npy", ".npz")

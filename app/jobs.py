@@ -10,12 +10,22 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app import ingest
-from app.errors import ConflictError, InputError, NotFoundError
+from app.errors import ConflictError, NotFoundError
 from app.queue import TASK_REFERENCE, TASK_SCORE, enqueue
-from app.schemas import (FINAL_STATES, InputInfo, InputRef, JobOptions, JobRecord, JobSubmit,
-                         ReferenceRecord, ReferenceSubmit, ScoreOptions)
 from app.settings import Settings
 from app.store import Store, Stored, new_id
+from trustfid.errors import InputError
+from trustfid.records import (
+    FINAL_STATES,
+    InputInfo,
+    InputRef,
+    JobOptions,
+    JobRecord,
+    JobSubmit,
+    ReferenceRecord,
+    ReferenceSubmit,
+)
+from trustfid.schemas import ScoreOptions
 
 
 def staging_dir(settings: Settings, record_id: str) -> Path:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from html import escape
 
-from app.schemas import JobRecord, Report
+from trustfid.records import JobRecord
+from trustfid.schemas import Report
 
 W, H, PAD = 560, 220, 40
 

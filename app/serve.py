@@ -125,10 +125,10 @@ def run_worker(pool: str | None = None, concurrency: int | None = None, loglevel
     if not settings.redis_url:
         print("trustfid worker: set TRUSTFID_REDIS_URL to the service's Redis", file=sys.stderr)
         return 2
-    from worker.celery_app import app
-
-    app.worker_main(worker_argv(settings, pool=pool, concurrency=concurrency, loglevel=loglevel))
-    return 0
+    # Celery loads the worker's app by name (-A worker.celery_app): the service's CLI starts the worker
+    # without importing it, so app/ never imports worker/.
+    argv = worker_command(settings, pool=pool, concurrency=concurrency, loglevel=loglevel)
+    os.execv(argv[0], argv)
 
 
 def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> int:

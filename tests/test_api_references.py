@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.client import Client, ServiceError
 from tests.conftest import FAST_OPTIONS, KEY_A, KEY_B, pngs, upload
+from trustfid.client import Client, ServiceError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.schemas import InspectReport, Report
+from trustfid.schemas import InspectReport, Report
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"

@@ -10,10 +10,10 @@ The images are crops of photos that ship inside scikit-image and scikit-learn.
 
 import pytest
 
-from app.schemas import ScoreOptions
 from tests import realimages
 from tests.engine_helpers import pytorch_fid_model
-from worker.engine import score
+from trustfid import score
+from trustfid.schemas import ScoreOptions
 
 REL = 5e-5
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_legacy_pytorch_equals_pytorch_fid(folders, tmp_path):
     import pytorch_fid.inception as pf
     from pytorch_fid.fid_score import calculate_fid_given_paths
 
-    from worker.engine.weights import load_weights
+    from trustfid.weights import load_weights
 
     model, _ = pytorch_fid_model(load_weights(None, tmp_path).tensors)
     orig = pf.fid_inception_v3

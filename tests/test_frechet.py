@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance as pytorch_fid_frechet
 
-from worker.engine.frechet import frechet_distance, frechet_distances
-from worker.engine.stats import Gaussian, Moments
+from trustfid.frechet import frechet_distance, frechet_distances
+from trustfid.stats import Gaussian, Moments
 
 REL = 1e-6  # the acceptance tolerance on well-conditioned cases
 

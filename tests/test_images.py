@@ -1,4 +1,4 @@
-"""Reading image sets (worker/engine/images.py): what a user gets out of folders, archives, arrays
+"""Reading image sets (trustfid/images.py): what a user gets out of folders, archives, arrays
 and DICOM, how intensities are mapped, and what is skipped or refused. Fixtures are generated in
 tmp_path; DICOM samples are the test files that ship inside the pydicom wheel."""
 
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import InputError, TooLargeError
-from worker.engine.images import _GzIndex, _IndexedGzip, open_images
+from trustfid.errors import InputError, TooLargeError
+from trustfid.images import _GzIndex, _IndexedGzip, open_images
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -543,7 +543,7 @@ def test_in_memory_arrays_and_tensors(tmp_path):
 
 
 def test_torch_is_not_imported_for_numpy_inputs():
-    code = ("import sys, numpy as np; from worker.engine.images import open_images; "
+    code = ("import sys, numpy as np; from trustfid.images import open_images; "
             "list(open_images(np.zeros((2, 8, 8, 3), np.uint8))); assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

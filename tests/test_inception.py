@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from app.errors import InputError
 from tests import realimages
 from tests.engine_helpers import our_net, pytorch_fid_model, torchscript_net, weights
-from worker.engine.inception import FIDInceptionV3
-from worker.engine.weights import FID_HELPER_SHA1, _sha1, fid_helper_archive, load_weights
+from trustfid.errors import InputError
+from trustfid.inception import FIDInceptionV3
+from trustfid.weights import FID_HELPER_SHA1, _sha1, fid_helper_archive, load_weights
 
 TOL = 1e-4  # max abs difference of 2048-d features (values up to ~10); float32 conv order differs
 
@@ -69,8 +69,8 @@ def test_pytorch_fid_weights_file_is_accepted_and_gives_the_same_network(tmp_pat
     loaded = load_weights(pth, tmp_path / "c")
     assert loaded.sha256 == weights(cache).sha256
 
-    from pytorch_fid.inception import InceptionV3
     import pytorch_fid.inception as pf
+    from pytorch_fid.inception import InceptionV3
 
     orig = pf.fid_inception_v3
     pf.fid_inception_v3 = lambda: model

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from app.schemas import ScoreOptions
 from tests.engine_helpers import our_net
-from worker.engine.mc import MCInception
+from trustfid.mc import MCInception
+from trustfid.schemas import ScoreOptions
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from app.errors import CancelledError, IncompatibleStatsError, InputError
-from app.schemas import Report, ScoreOptions
 from tests import realimages
-from worker.engine import compute_stats, inspect, load_stats, score
+from trustfid import compute_stats, inspect, load_stats, score
+from trustfid.errors import CancelledError, IncompatibleStatsError, InputError
+from trustfid.schemas import Report, ScoreOptions
 
 FAST = dict(passes=3, bootstrap_resamples=8, dropout_at=["Mixed_7a", "Mixed_7b"])
 

@@ -1,4 +1,4 @@
-"""Resize modes (worker/engine/preprocess.py) against the published tools they claim to reproduce:
+"""Resize modes (trustfid/preprocess.py) against the published tools they claim to reproduce:
 clean-fid's resizer, fid-helper-pytorch's resample path and pytorch-fid's resize + normalize."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.errors import InputError
-from app.schemas import ResizeMode
-from worker.engine.preprocess import RESIZE_MODES, to_model_input
+from trustfid.errors import InputError
+from trustfid.preprocess import RESIZE_MODES, to_model_input
+from trustfid.schemas import ResizeMode
 
 TF_RANGE = (-1.0, 1.0 - 1.0 / 128)  # fid_helper_pytorch.INPUT_RANGE_TF
 

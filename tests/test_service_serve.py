@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from app.client import Client
 from app.serve import free_port
 from tests.conftest import FAST_OPTIONS, ROOT, pngs
+from trustfid.client import Client
 
 
 def children_of(pid: int) -> set[int]:
@@ -48,7 +48,7 @@ def clean_env(**extra) -> dict:
 def test_serve_runs_everything_and_stops_on_ctrl_c(tmp_path, image_sets):
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli_service", "serve", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
                             cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -70,7 +70,7 @@ def test_serve_runs_everything_and_stops_on_ctrl_c(tmp_path, image_sets):
             job = client.submit(image_sets["real"], image_sets["generated"], FAST_OPTIONS)
             report = job.wait(timeout=240).report()
         assert report.counts.real.used == 4 and report.counts.generated.used == 4
-        cli = subprocess.run([sys.executable, "-m", "app.cli_service", "submit", str(image_sets["real"]),
+        cli = subprocess.run([sys.executable, "-m", "app.cli", "submit", str(image_sets["real"]),
                               str(image_sets["generated"]), "--url", url, "--passes", "2", "--seed", "7",
                               "--options", '{"bootstrap_resamples": 5}', "--wait", "--json", str(tmp_path / "r.json")],
                              capture_output=True, text=True, timeout=300, env=clean_env())
@@ -102,7 +102,7 @@ def test_serve_runs_everything_and_stops_on_ctrl_c(tmp_path, image_sets):
 
 
 def test_serve_refuses_a_public_address_without_keys(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "app.cli_service", "serve", "--host", "0.0.0.0", "--port",
+    r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--host", "0.0.0.0", "--port",
                         str(free_port())], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "TRUSTFID_API_KEYS" in r.stderr
     assert not (tmp_path / ".trustfid").exists()

@@ -5,10 +5,17 @@ import json
 import numpy as np
 import pytest
 
-from app.errors import IncompatibleStatsError, InputError
-from app.schemas import ScoreOptions, SkippedFile
-from worker.engine.frechet import frechet_distance
-from worker.engine.stats import CHUNK, Moments, SetStats, check_compatible, fingerprint, load_stats
+from trustfid.errors import IncompatibleStatsError, InputError
+from trustfid.frechet import frechet_distance
+from trustfid.schemas import ScoreOptions, SkippedFile
+from trustfid.stats import (
+    CHUNK,
+    Moments,
+    SetStats,
+    check_compatible,
+    fingerprint,
+    load_stats,
+)
 
 
 def _rows(n, d=16, seed=0, offset=0.0):

@@ -14,9 +14,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.schemas import FidBootstrap, FidMC, LatentVariance, ScoreOptions, SetVariance
 from bench.validation import data as D
-from worker.engine import score, trust
+from trustfid import score, trust
+from trustfid.schemas import (
+    FidBootstrap,
+    FidMC,
+    LatentVariance,
+    ScoreOptions,
+    SetVariance,
+)
 
 BASE = trust.baseline()
 MEDIUM = BASE["thresholds"]["variance_ratio_medium"]

@@ -24,11 +24,13 @@ from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app import ingest, jobs
-from app.errors import CancelledError, TrustfidError, UnavailableError
+from app.errors import UnavailableError
 from app.queue import TASK_REFERENCE, TASK_SCORE
-from app.schemas import FINAL_STATES, JobError, Progress
 from app.settings import Settings, get_settings
 from app.store import Store, Stored, connect
+from trustfid.errors import CancelledError, TrustfidError
+from trustfid.records import FINAL_STATES, JobError
+from trustfid.schemas import Progress
 from worker.celery_app import app
 
 log = logging.getLogger("trustfid.worker")
@@ -86,8 +88,8 @@ def _warm_up() -> None:
     """Load the network once per worker process, before the first job (the engine caches it)."""
     PROC.ensure()
     try:
-        from app.schemas import ScoreOptions
-        from worker.engine.pipeline import network
+        from trustfid.pipeline import network
+        from trustfid.schemas import ScoreOptions
 
         network(ScoreOptions(), PROC.settings)
     except Exception:  # a broken engine shows up as failed jobs with a reason, not as a dead worker
@@ -236,7 +238,7 @@ def _run_leased(store: Store, settings: Settings, record_id: str) -> str:
 
 
 def _score(store: Store, st: Stored, settings: Settings, cb: _Callbacks):
-    from worker.engine import score
+    from trustfid import score
 
     rec = st.record
     real = _input_path(st.paths["real"], rec.id, "real", settings)
@@ -260,7 +262,7 @@ def _score(store: Store, st: Stored, settings: Settings, cb: _Callbacks):
 
 
 def _reference(st: Stored, settings: Settings, cb: _Callbacks):
-    from worker.engine import compute_stats
+    from trustfid import compute_stats
 
     rec = st.record
     source = _input_path(st.paths["source"], rec.id, "source", settings)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
-from worker.engine.frechet import frechet_distance
-from worker.engine.stats import Moments
+from trustfid.frechet import frechet_distance
+from trustfid.stats import Moments
 
 SEVERITY_AXIS = [0, 1, 2, 3, 4, 5]
 

@@ -1,4 +1,4 @@
-"""From the study's measurements to the numbers the trust rule needs (worker/engine/trust_baseline.json).
+"""From the study's measurements to the numbers the trust rule needs (trustfid/trust_baseline.json).
 
 All at the chosen MC setting and the default T (the confirmed row). The rules, stated once here and
 in docs/VALIDATION.md, are fixed before looking at which set they flag:
@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from app.schemas import LatentVariance, SetVariance
-from worker.engine import trust
+from trustfid import trust
+from trustfid.schemas import LatentVariance, SetVariance
 
 Z975 = 1.959964
 MIXED_SET = 24

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from app.schemas import ScoreOptions
-from worker.engine.mc import MCInception
+from trustfid.mc import MCInception
+from trustfid.schemas import ScoreOptions
 
 
 @dataclass(frozen=True)

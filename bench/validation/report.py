@@ -270,7 +270,7 @@ def measured_section(results: dict) -> str:
               f"T={conf['passes']}: {conf['rank_agreement_grid_vs_default_T']:.3f}.", ""]
 
     b = calib["baseline"]
-    parts += ["### Calibration: the numbers the trust rule uses (worker/engine/trust_baseline.json)", ""]
+    parts += ["### Calibration: the numbers the trust rule uses (trustfid/trust_baseline.json)", ""]
     rows = [[k, _f(v, 3) if isinstance(v, float) else str(v), b["rules"].get(k, "")]
             for k, v in b["thresholds"].items()]
     parts += [_table(["threshold", "value", "derived as"], rows), ""]

@@ -8,7 +8,7 @@
    family, natural-vs-medical AUROC of per-image latent variance, and the same for the baselines
    (plain FID, embedding norm, distance to the reference mean);
 5. choice: the stated rule (analysis.choose), then the chosen setting confirmed at its default T;
-6. calibration: the numbers the trust rule needs, into worker/engine/trust_baseline.json;
+6. calibration: the numbers the trust rule needs, into trustfid/trust_baseline.json;
 7. outputs: docs/validation/results.json, the PNG plots, and the measured section of
    docs/VALIDATION.md (between its BEGIN/END markers).
 """
@@ -26,10 +26,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.schemas import ScoreOptions
+from trustfid.schemas import ScoreOptions
+
 from . import analysis as A
-from . import calibrate, data as D
-from .grid import DOMAIN_ONLY, GRID, Features, Setting, first_split, latent_variance, run_setting
+from . import calibrate
+from . import data as D
+from .grid import (
+    DOMAIN_ONLY,
+    GRID,
+    Features,
+    Setting,
+    first_split,
+    latent_variance,
+    run_setting,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "VALIDATION.md"
@@ -60,7 +70,7 @@ def tail_cost(net, setting: Setting) -> float:
 
 
 def load_network():
-    from worker.engine.pipeline import network
+    from trustfid.pipeline import network
 
     net, weights, _ = network(ScoreOptions(device="cpu"))
     # A private copy in channels_last layout: the same function (features within ~1e-5), ~1.6x
@@ -70,7 +80,7 @@ def load_network():
 
 
 def model_input(images):
-    from worker.engine.preprocess import to_model_input
+    from trustfid.preprocess import to_model_input
 
     return to_model_input([im.astype(np.float32) for im in images], "clean").contiguous(
         memory_format=torch.channels_last)
@@ -96,7 +106,7 @@ def check_engine_equivalence(net, images: list[np.ndarray], settings: list[Setti
     """Max relative difference between the study's per-image latent variance (cached trunk, passes
     stacked into one batch) and the engine's pipeline.extract on the same images. Guards the study
     against measuring something other than the product."""
-    from worker.engine.pipeline import extract
+    from trustfid.pipeline import extract
 
     worst = 0.0
     arr = np.stack(images).astype(np.uint8)

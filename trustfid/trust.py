@@ -37,7 +37,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from app.schemas import FidBootstrap, FidMC, LatentVariance, Trust
+from .schemas import FidBootstrap, FidMC, LatentVariance, Trust
 
 BASELINE_FILE = Path(__file__).with_name("trust_baseline.json")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from app.errors import InputError
+from .errors import InputError
 from .inception import FIDInceptionV3, canonical_conv_names
 
 FID_HELPER_FILE = "default_1.pt"

@@ -15,14 +15,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.errors import CancelledError, InputError
-from app.schemas import InspectImage, InspectReport, ModelInfo, Progress, Report, ScoreOptions, Timing
-from app.settings import Settings, get_settings
 from . import report as rep
+from .errors import CancelledError, InputError
 from .images import open_images
 from .inception import FEATURE_DIM, FIDInceptionV3
 from .mc import SET_TAGS, MCInception
 from .preprocess import RESIZE_MODES, to_model_input
+from .schemas import (
+    InspectImage,
+    InspectReport,
+    ModelInfo,
+    Progress,
+    Report,
+    ScoreOptions,
+    Timing,
+)
+from .settings import EngineSettings, get_engine_settings
 from .stats import Moments, SetStats, check_compatible, fingerprint, load_stats
 from .weights import Weights, load_weights
 
@@ -52,8 +60,8 @@ def _network(weights_path: str | None, cache_dir: str, device: str) -> tuple[FID
     return net, weights
 
 
-def network(options: ScoreOptions, settings: Settings | None = None) -> tuple[FIDInceptionV3, Weights, torch.device]:
-    settings = settings or get_settings()
+def network(options: ScoreOptions, settings: EngineSettings | None = None) -> tuple[FIDInceptionV3, Weights, torch.device]:
+    settings = settings or get_engine_settings()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = resolve_device(options.device)
@@ -105,7 +113,7 @@ def _prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
 
 
 def extract(source, set_name: str, options: ScoreOptions, *, progress: ProgressFn | None = None,
-            should_cancel: CancelFn | None = None, settings: Settings | None = None,
+            should_cancel: CancelFn | None = None, settings: EngineSettings | None = None,
             first_index: int = 0) -> SetStats:
     """Statistics of one set: plain pass plus T MC passes, per-image latent variance.
     ``first_index`` offsets image indices when a set is sharded (per-image masks depend on it)."""
@@ -114,7 +122,7 @@ def extract(source, set_name: str, options: ScoreOptions, *, progress: ProgressF
     if isinstance(source, (str, Path)) and str(source).endswith(".npz") and _is_stats_file(Path(source)):
         return load_stats(source)
 
-    settings = settings or get_settings()
+    settings = settings or get_engine_settings()
     net, weights, device = network(options, settings)
     model = MCInception(net, options, device)
     images = open_images(source, strict=options.strict, max_pixels=settings.max_pixels,

@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.schemas import (FidBootstrap, FidMC, ImageVariance, LatentVariance, SetVariance, Trust,
-                         VarianceSummary)
 from .frechet import frechet_distance, frechet_distances
+from .schemas import (
+    FidBootstrap,
+    FidMC,
+    ImageVariance,
+    LatentVariance,
+    SetVariance,
+    Trust,
+    VarianceSummary,
+)
 from .stats import Gaussian, SetStats
 from .trust import assess
-
 
 PASS_GROUP = 4  # passes whose d x d matrices are held at once in the Fréchet step
 

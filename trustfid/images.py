@@ -44,8 +44,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from app.errors import InputError, TooLargeError, TrustfidError
-from app.schemas import SkippedFile
+from .errors import InputError, TooLargeError, TrustfidError
+from .schemas import SkippedFile
 
 __all__ = ["ImageSet", "open_images", "IMAGE_EXTENSIONS", "ACCEPTED_INPUTS"]
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import IncompatibleStatsError, InputError
-from app.schemas import SkippedFile
+from .errors import IncompatibleStatsError, InputError
+from .schemas import SkippedFile
 
 CHUNK = 256
 FORMAT = "trustfid-stats-1"

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.errors import InputError
+from .errors import InputError
 
 SIZE = (299, 299)  # (height, width) of the Inception input
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from app.schemas import ScoreOptions
 from .inception import FIDInceptionV3
+from .schemas import ScoreOptions
 
 SET_TAGS = {"real": 0, "generated": 1}
 

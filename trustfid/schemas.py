@@ -1,15 +1,18 @@
-"""The one contract: options in, report out. The CLI's JSON, the API's JSON and the stored records
-all use these models. Pure pydantic; importing this module never imports torch.
+"""The library's contract: options in, report out. The CLI's JSON, the API's JSON and the stored
+records all use these models (the service's job records are in records.py). Pure pydantic; importing
+this module never imports torch.
 
 Reports carry ``schema_version``; a field once published keeps its meaning. Add fields, never
-repurpose them.
+repurpose them. What a caller sends is checked strictly (an unknown option is an error, not silently
+ignored); what a client *reads* is parsed with ``lenient(...)``, which drops fields this version does
+not know, so an older client keeps working against a newer service.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = "1.0"
 
@@ -25,8 +28,30 @@ ResizeMode = Literal["clean", "legacy_pytorch"]
 TrustLevel = Literal["high", "medium", "low"]
 
 
+LENIENT = {"lenient": True}
+
+
 class _Strict(BaseModel):
+    """Unknown fields are an error, unless validated with ``context=LENIENT`` (then they are dropped,
+    at every level of nesting)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _drop_unknown_when_lenient(cls, data, handler, info):
+        if info.context and info.context.get("lenient") and isinstance(data, dict):
+            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+            data = {k: v for k, v in data.items() if k in known}
+        return handler(data)
+
+
+def lenient(model: type[BaseModel], data):
+    """``model`` validated from ``data`` (a dict, or JSON text) ignoring fields this version does not
+    know: how a client reads what a newer service sends."""
+    if isinstance(data, (str, bytes)):
+        return model.model_validate_json(data, context=LENIENT)
+    return model.model_validate(data, context=LENIENT)
 
 
 class ScoreOptions(_Strict):
@@ -168,120 +193,3 @@ class Progress(_Strict):
     images_done: int = 0
     images_total: int | None = None
     passes: int = 0
-
-
-# --- the service's contract: job and reference records (API responses and what Redis stores) ------
-
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-
-
-class JobOptions(ScoreOptions):
-    """The ``options`` of a job: the score options plus what only the service uses."""
-
-    tags: list[str] = Field(default_factory=list, max_length=32,
-                            description="free labels such as run=abc or step=12000; filter with GET /v1/jobs?tag=")
-    callback_url: str | None = Field(None, max_length=2048,
-                                     description="receives the final job record by POST, HMAC-signed")
-
-    @field_validator("tags")
-    @classmethod
-    def _short_tags(cls, v: list[str]) -> list[str]:
-        for t in v:
-            if not t or len(t) > 128 or any(c in t for c in "\r\n\t"):
-                raise ValueError("a tag is 1..128 characters without control characters")
-        return v
-
-    def score_options(self) -> ScoreOptions:
-        return ScoreOptions(**self.model_dump(exclude={"tags", "callback_url"}))
-
-
-class InputRef(_Strict):
-    """One side of a JSON job submission: a URI to fetch, or a registered reference."""
-
-    uri: str | None = Field(None, max_length=4096, description="file:// (under allowed roots), http(s)://, s3://")
-    reference_id: str | None = Field(None, max_length=64)
-
-    @field_validator("reference_id")
-    @classmethod
-    def _id_chars(cls, v):
-        if v is not None and not v.replace("-", "").isalnum():
-            raise ValueError("reference_id has letters, digits and dashes only")
-        return v
-
-    def model_post_init(self, _ctx) -> None:
-        if (self.uri is None) == (self.reference_id is None):
-            raise ValueError("give exactly one of uri or reference_id")
-
-
-class JobSubmit(_Strict):
-    """JSON body of POST /v1/jobs."""
-
-    real: InputRef
-    generated: InputRef
-    options: JobOptions | None = None
-
-
-class ReferenceSubmit(_Strict):
-    """JSON body of POST /v1/references."""
-
-    source: InputRef
-    name: str | None = Field(None, max_length=200)
-    options: ScoreOptions | None = None
-
-
-class InputInfo(_Strict):
-    """Where one input set came from, as the caller sees it."""
-
-    kind: Literal["upload", "uri", "reference"]
-    uri: str | None = None
-    reference_id: str | None = None
-    files: int | None = None
-    bytes: int | None = None
-
-
-class JobError(_Strict):
-    code: str
-    message: str
-
-
-class _TaskRecord(_Strict):
-    id: str
-    state: JobState = "queued"
-    progress: Progress | None = None
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: JobError | None = None
-    attempts: int = 0
-
-
-class JobRecord(_TaskRecord):
-    """GET /v1/jobs/{id}; also the body POSTed to a callback_url."""
-
-    kind: Literal["score"] = "score"
-    real: InputInfo
-    generated: InputInfo
-    options: JobOptions
-    fid: float | None = Field(None, description="copied from the report once succeeded")
-    fid_mc_std: float | None = None
-    trust_level: TrustLevel | None = None
-
-
-class JobList(_Strict):
-    jobs: list[JobRecord]
-
-
-class ReferenceRecord(_TaskRecord):
-    """A registered real set: statistics computed once by a worker, then used by id in jobs."""
-
-    kind: Literal["reference"] = "reference"
-    name: str | None = None
-    source: InputInfo
-    options: ScoreOptions
-    fingerprint: str | None = Field(None, description="sha256 of the stored statistics file")
-    images: int | None = None
-
-
-class ReferenceList(_Strict):
-    references: list[ReferenceRecord]

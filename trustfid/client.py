@@ -1,6 +1,6 @@
 """A small client for training loops and scripts.
 
-    from app.client import Client
+    from trustfid import Client
     client = Client("http://127.0.0.1:8000", api_key=None)        # or TRUSTFID_URL / TRUSTFID_API_KEY
     ref = client.register_reference("data/real/").wait()           # optional: real statistics once
     job = client.submit(real=ref, generated=fake_batch_tensor, options={"passes": 20}, tags=["step=1200"])
@@ -28,9 +28,10 @@ from typing import Any
 
 import httpx
 
-from app.errors import TrustfidError
-from app.ingest import kind_of
-from app.schemas import FINAL_STATES, JobRecord, ReferenceRecord, Report
+from .errors import TrustfidError
+from .images import _classify
+from .records import FINAL_STATES, JobRecord, ReferenceRecord
+from .schemas import Report, lenient
 
 URI_SCHEMES = ("file://", "http://", "https://", "s3://")
 
@@ -102,7 +103,7 @@ def _prepare(x: Any, side: str) -> _Part:
             os.close(fd)
             with tarfile.open(tmp, "w") as tf:
                 for f in sorted(p.rglob("*")):
-                    if f.is_file() and kind_of(f.name) == "image":
+                    if f.is_file() and _classify(f.relative_to(p).as_posix(), lambda f=f: f.read_bytes()[:132]):
                         tf.add(f, arcname=str(f.relative_to(p)))
             return _Part(path=Path(tmp), name=f"{side}.tar", cleanup=True)
         if not p.is_file():
@@ -149,7 +150,7 @@ class _Handle:
     def status(self):
         r = self.client.http.get(f"{self._path}/{self.id}")
         _raise_for(r)
-        return self._model.model_validate(r.json())
+        return lenient(self._model, r.json())
 
     def done(self) -> bool:
         return self.uploaded and (self._error is not None or self.status().state in FINAL_STATES)
@@ -180,7 +181,7 @@ class Job(_Handle):
     def report(self) -> Report:
         r = self.client.http.get(f"{self._path}/{self.id}/report")
         _raise_for(r)
-        return Report.model_validate(r.json())
+        return lenient(Report, r.json())
 
     def wait(self, timeout: float | None = None, poll: float = 1.0) -> Job:
         rec = super().wait(timeout, poll)
@@ -281,7 +282,7 @@ class Client:
     def jobs(self, tags: list[str] | None = None, limit: int = 50) -> list[JobRecord]:
         r = self.http.get("/v1/jobs", params=[("tag", t) for t in tags or []] + [("limit", limit)])
         _raise_for(r)
-        return [JobRecord.model_validate(j) for j in r.json()["jobs"]]
+        return [lenient(JobRecord, j) for j in r.json()["jobs"]]
 
     @staticmethod
     def _start(handle: _Handle, send, wait: bool) -> None:

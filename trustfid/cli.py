@@ -1,0 +1,203 @@
+"""The library's commands of `trustfid` (``python -m trustfid`` runs them without the service):
+
+    trustfid score REAL GENERATED [MC options] [--json PATH]
+    trustfid stats SET -o FILE.npz [MC options]
+    trustfid inspect SET --json PATH [MC options]
+
+Each SET is a folder, a .zip/.tar/.tar.gz archive, a .npy/.npz image array or (score) a saved
+statistics .npz. Exit codes: 0 success, 2 bad input (one line on stderr saying what and what to do),
+1 an internal error (a bug: please report it).
+
+The installed `trustfid` command is app/cli.py, which adds the service's commands (serve, worker,
+submit) to this parser. The engine (torch) is imported lazily inside the commands, so `trustfid
+--help` and the service commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from . import __version__
+from .errors import TrustfidError
+from .schemas import BLOCKS, Progress, ScoreOptions
+
+
+def _add_mc_options(p: argparse.ArgumentParser) -> None:
+    d = ScoreOptions()
+    g = p.add_argument_group("MC dropout and preprocessing (these change the numbers)")
+    g.add_argument("--passes", type=int, default=d.passes, help=f"T, stochastic passes (default {d.passes}; 0 = plain FID only)")
+    g.add_argument("--dropout-rate", type=float, default=d.dropout_rate, help=f"dropout probability p (default {d.dropout_rate})")
+    g.add_argument("--dropout-at", default=",".join(d.dropout_at),
+                   help=f"comma-separated blocks followed by dropout (default {','.join(d.dropout_at)}; any of {', '.join(BLOCKS)})")
+    g.add_argument("--dropout-kind", choices=["element", "channel"], default=d.dropout_kind)
+    g.add_argument("--mask-mode", choices=["shared", "per_image"], default=d.mask_mode,
+                   help="shared: pass t is one sampled network for every image (default)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--resize", choices=["clean", "legacy_pytorch"], default=d.resize,
+                   help="clean = clean-fid's PIL bicubic (default); legacy_pytorch = pytorch-fid's bilinear")
+    o = p.add_argument_group("run")
+    o.add_argument("--device", default=d.device, help="auto (default), cpu or cuda")
+    o.add_argument("--batch-size", type=int, default=d.batch_size, help="does not change results")
+    o.add_argument("--bootstrap", type=int, default=d.bootstrap_resamples, dest="bootstrap_resamples",
+                   help=f"image resamples for the bootstrap interval (default {d.bootstrap_resamples}; 0 = off)")
+    o.add_argument("--top-k", type=int, default=d.top_k, help="most uncertain images listed per set")
+    o.add_argument("--strict", action="store_true", help="an unreadable file is an error instead of being skipped")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _options(args) -> ScoreOptions:
+    return ScoreOptions(
+        passes=args.passes, dropout_rate=args.dropout_rate,
+        dropout_at=[b.strip() for b in args.dropout_at.split(",") if b.strip()],
+        dropout_kind=args.dropout_kind, mask_mode=args.mask_mode, seed=args.seed, resize=args.resize,
+        device=args.device, batch_size=args.batch_size, bootstrap_resamples=args.bootstrap_resamples,
+        top_k=args.top_k, strict=args.strict)
+
+
+class _Bars:
+    """tqdm bars on stderr, one per set; silent when stderr is not a terminal or with --quiet."""
+
+    def __init__(self, quiet: bool):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bars: dict = {}
+
+    def __call__(self, p: Progress) -> None:
+        if not self.enabled or p.stage != "extracting" or p.set is None:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(p.set)
+        if bar is None:
+            bar = self.bars[p.set] = tqdm(total=p.images_total, desc=f"{p.set:>9}", unit="img", file=sys.stderr)
+        bar.update(p.images_done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _write_json(path: str | None, model) -> None:
+    text = model.model_dump_json(indent=2)
+    if path in (None, "-"):
+        return
+    Path(path).write_text(text + "\n")
+
+
+def _summary(report) -> str:
+    lines = [f"FID {report.fid:.4f}   ({report.counts.real.used} real vs {report.counts.generated.used} generated images, "
+             f"{report.preprocessing.split(':')[0]} resize)"]
+    mc, boot = report.fid_mc, report.fid_bootstrap
+    if mc.passes:
+        lines.append(f"MC dropout ({mc.passes} passes): mean {mc.mean:.4f}  std {mc.std:.4f}  "
+                     f"95% [{mc.ci95[0]:.4f}, {mc.ci95[1]:.4f}]")
+    if boot.ci95:
+        lines.append(f"bootstrap over images ({boot.resamples}): 95% [{boot.ci95[0]:.4f}, {boot.ci95[1]:.4f}]")
+    lv = report.latent_variance
+    if lv.real.mean is not None:
+        lines.append(f"latent variance: real {lv.real.mean:.4g}   generated {lv.generated.mean:.4g}")
+    lines.append(f"trust: {report.trust.level.upper()} ({report.trust.score:.2f})")
+    lines += [f"  - {r}" for r in report.trust.reasons]
+    skipped = len(report.counts.real.skipped) + len(report.counts.generated.skipped)
+    if skipped:
+        lines.append(f"{skipped} file(s) skipped (see counts.*.skipped in the JSON report)")
+    return "\n".join(lines)
+
+
+def _with_progress(args, fn, *fn_args):
+    """Run an engine call with progress bars on stderr (closed even when it fails)."""
+    bars = _Bars(args.quiet)
+    try:
+        return fn(*fn_args, _options(args), progress=bars)
+    finally:
+        bars.close()
+
+
+def cmd_score(args) -> int:
+    from .pipeline import score
+
+    report = _with_progress(args, score, args.real, args.generated)
+    _write_json(args.json, report)
+    print(report.model_dump_json(indent=2) if args.json == "-" else _summary(report))
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .pipeline import compute_stats
+
+    stats = _with_progress(args, compute_stats, args.set)
+    stats.save(args.output)
+    print(f"wrote {args.output}: {stats.n} images, {len(stats.mc)} MC passes, {len(stats.skipped)} skipped")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .pipeline import inspect
+
+    result = _with_progress(args, inspect, args.set)
+    _write_json(args.json, result)
+    s = result.summary
+    print(f"{len(result.images)} images: latent variance mean {s.mean:.4g}, median {s.median:.4g}, p95 {s.p95:.4g}"
+          + (f"; wrote {args.json}" if args.json not in (None, "-") else ""))
+    if args.json == "-":
+        print(result.model_dump_json(indent=2))
+    return 0
+
+
+def build_parser(more_commands=None) -> argparse.ArgumentParser:
+    """The parser of the library's commands; ``more_commands(subparsers)`` may add others (app/cli.py)."""
+    parser = argparse.ArgumentParser(prog="trustfid", description="FID with an uncertainty report you can act on.")
+    parser.add_argument("--version", action="version", version=f"trustfid {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="FID of GENERATED against REAL, with MC-dropout uncertainty and a trust level")
+    p.add_argument("real", help="folder, archive, image array or statistics .npz")
+    p.add_argument("generated", help="folder, archive, image array or statistics .npz")
+    p.add_argument("--json", metavar="PATH", help="write the full report as JSON ('-' = print it)")
+    _add_mc_options(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("stats", help="compute and save a set's statistics (.npz, pytorch-fid compatible mu/sigma)")
+    p.add_argument("set")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npz")
+    _add_mc_options(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("inspect", help="latent variance of every image of one set")
+    p.add_argument("set")
+    p.add_argument("--json", metavar="PATH", help="write {images: [...], summary: {...}} ('-' = print it)")
+    _add_mc_options(p)
+    p.set_defaults(func=cmd_inspect)
+
+    if more_commands is not None:
+        more_commands(sub)
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command, turning user errors into one line and exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TrustfidError as e:
+        print(f"trustfid: error: {e.message}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "options"
+        print(f"trustfid: error: {where}: {first['msg']}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trustfid: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

