@@ -13,7 +13,7 @@ from app import ingest
 from app.errors import ConflictError, NotFoundError
 from app.queue import TASK_REFERENCE, TASK_SCORE, enqueue
 from app.settings import Settings
-from app.store import Store, Stored, new_id
+from app.store import Store, Stored, finish, new_id
 from trustfid.errors import InputError
 from trustfid.records import (
     FINAL_STATES,
@@ -25,7 +25,7 @@ from trustfid.records import (
     ReferenceRecord,
     ReferenceSubmit,
 )
-from trustfid.schemas import ScoreOptions
+from trustfid.schemas import ScoreOptions, validation_message
 
 
 def staging_dir(settings: Settings, record_id: str) -> Path:
@@ -34,14 +34,6 @@ def staging_dir(settings: Settings, record_id: str) -> Path:
 
 def reference_stats_path(settings: Settings, ref_id: str) -> Path:
     return Path(settings.data_dir).resolve() / "references" / f"{ref_id}.npz"
-
-
-def validation_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err.get("loc", ()))
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-    return "; ".join(parts)
 
 
 def parse_options(raw: dict, model=JobOptions):
@@ -152,16 +144,7 @@ def cancel_or_delete(store: Store, settings: Settings, owner: str, record_id: st
     st = store.get_owned(record_id, owner, kind)
     if st.record.state not in FINAL_STATES:
         store.request_cancel(record_id)
-
-        def cancel(s: Stored):
-            if s.record.state in FINAL_STATES:
-                return None
-            s.record.state = "cancelled"
-            s.record.finished_at = time.time()
-            s.record.error = None
-            return s
-
-        new = store.update(record_id, cancel)
+        new = store.update(record_id, finish("cancelled", error=None))
         if new is not None and new.record.state == "cancelled" and st.record.state == "queued":
             ingest.remove_tree(staging_dir(settings, record_id))
         return new

@@ -36,6 +36,22 @@ class Stored(BaseModel):
     record: Annotated[JobRecord | ReferenceRecord, Field(discriminator="kind")]
 
 
+def finish(state: str, **changes) -> Callable[[Stored], Stored | None]:
+    """An updater for ``Store.update`` that ends a record in ``state`` (succeeded, failed or cancelled)
+    with ``finished_at`` now and the given record fields, unless it has already ended (first end wins)."""
+    assert state in FINAL_STATES, state
+
+    def update(s: Stored) -> Stored | None:
+        if s.record.state in FINAL_STATES:
+            return None
+        s.record.state = state
+        s.record.finished_at = time.time()
+        for name, value in changes.items():
+            setattr(s.record, name, value)
+        return s
+    return update
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 

@@ -27,7 +27,7 @@ from app import ingest, jobs
 from app.errors import UnavailableError
 from app.queue import TASK_REFERENCE, TASK_SCORE
 from app.settings import Settings, get_settings
-from app.store import Store, Stored, connect
+from app.store import Store, Stored, connect, finish
 from trustfid.errors import CancelledError, TrustfidError
 from trustfid.records import FINAL_STATES, JobError
 from trustfid.schemas import Progress
@@ -119,14 +119,7 @@ def _on_shutdown(**_):
 
 
 def _fail(code: str, message: str):
-    def f(s: Stored):
-        if s.record.state in FINAL_STATES:
-            return None
-        s.record.state = "failed"
-        s.record.error = JobError(code=code, message=message)
-        s.record.finished_at = time.time()
-        return s
-    return f
+    return finish("failed", error=JobError(code=code, message=message))
 
 
 class _Callbacks:
@@ -247,18 +240,9 @@ def _score(store: Store, st: Stored, settings: Settings, cb: _Callbacks):
     store.save_report(rec.id, report.model_dump_json())
     cb.images = report.counts.real.used + report.counts.generated.used
 
-    def done(s: Stored):
-        if s.record.state in FINAL_STATES:
-            return None
-        s.record.state = "succeeded"
-        s.record.finished_at = time.time()
-        s.record.progress = Progress(stage="done", images_done=cb.images, images_total=cb.images,
-                                     passes=report.fid_mc.passes)
-        s.record.fid = report.fid
-        s.record.fid_mc_std = report.fid_mc.std
-        s.record.trust_level = report.trust.level
-        return s
-    return done
+    return finish("succeeded", fid=report.fid, fid_mc_std=report.fid_mc.std, trust_level=report.trust.level,
+                  progress=Progress(stage="done", images_done=cb.images, images_total=cb.images,
+                                    passes=report.fid_mc.passes))
 
 
 def _reference(st: Stored, settings: Settings, cb: _Callbacks):
@@ -273,18 +257,8 @@ def _reference(st: Stored, settings: Settings, cb: _Callbacks):
     stats.save(tmp)
     os.replace(tmp, out)
     fingerprint = hashlib.sha256(out.read_bytes()).hexdigest()
-    images = getattr(stats, "n", None)
-
-    def done(s: Stored):
-        if s.record.state in FINAL_STATES:
-            return None
-        s.record.state = "succeeded"
-        s.record.finished_at = time.time()
-        s.record.progress = Progress(stage="done", images_done=int(images or 0), images_total=int(images or 0))
-        s.record.fingerprint = fingerprint
-        s.record.images = int(images) if images is not None else None
-        return s
-    return done
+    return finish("succeeded", fingerprint=fingerprint, images=stats.n,
+                  progress=Progress(stage="done", images_done=stats.n, images_total=stats.n))
 
 
 def _finish(store: Store, settings: Settings, st: Stored | None) -> str:
