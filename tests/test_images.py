@@ -1,4 +1,4 @@
-"""Reading image sets (trustfid/images.py): what a user gets out of folders, archives, arrays
+"""Reading image sets (trustfid/inputs/): what a user gets out of folders, archives, arrays
 and DICOM, how intensities are mapped, and what is skipped or refused. Fixtures are generated in
 tmp_path; DICOM samples are the test files that ship inside the pydicom wheel."""
 
@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from trustfid.errors import InputError, TooLargeError
-from trustfid.images import _GzIndex, _IndexedGzip, open_images
+from trustfid.inputs import open_images
+from trustfid.inputs.gzindex import GzIndex, IndexedGzip
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -447,17 +448,17 @@ def test_indexed_gzip_reads_any_offset_in_any_order():
     with tempfile.NamedTemporaryFile(suffix=".gz", delete=False) as f:
         f.write(gz)
     try:
-        for index in (_GzIndex(spacing=128 * 1024), _GzIndex(spacing=16 * 1024, max_points=8)):
-            with io.BufferedReader(_IndexedGzip(f.name, index)) as r:
+        for index in (GzIndex(spacing=128 * 1024), GzIndex(spacing=16 * 1024, max_points=8)):
+            with io.BufferedReader(IndexedGzip(f.name, index)) as r:
                 assert r.read() == raw  # first pass builds the index
             assert 4 <= len(index.out_offsets) <= index.max_points  # resume points, not restarts from byte 0
-            with io.BufferedReader(_IndexedGzip(f.name, index)) as r:
+            with io.BufferedReader(IndexedGzip(f.name, index)) as r:
                 for start in rng.integers(0, len(raw), 60).tolist()[::-1] + [len(raw) - 3, 0, len(raw) + 5]:
                     r.seek(start)
                     assert r.read(5000) == raw[start:start + 5000], start
         assert index.spacing > 16 * 1024  # the small budget thinned the snapshots
         Path(f.name).write_bytes(gz[:-5000])  # truncated upload
-        with pytest.raises(EOFError), io.BufferedReader(_IndexedGzip(f.name, _GzIndex())) as r:
+        with pytest.raises(EOFError), io.BufferedReader(IndexedGzip(f.name, GzIndex())) as r:
             r.read()
     finally:
         Path(f.name).unlink()
@@ -543,7 +544,7 @@ def test_in_memory_arrays_and_tensors(tmp_path):
 
 
 def test_torch_is_not_imported_for_numpy_inputs():
-    code = ("import sys, numpy as np; from trustfid.images import open_images; "
+    code = ("import sys, numpy as np; from trustfid.inputs import open_images; "
             "list(open_images(np.zeros((2, 8, 8, 3), np.uint8))); assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
