@@ -12,6 +12,7 @@ import io
 import tarfile
 import zipfile
 import zlib
+from functools import partial
 from pathlib import Path
 
 from ..errors import TrustfidError
@@ -97,7 +98,7 @@ class ZipReader(_ArchiveReader):
         try:
             with zipfile.ZipFile(path) as zf:
                 for i, m in enumerate(rules.zip_members(zf, self.budget)):
-                    self._plan(m, i, lambda info=m.info: _zip_head(zf, info))
+                    self._plan(m, i, partial(_zip_head, zf, m.info))
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
             raise rules.unreadable_archive(label, "zip", e) from None
         self._finish()
@@ -126,7 +127,7 @@ class TarReader(_ArchiveReader):
         try:
             with self._open() as f, tarfile.open(fileobj=f, mode="r:") as tf:
                 for m in rules.tar_members(tf, self.budget):
-                    self._plan(m, (m.info.offset_data, m.size), lambda info=m.info: tf.extractfile(info).read(132))
+                    self._plan(m, (m.info.offset_data, m.size), partial(_tar_head, tf, m.info))
         except TrustfidError:
             raise
         except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
@@ -151,6 +152,10 @@ class TarReader(_ArchiveReader):
 def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     with zf.open(info) as fp:
         return fp.read(rules.HEAD_BYTES)
+
+
+def _tar_head(tf: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    return tf.extractfile(info).read(rules.HEAD_BYTES)
 
 
 def _bounded_read(fp, limit: int, label: str, name: str) -> bytes:
