@@ -425,6 +425,25 @@ def test_archive_limits_on_members_and_member_size(tmp_path):
         assert "0.png" in e.value.message and f"{len(png) - 1:,}" in e.value.message
 
 
+def test_optional_expanded_size_limit_counts_candidate_members(tmp_path):
+    png = _png_bytes()
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as zf:
+        for i in range(3):
+            zf.writestr(f"{i}.png", png)
+        zf.writestr("notes.txt", bytes(10 * len(png)))  # not a candidate: not counted
+    with tarfile.open(tmp_path / "set.tar", "w") as tf:
+        tf.add(tmp_path / "set.zip", "inner.zip")  # not a candidate either
+        for i in range(3):
+            info = tarfile.TarInfo(f"{i}.png")
+            info.size = len(png)
+            tf.addfile(info, io.BytesIO(png))
+    for archive in ("set.zip", "set.tar"):
+        assert len(open_images(tmp_path / archive, max_expanded_bytes=3 * len(png))) == 3
+        with pytest.raises(TooLargeError) as e:
+            open_images(tmp_path / archive, max_expanded_bytes=3 * len(png) - 1)
+        assert e.value.code == "archive_bomb" and "TRUSTFID_MAX_EXPANDED_BYTES" in e.value.message
+
+
 def test_zip_member_larger_than_its_header_claims_is_stopped_at_the_limit(tmp_path):
     """A crafted central directory that under-declares a member's size must not let reading run on."""
     payload = bytes(50_000)
