@@ -12,7 +12,6 @@ engine would skip or fail later). Nothing here imports torch; Pillow only reads 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from app.errors import ForbiddenURLError
+from app.errors import ForbiddenURLError, StorageError
 from app.settings import Settings
 from trustfid.errors import (
     InputError,
@@ -234,6 +233,9 @@ class MultipartStager:
             self.parser.write(chunk)
         except TrustfidError:
             raise
+        except OSError as e:  # our staging folder, not the caller's body
+            raise StorageError(f"the service cannot store uploads right now ({e.strerror or type(e).__name__}); "
+                               "try again later or tell the operator") from None
         except Exception as e:
             raise InputError(f"malformed multipart body ({e})", code="bad_multipart") from None
         if self._error:
@@ -295,6 +297,10 @@ class MultipartStager:
                                          code="bad_field")
                 return
             fname = _basename(filename.decode("utf-8", "replace"))
+            if not fname.strip():
+                self._error = InputError(f"{name}: a file was sent without a file name; send each file with its name "
+                                         f"(curl: -F {name}=@photo.png)", code="bad_field")
+                return
             kind = rules.kind_of(fname)  # 'unknown': a name without a known suffix, classified once written
             if kind is None:
                 self._error = not_read(name, fname)
@@ -345,15 +351,20 @@ class MultipartStager:
             self._text = None
 
 
-def parse_json_field(text: str | None, what: str) -> dict:
+def parse_json_field(text: str | None, what: str, code: str = "bad_options") -> dict:
+    """A multipart text field holding a JSON object. Parsed by pydantic's JSON parser, as the JSON-body
+    path is: it refuses nesting deeper than its recursion limit with an error instead of overflowing
+    Python's stack."""
+    import pydantic_core
+
     if text is None or not text.strip():
         return {}
     try:
-        out = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{what} is not valid JSON ({e})", code="bad_options") from None
+        out = pydantic_core.from_json(text)
+    except ValueError as e:
+        raise InputError(f"{what} is not valid JSON ({e})", code=code) from None
     if not isinstance(out, dict):
-        raise InputError(f"{what} must be a JSON object", code="bad_options")
+        raise InputError(f"{what} must be a JSON object", code=code)
     return out
 
 
