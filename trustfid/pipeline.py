@@ -1,6 +1,6 @@
 """The pipeline: sources in, report out. Every other entry point (CLI, Celery task) calls these.
 
-    images (images.py) -> network input (preprocess.py) -> trunk once, tail x (1 + T) (mc.py)
+    images (inputs/) -> network input (preprocess.py) -> trunk once, tail x (1 + T) (mc.py)
     -> per-pass streaming statistics (stats.py) -> Fréchet core (frechet.py) -> report (report.py)
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from . import report as rep
 from .errors import CancelledError, InputError
-from .images import open_images
+from .inputs import open_images
 from .inception import FEATURE_DIM, FIDInceptionV3
 from .mc import SET_TAGS, MCInception
 from .preprocess import RESIZE_MODES, to_model_input
