@@ -67,19 +67,35 @@ def network(options: ScoreOptions, settings: EngineSettings | None = None) -> tu
     return net, weights, device
 
 
-def load_extractor(options: ScoreOptions, extractor=None, settings: EngineSettings | None = None
-                   ) -> tuple[Extractor, ScoreOptions, torch.device]:
+def as_options(options: ScoreOptions | dict | None, extractor_name: str | None = None) -> ScoreOptions:
+    """ScoreOptions from what a caller gave. A dict is validated for the named extractor, so its
+    dropout_at may name that extractor's stages (checked by Extractor.options_for)."""
+    if isinstance(options, ScoreOptions):
+        return options
+    if options is None or isinstance(options, dict):
+        data = dict(options or {})
+        if extractor_name is not None:
+            data.setdefault("extractor", extractor_name)
+        return ScoreOptions.model_validate(data)
+    raise InputError(f"options must be ScoreOptions or a dict, not a {type(options).__name__}")
+
+
+def load_extractor(options: ScoreOptions | dict | None, extractor=None, settings: EngineSettings | None = None,
+                   device: torch.device | None = None) -> tuple[Extractor, ScoreOptions, torch.device]:
     """The extractor a job runs on its device, and the options resolved for it (its name, dropout
     points checked against its stages). A registered extractor runs on ``options.device``; a given
-    one on its own device unless ``options.device`` names another ("auto" keeps it where it is)."""
+    one on its own device unless ``options.device`` names another ("auto" keeps it where it is).
+    ``device``, when given, wins over both (the Metric runs where the images are)."""
     settings = settings or get_engine_settings()
     _use_threads(settings)
     if extractor is None or isinstance(extractor, str):
-        device = resolve_device(options.device)
+        options = as_options(options, extractor)
+        device = device or resolve_device(options.device)
         ex = get_extractor(extractor or options.extractor, device, settings)
     else:
         ex = as_extractor(extractor)
-        device = ex.device if options.device == "auto" else resolve_device(options.device)
+        options = as_options(options, ex.name)
+        device = device or (ex.device if options.device == "auto" else resolve_device(options.device))
         ex = ex.to(device)
     return ex, ex.options_for(options), device
 
@@ -162,7 +178,7 @@ def _prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
         stop.set()
 
 
-def extract(source, set_name: str, options: ScoreOptions, *, extractor=None, progress: ProgressFn | None = None,
+def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extractor=None, progress: ProgressFn | None = None,
             should_cancel: CancelFn | None = None, settings: EngineSettings | None = None,
             first_index: int = 0) -> SetStats:
     """Statistics of one set: plain pass plus T MC passes, per-image latent variance.
@@ -210,16 +226,15 @@ def _is_stats_file(path: Path) -> bool:
         return False
 
 
-def compute_stats(source, options: ScoreOptions | None = None, *, extractor=None, progress: ProgressFn | None = None,
+def compute_stats(source, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
                   should_cancel: CancelFn | None = None, set_name: str = "real") -> SetStats:
-    return extract(source, set_name, options or ScoreOptions(), extractor=extractor, progress=progress,
-                   should_cancel=should_cancel)
+    return extract(source, set_name, options, extractor=extractor, progress=progress, should_cancel=should_cancel)
 
 
-def score(real, generated, options: ScoreOptions | None = None, *, extractor=None, progress: ProgressFn | None = None,
+def score(real, generated, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
           should_cancel: CancelFn | None = None) -> Report:
     t0 = time.perf_counter()
-    ex, options, device = load_extractor(options or ScoreOptions(), extractor)
+    ex, options, device = load_extractor(options, extractor)
     t_load = time.perf_counter() - t0
 
     sides = {}
@@ -267,9 +282,9 @@ def build_report(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor,
     return result
 
 
-def inspect(source, options: ScoreOptions | None = None, *, extractor=None, progress: ProgressFn | None = None,
+def inspect(source, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
             should_cancel: CancelFn | None = None) -> InspectReport:
-    ex, options, _ = load_extractor(options or ScoreOptions(), extractor)
+    ex, options, _ = load_extractor(options, extractor)
     if options.passes < 2:
         raise InputError("inspect needs at least 2 MC passes to measure latent variance (--passes)")
     stats = extract(source, "real", options, extractor=ex, progress=progress, should_cancel=should_cancel)
