@@ -129,3 +129,30 @@ def test_setstats_shards_merge():
     m = a.merge(b)
     assert m.n == 45 and m.names == a.names + b.names and len(m.latent_variance) == 45
     json.dumps(m.provenance)
+
+
+def test_a_small_feature_dimension_saves_and_loads(tmp_path):
+    """d < n < CHUNK (a custom extractor's few dimensions): the rows are what is kept and saved."""
+    s = SetStats(plain=_feed(_rows(40), 8, keep_rows=True), mc=[_feed(_rows(40, seed=t), 8) for t in range(2)],
+                 names=[f"{i}" for i in range(40)], latent_variance=np.zeros(40),
+                 provenance=provenance("abc", ScoreOptions(passes=2)))
+    s.save(tmp_path / "small.npz")
+    back = load_stats(tmp_path / "small.npz")
+    for a, b in zip([s.plain, *s.mc], [back.plain, *back.mc]):
+        assert np.allclose(a.gaussian().covariance(), b.gaussian().covariance(), rtol=1e-12, atol=0)
+
+
+def test_format_1_files_with_a_fingerprint_key_are_still_read(tmp_path):
+    """Statistics saved before the extractor seam: key 'fingerprint', no extractor (always the FID
+    Inception's). They load as today's and combine with statistics made now."""
+    s = _setstats(12, seed=3)
+    s.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    old = json.loads(str(arrays.pop("provenance")))
+    old.pop("extractor")
+    arrays.update(format=np.array("trustfid-stats-1"), fingerprint=np.array(json.dumps({**old, "format": "trustfid-stats-1"})))
+    np.savez(tmp_path / "old.npz", **arrays)
+    back = load_stats(tmp_path / "old.npz")
+    assert back.provenance == s.provenance
+    back.merge(s)  # compatible

@@ -246,7 +246,9 @@ class SetStats:
 def _moments_from(dim: int, n: int, mu: np.ndarray, sigma: np.ndarray | None, rows: np.ndarray | None,
                   keep_rows: bool = False) -> Moments:
     m = Moments(dim, keep_rows=keep_rows)
-    if rows is not None and (n <= dim or keep_rows):
+    # rows are saved whenever they were kept: n <= d, keep_rows, or fewer than a CHUNK past d (which
+    # only a small feature dimension reaches); then they are all there is, no sigma was saved
+    if rows is not None and (n <= dim or keep_rows or sigma is None):
         m.add(rows)
         return m
     m.n = n
