@@ -1,6 +1,6 @@
 # trustfid: one Dockerfile, two targets.
 #   worker (default): the engine (torch from PyPI, CUDA-enabled on linux/amd64) + the API; runs either.
-#   api:              the HTTP front end only, no torch, so the API image stays small.
+#   api:              the HTTP front end only, no torch (the API image stays small).
 #
 #   docker build -t trustfid .                    # worker image (also runs the API)
 #   docker build --target api -t trustfid-api .   # API only

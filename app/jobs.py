@@ -13,7 +13,7 @@ from app import ingest
 from app.errors import ConflictError, NotFoundError
 from app.queue import TASK_REFERENCE, TASK_SCORE, enqueue
 from app.settings import Settings
-from app.store import Store, Stored, new_id
+from app.store import Store, Stored, finish, new_id
 from trustfid.errors import InputError
 from trustfid.records import (
     FINAL_STATES,
@@ -25,7 +25,7 @@ from trustfid.records import (
     ReferenceRecord,
     ReferenceSubmit,
 )
-from trustfid.schemas import ScoreOptions
+from trustfid.schemas import ScoreOptions, validation_message
 
 
 def staging_dir(settings: Settings, record_id: str) -> Path:
@@ -34,14 +34,6 @@ def staging_dir(settings: Settings, record_id: str) -> Path:
 
 def reference_stats_path(settings: Settings, ref_id: str) -> Path:
     return Path(settings.data_dir).resolve() / "references" / f"{ref_id}.npz"
-
-
-def validation_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err.get("loc", ()))
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-    return "; ".join(parts)
 
 
 def parse_options(raw: dict, model=JobOptions):
@@ -85,13 +77,16 @@ def _check_callback(options: JobOptions, settings: Settings) -> None:
 
 
 def _store_and_enqueue(store: Store, settings: Settings, st: Stored, task: str):
-    """Write the record, then queue its task; a record whose task could not be queued is removed,
-    so an accepted (202) record always has a task that will end it."""
+    """Accept a submission: take its rate-limit slot, write the record, then queue its task. A record
+    whose task could not be queued is removed and its slot given back, so an accepted (202) record
+    always has a task that will end it, and only accepted submissions count against the limit."""
+    token = store.reserve_submission(st.owner, settings.rate_limit_per_minute)
     store.create(st)
     try:
         enqueue(settings, task, st.record.id)
     except Exception:
         store.delete(st)
+        store.refund_submission(st.owner, token)
         raise
     return st.record
 
@@ -140,7 +135,12 @@ def _form_side(store: Store, settings: Settings, owner: str, stager: ingest.Mult
     if text is None:
         raise InputError(f"the form has no field {side!r}", code="missing_field")
     try:
-        ref = InputRef.model_validate(ingest.parse_json_field(text, side))
+        ref = InputRef.model_validate(ingest.parse_json_field(text, side, code="bad_field"))
+    except InputError:
+        raise InputError(f"{side}: expected uploaded files (file parts with a file name, e.g. curl -F "
+                         f"{side}=@photo.png) or a JSON object {{\"reference_id\": ...}} or {{\"uri\": ...}}; got a "
+                         "text field that is neither (a file sent without a file name arrives as text)",
+                         code="bad_field") from None
     except ValidationError as e:
         raise InputError(f"{side}: {validation_message(e)}", code="invalid_request") from None
     return _resolve_ref(store, settings, owner, side, ref)
@@ -152,16 +152,7 @@ def cancel_or_delete(store: Store, settings: Settings, owner: str, record_id: st
     st = store.get_owned(record_id, owner, kind)
     if st.record.state not in FINAL_STATES:
         store.request_cancel(record_id)
-
-        def cancel(s: Stored):
-            if s.record.state in FINAL_STATES:
-                return None
-            s.record.state = "cancelled"
-            s.record.finished_at = time.time()
-            s.record.error = None
-            return s
-
-        new = store.update(record_id, cancel)
+        new = store.update(record_id, finish("cancelled", error=None))
         if new is not None and new.record.state == "cancelled" and st.record.state == "queued":
             ingest.remove_tree(staging_dir(settings, record_id))
         return new

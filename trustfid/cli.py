@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import TrustfidError
-from .schemas import BLOCKS, Progress, ScoreOptions
+from .schemas import BLOCKS, Progress, ScoreOptions, validation_message
 
 
 def _add_mc_options(p: argparse.ArgumentParser) -> None:
@@ -186,9 +186,7 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
         print(f"trustfid: error: {e.message}", file=sys.stderr)
         return 2
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "options"
-        print(f"trustfid: error: {where}: {first['msg']}", file=sys.stderr)
+        print(f"trustfid: error: {validation_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("trustfid: interrupted", file=sys.stderr)

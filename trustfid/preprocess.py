@@ -9,7 +9,7 @@ and its name goes into every report (``RESIZE_MODES[mode]``).
 
 Each mode is parametrised by the network's input size and input range (extractor.py); the defaults
 are the FID Inception's. Two implementations of the same numbers:
-- ``to_model_input``: HxWx3 float arrays on the 0..255 scale (from images.py; not quantized, so
+- ``to_model_input``: HxWx3 float arrays on the 0..255 scale (from trustfid.inputs; not quantized, so
   16-bit and DICOM data keep their precision), on the CPU, through PIL as the published tools do.
   The file pipeline uses it: PIL's banded filter is faster on a CPU than the matrix products below.
 - ``network_input``: an (N, C, H, W) float32 tensor on the 0..255 scale, on any device, resized
@@ -105,7 +105,7 @@ def _as_hwc3(im: np.ndarray) -> np.ndarray:
     if im.ndim == 2:
         im = np.repeat(im[:, :, None], 3, axis=2)
     if im.ndim != 3 or im.shape[2] != 3:
-        raise ValueError(f"expected HxWx3 images from images.py, got shape {im.shape}")
+        raise ValueError(f"expected HxWx3 images from trustfid.inputs, got shape {im.shape}")
     return im
 
 

@@ -49,6 +49,16 @@ class _Strict(BaseModel):
         return handler(data)
 
 
+def validation_message(error) -> str:
+    """One line from a pydantic ValidationError (or FastAPI's RequestValidationError): every problem as
+    ``where: what``, joined by '; '."""
+    parts = []
+    for err in error.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
+
+
 def lenient(model: type[BaseModel], data):
     """``model`` validated from ``data`` (a dict, or JSON text) ignoring fields this version does not
     know: how a client reads what a newer service sends."""

@@ -1,0 +1,169 @@
+"""What the routes share: the error shape, the request dependencies (settings, store, caller) and the
+one submit path for jobs and references (JSON, or multipart uploads streamed to the staging store).
+The routes themselves (app/routes/) only translate HTTP to the plain functions of app/jobs.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from app import ingest, jobs
+from app.auth import authenticate
+from app.errors import RateLimitError, RequestTimeoutError, UnavailableError
+from app.settings import Settings
+from app.store import Store, new_id
+from trustfid.errors import (
+    InputError,
+    TooLargeError,
+    TrustfidError,
+    UnsupportedTypeError,
+)
+from trustfid.schemas import validation_message
+
+log = logging.getLogger("trustfid.api")
+MAX_JSON_BYTES = 1 << 20
+
+
+def error_response(exc: TrustfidError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, RateLimitError):
+        headers["Retry-After"] = str(exc.retry_after)
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+# --- dependencies ---------------------------------------------------------------------------------
+
+def settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def store_dep(request: Request) -> Store:
+    st = request.app.state.store
+    if st is None:
+        raise UnavailableError("no Redis configured (TRUSTFID_REDIS_URL)")
+    return st
+
+
+def owner_dep(request: Request) -> str:
+    return authenticate(request.app.state.settings, request.headers.get("authorization"),
+                        request.client.host if request.client else None)
+
+
+SettingsD = Annotated[Settings, Depends(settings_dep)]
+StoreD = Annotated[Store, Depends(store_dep)]
+Owner = Annotated[str, Depends(owner_dep)]
+
+
+# --- submitting -----------------------------------------------------------------------------------
+
+def record_response(record, status: int = 200, location: str | None = None) -> JSONResponse:
+    return JSONResponse(record.model_dump(mode="json"), status_code=status,
+                        headers={"Location": location} if location else None)
+
+
+async def body_chunks(request: Request, settings: Settings):
+    """The request body, chunk by chunk, cut off (408) when the client sends nothing for
+    ``upload_idle_timeout_s`` or the whole body takes longer than ``upload_timeout_s``: a stalled
+    upload must not hold a staging folder and an open file forever."""
+    deadline = time.monotonic() + settings.upload_timeout_s
+    chunks = request.stream().__aiter__()
+    while True:
+        wait = min(settings.upload_idle_timeout_s, deadline - time.monotonic())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(chunks.__anext__(), wait)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            why = (f"stalled: nothing arrived for {settings.upload_idle_timeout_s:g} s"
+                   if wait >= settings.upload_idle_timeout_s else f"took longer than {settings.upload_timeout_s:g} s")
+            raise RequestTimeoutError(f"the request body {why}; send it again (a large set is better sent as one "
+                                      "archive, or registered once as a reference)") from None
+        yield chunk
+
+
+async def read_json(request: Request, settings: Settings, model):
+    body = bytearray()
+    async for chunk in body_chunks(request, settings):
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise TooLargeError(f"JSON body larger than {MAX_JSON_BYTES} bytes")
+    try:
+        return model.model_validate_json(bytes(body))
+    except ValidationError as e:
+        raise InputError(validation_message(e), code="invalid_request") from None
+
+
+async def stage(request: Request, settings: Settings, record_id: str, set_fields, text_fields) -> ingest.MultipartStager:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_upload_bytes:
+        raise TooLargeError(f"upload larger than {settings.max_upload_bytes} bytes", code="upload_too_large")
+    dest = jobs.staging_dir(settings, record_id)
+    stager = ingest.MultipartStager(request.headers.get("content-type", ""), dest, settings,
+                                    set_fields=set_fields, text_fields=text_fields)
+    try:
+        async for chunk in body_chunks(request, settings):
+            stager.write(chunk)
+        stager.finish()
+    except BaseException:
+        stager.abort()
+        ingest.remove_tree(dest)
+        raise
+    return stager
+
+
+def content_kind(request: Request) -> str:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        return "json"
+    if ctype == "multipart/form-data":
+        return "multipart"
+    raise UnsupportedTypeError("send multipart/form-data (uploads) or application/json (URIs, references)")
+
+
+async def submit(request: Request, settings: Settings, store: Store, owner: str, *, body_model, from_json,
+                 from_upload, set_fields: tuple, text_fields: tuple, collection: str) -> JSONResponse:
+    """POST a job or a reference: JSON (URIs / reference ids) or multipart uploads staged first."""
+    kind = content_kind(request)
+    # Refuse early when the key is already over its limit; the slot itself is taken atomically when
+    # the submission is accepted (jobs.py), so refused submissions never use up the quota.
+    await run_in_threadpool(store.reserve_submission, owner, settings.rate_limit_per_minute, take=False)
+    if kind == "json":
+        body = await read_json(request, settings, body_model)
+        rec = await run_in_threadpool(from_json, store, settings, owner, body)
+    else:
+        record_id = new_id()
+        stager = await stage(request, settings, record_id, set_fields, text_fields)
+        try:
+            rec = await run_in_threadpool(from_upload, store, settings, owner, record_id, stager)
+        except BaseException:
+            ingest.remove_tree(jobs.staging_dir(settings, record_id))
+            raise
+    return record_response(with_notice(rec, store, settings), 202, f"/v1/{collection}/{rec.id}")
+
+
+def with_notice(record, store: Store, settings: Settings):
+    """The record as a response: while it waits and no worker is alive, it says so."""
+    if record.state == "queued" and not store.workers_alive(settings.queue):
+        record = record.model_copy(update={"notice": NO_WORKER})
+    return record
+
+
+NO_WORKER = ("no worker is running: the job is queued and kept, and it will run when a worker starts "
+             "(GET /readyz shows the workers)")
+
+
+def cancel_or_delete(store: Store, settings: Settings, owner: str, record_id: str, kind: str) -> Response:
+    """DELETE of a job or a reference: 202 with the cancelled record, or 204 once deleted."""
+    st = jobs.cancel_or_delete(store, settings, owner, record_id, kind)
+    return Response(status_code=204) if st is None else record_response(st.record, 202)

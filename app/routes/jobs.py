@@ -1,0 +1,60 @@
+"""/v1/jobs: submit a scoring job, list the caller's jobs, poll one, read its report, cancel or delete it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from app import jobs
+from app.errors import ConflictError
+from app.http import Owner, SettingsD, StoreD, cancel_or_delete, submit, with_notice
+from trustfid.records import JobList, JobRecord, JobSubmit
+from trustfid.schemas import Report
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=202, response_model=JobRecord,
+             summary="Submit a scoring job (multipart uploads or JSON with URIs / reference ids)")
+async def submit_job(request: Request, settings: SettingsD, store: StoreD, owner: Owner):
+    return await submit(request, settings, store, owner, body_model=JobSubmit, from_json=jobs.submit_job_json,
+                        from_upload=jobs.submit_job_upload, set_fields=("real", "generated"),
+                        text_fields=("options",), collection="jobs")
+
+
+@router.get("", response_model=JobList, summary="The caller's jobs, newest first")
+def list_jobs(store: StoreD, owner: Owner, tag: Annotated[list[str], Query()] = [],
+              limit: Annotated[int, Query(ge=1, le=1000)] = 50):
+    return JobList(jobs=[s.record for s in store.list(owner, "score", tags=tag or None, limit=limit)])
+
+
+@router.get("/{job_id}", response_model=JobRecord, summary="State and progress of a job")
+def get_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
+    return with_notice(store.get_owned(job_id, owner, "score").record, store, settings)
+
+
+@router.get("/{job_id}/report", response_model=Report, responses={200: {"content": {"text/html": {}}}},
+            summary="The report (409 until the job succeeded); ?format=html for a page a person reads")
+def get_report(job_id: str, store: StoreD, owner: Owner,
+               format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
+    rec = store.get_owned(job_id, owner, "score").record
+    if rec.state != "succeeded":
+        detail = f" ({rec.error.code}: {rec.error.message})" if rec.error else ""
+        raise ConflictError(f"job {job_id} is {rec.state}; the report exists once it succeeded{detail}",
+                            code="not_ready" if rec.state in ("queued", "running") else f"job_{rec.state}")
+    raw = store.get_report(job_id)
+    if raw is None:
+        raise ConflictError(f"the report of job {job_id} has expired", code="report_expired")
+    if format == "html":
+        from app.report_html import render
+
+        return HTMLResponse(render(rec, Report.model_validate_json(raw)))
+    return Response(raw, media_type="application/json")
+
+
+@router.delete("/{job_id}", status_code=204, responses={202: {"model": JobRecord}},
+               summary="Cancel a queued/running job (202 with the record) or delete a finished one (204)")
+def delete_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
+    return cancel_or_delete(store, settings, owner, job_id, "score")

@@ -1,0 +1,38 @@
+"""/v1/references: register a real set once (its statistics are computed by a worker), then score jobs
+against it by id."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from app import jobs
+from app.http import Owner, SettingsD, StoreD, cancel_or_delete, submit, with_notice
+from trustfid.records import ReferenceList, ReferenceRecord, ReferenceSubmit
+
+router = APIRouter(prefix="/v1/references", tags=["references"])
+
+
+@router.post("", status_code=202, response_model=ReferenceRecord,
+             summary="Register a real set: its statistics are computed once, then used by id")
+async def submit_reference(request: Request, settings: SettingsD, store: StoreD, owner: Owner):
+    return await submit(request, settings, store, owner, body_model=ReferenceSubmit,
+                        from_json=jobs.submit_reference_json, from_upload=jobs.submit_reference_upload,
+                        set_fields=("source",), text_fields=("options", "name"), collection="references")
+
+
+@router.get("", response_model=ReferenceList, summary="The caller's references, newest first")
+def list_references(store: StoreD, owner: Owner, limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+    return ReferenceList(references=[s.record for s in store.list(owner, "reference", limit=limit)])
+
+
+@router.get("/{ref_id}", response_model=ReferenceRecord, summary="State of a reference")
+def get_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
+    return with_notice(store.get_owned(ref_id, owner, "reference").record, store, settings)
+
+
+@router.delete("/{ref_id}", status_code=204, responses={202: {"model": ReferenceRecord}},
+               summary="Cancel a reference being computed (202) or delete a finished one (204)")
+def delete_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
+    return cancel_or_delete(store, settings, owner, ref_id, "reference")
