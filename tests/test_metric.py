@@ -71,7 +71,7 @@ def test_float_images_outside_0_1_are_refused_never_clipped():
         metric.update(np.zeros((2, 8, 8, 3), np.int32))
     with pytest.raises(InputError, match="channel axis"):
         metric.update(np.zeros((2, 8, 8, 5), np.uint8))
-    with pytest.raises(InputError, match="x\\[None\\]"):
+    with pytest.raises(InputError, match="array\\[None\\]"):
         metric.update(np.zeros((8, 8, 3), np.uint8))
 
 

@@ -10,7 +10,8 @@ the style of torchmetrics::
     metric.reset()
 
 Images: torch tensors or numpy arrays, (N, H, W, C) or (N, C, H, W) with C = 1 (replicated to
-RGB) or 3 (4: the alpha channel is dropped, as for score), uint8 on 0..255 or float on [0, 1]. Float
+RGB) or 3 (4: the alpha channel is dropped), or (N, H, W) grayscale — score's rules for arrays
+(inputs/array_rules.py) — uint8 on 0..255 or float on [0, 1]. Float
 values outside [0, 1] are an error, never clipped. Tensors may live on any device and the work stays
 there: the resize (preprocess.network_input) and the network run on it; only the features come to
 the CPU, into the engine's float64 streaming statistics, so memory does not grow with the images.
@@ -33,6 +34,7 @@ import torch
 
 from .errors import InputError
 from .extractor import Extractor, as_extractor
+from .inputs.array_rules import array_layout
 from .mc import SET_TAGS, MCDropout
 from .pipeline import SetFeatures, as_options, build_report, load_extractor
 from .preprocess import network_input
@@ -114,15 +116,8 @@ def image_batch(images) -> torch.Tensor:
         t = images.detach()
     else:
         raise InputError(f"Metric.update takes a torch tensor or a numpy array of images, not a {type(images).__name__}")
-    shape = tuple(t.shape)
-    if t.ndim != 4:
-        raise InputError(f"images must be a batch of shape (N, H, W, C) or (N, C, H, W); got {shape} "
-                         "(one image? add a first axis: x[None])")
-    if shape[3] in (1, 3, 4):  # channels last wins when both readings fit, as for score's arrays
-        t = t.permute(0, 3, 1, 2)
-    elif shape[1] not in (1, 3, 4):
-        raise InputError(f"cannot tell the channel axis of images of shape {shape}: use (N, H, W, C) or "
-                         "(N, C, H, W) with C = 1 or 3")
+    layout = array_layout(tuple(t.shape), f"images of shape {tuple(t.shape)}")  # score's rules for arrays
+    t = t.permute(0, 3, 1, 2) if layout == "NHWC" else t[:, None] if layout == "NHW" else t
     if t.dtype != torch.uint8:
         if not t.is_floating_point():
             raise InputError(f"images must be uint8 (0..255) or float in [0, 1]; got {t.dtype}")
