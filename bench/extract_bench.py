@@ -1,7 +1,7 @@
 """Benchmarks (b) and (c): feature-extraction speed of the engine's network, on the CPU.
 
 "Ours" is the engine as the pipeline runs it: the network from ``pipeline.network`` (loaded as the
-pipeline loads it, including its memory format) driven by ``MCInception.features``; a deterministic
+pipeline loads it, including its memory format) driven by ``MCDropout.features``; a deterministic
 pass is ``features`` with T=0 (trunk, then the tail once with dropout off). Network only: the inputs
 are random tensors already in the network's range, so decoding and resizing do not blur the ratios.
 
@@ -60,10 +60,10 @@ def engine_network():
 
 
 def mc_model(net, passes: int, dropout_at: list[str] | None = None):
-    from trustfid.mc import MCInception
+    from trustfid.mc import MCDropout
 
     options = ScoreOptions(passes=passes, device="cpu", **({"dropout_at": dropout_at} if dropout_at else {}))
-    return MCInception(net, options, torch.device("cpu"))
+    return MCDropout(net, options, torch.device("cpu"))
 
 
 def _memory_format(net) -> str:

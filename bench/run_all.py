@@ -144,7 +144,7 @@ def render(results: dict, meta: dict) -> str:
         f"Network only: {det['images_per_call']} random inputs already in [-1, 1-1/128], the same tensor for "
         f"every variant, {ex['threads']} torch threads, `torch.inference_mode()`. *ours* is the engine as the "
         f"pipeline runs it (`pipeline.network`'s module, {det['memory_format']} memory format, through "
-        "`MCInception.features` with T=0); *ours_default_layout* is our FIDInceptionV3 called directly in "
+        "`MCDropout.features` with T=0); *ours_default_layout* is our FIDInceptionV3 called directly in "
         "torch's default NCHW layout (the engine before it adopted channels_last). Two untimed warm-up calls "
         "each (TorchScript's profiling executor optimises on the second), then "
         f"{ex['rounds']} interleaved rounds; speed-ups are medians of the per-round ratios.",
@@ -175,7 +175,7 @@ def render(results: dict, meta: dict) -> str:
     details.append("\n".join([
         "## (c) MC-dropout extraction vs one deterministic pass",
         "",
-        f"`MCInception.features` on the same {mc['images_per_call']} inputs and the engine's network: trunk "
+        f"`MCDropout.features` on the same {mc['images_per_call']} inputs and the engine's network: trunk "
         f"({mc['trunk_stages'][0]} .. {mc['trunk_stages'][-1]}) once, tail ({', '.join(mc['tail_stages'])}, pool3) "
         f"1 + {mc['passes']} times (dropout off, then on with shared masks), features copied out as the pipeline "
         "does; *deterministic* is the same call with T=0. *mc_shipped_defaults* uses `ScoreOptions()`'s dropout "

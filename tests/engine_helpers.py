@@ -51,3 +51,22 @@ def pytorch_fid_model(canonical: dict[str, torch.Tensor]):
         state[f"{name}.bn.running_var"] = canonical[f"{name}.var"].clone()
     m.load_state_dict(state)
     return m.eval(), state
+
+
+def tiny_network(seed: int = 0, width: int = 8) -> torch.nn.Sequential:
+    """A small convolutional network a user might bring: three named stages, features pooled by the
+    extractor's default head to ``width`` dimensions. Seeded, so two calls give the same weights."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(OrderedDict(
+        b1=nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU()),
+        b2=nn.Sequential(nn.Conv2d(6, 10, 3, stride=2, padding=1), nn.ReLU()),
+        b3=nn.Sequential(nn.Conv2d(10, width, 3, padding=1), nn.ReLU()),
+    ))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + 0.05)
+    return net.eval()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.engine_helpers import our_net
-from trustfid.mc import MCInception
+from trustfid.mc import MCDropout
 from trustfid.schemas import ScoreOptions
 
 
@@ -18,7 +18,7 @@ def _x(n, seed=0):
 
 
 def _mc(net, **kw):
-    return MCInception(net, ScoreOptions(**kw), torch.device("cpu"))
+    return MCDropout(net, ScoreOptions(**kw), torch.device("cpu"))
 
 
 def test_trunk_then_tail_without_dropout_is_the_whole_network(net):
@@ -82,6 +82,6 @@ def test_channels_last_network_gives_the_same_features(net):
 
     fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
     x = _x(3, seed=5)
-    plain, _ = MCInception(fast, ScoreOptions(passes=1), torch.device("cpu")).features(x)
+    plain, _ = MCDropout(fast, ScoreOptions(passes=1), torch.device("cpu")).features(x)
     with torch.inference_mode():
         assert (plain - net(x)).abs().max().item() < 1e-4

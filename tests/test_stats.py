@@ -13,8 +13,8 @@ from trustfid.stats import (
     Moments,
     SetStats,
     check_compatible,
-    fingerprint,
     load_stats,
+    provenance,
 )
 
 
@@ -70,7 +70,7 @@ def _setstats(n, seed, passes=3, options=None):
                     names=[f"img{i}.png" for i in range(n)],
                     latent_variance=np.linspace(0, 1, n),
                     skipped=[SkippedFile(name="bad.png", reason="cannot identify image file")],
-                    fingerprint=fingerprint("abc", options), source="test")
+                    provenance=provenance("abc", options), source="test")
 
 
 def test_npz_roundtrip_keeps_everything_and_pytorch_fid_can_read_it(tmp_path):
@@ -81,7 +81,7 @@ def test_npz_roundtrip_keeps_everything_and_pytorch_fid_can_read_it(tmp_path):
         assert z["mu"].shape == (2048,) and z["sigma"].shape == (2048, 2048)
         assert np.allclose(z["mu"], s.plain.gaussian().mu)
     back = load_stats(path)
-    assert back.n == 40 and back.names == s.names and back.fingerprint == s.fingerprint
+    assert back.n == 40 and back.names == s.names and back.provenance == s.provenance
     assert back.skipped == s.skipped and len(back.mc) == 3
     other = _setstats(30, seed=2)
     for t in range(3):
@@ -94,7 +94,7 @@ def test_pytorch_fid_statistics_are_read(tmp_path):
     a = rng.normal(size=(8, 8))
     np.savez(tmp_path / "theirs.npz", mu=np.ones(8), sigma=a @ a.T)
     s = load_stats(tmp_path / "theirs.npz")
-    assert s.fingerprint is None and s.mc == []
+    assert s.provenance is None and s.mc == []
     assert np.allclose(s.plain.gaussian().covariance(), a @ a.T)
 
 
@@ -114,9 +114,9 @@ def test_npz_without_mu_sigma_names_the_keys(tmp_path):
         load_stats(tmp_path / "x.npz")
 
 
-def test_incompatible_fingerprints_name_the_difference():
-    a = fingerprint("abc", ScoreOptions(seed=1))
-    b = fingerprint("abc", ScoreOptions(seed=2, resize="legacy_pytorch"))
+def test_incompatible_provenances_name_the_difference():
+    a = provenance("abc", ScoreOptions(seed=1))
+    b = provenance("abc", ScoreOptions(seed=2, resize="legacy_pytorch"))
     with pytest.raises(IncompatibleStatsError) as e:
         check_compatible(a, b)
     assert "seed: 1 vs 2" in e.value.message and "resize" in e.value.message
@@ -128,4 +128,31 @@ def test_setstats_shards_merge():
     a, b = _setstats(20, 1), _setstats(25, 2)
     m = a.merge(b)
     assert m.n == 45 and m.names == a.names + b.names and len(m.latent_variance) == 45
-    json.dumps(m.fingerprint)
+    json.dumps(m.provenance)
+
+
+def test_a_small_feature_dimension_saves_and_loads(tmp_path):
+    """d < n < CHUNK (a custom extractor's few dimensions): the rows are what is kept and saved."""
+    s = SetStats(plain=_feed(_rows(40), 8, keep_rows=True), mc=[_feed(_rows(40, seed=t), 8) for t in range(2)],
+                 names=[f"{i}" for i in range(40)], latent_variance=np.zeros(40),
+                 provenance=provenance("abc", ScoreOptions(passes=2)))
+    s.save(tmp_path / "small.npz")
+    back = load_stats(tmp_path / "small.npz")
+    for a, b in zip([s.plain, *s.mc], [back.plain, *back.mc]):
+        assert np.allclose(a.gaussian().covariance(), b.gaussian().covariance(), rtol=1e-12, atol=0)
+
+
+def test_format_1_files_with_a_fingerprint_key_are_still_read(tmp_path):
+    """Statistics saved before the extractor seam: key 'fingerprint', no extractor (always the FID
+    Inception's). They load as today's and combine with statistics made now."""
+    s = _setstats(12, seed=3)
+    s.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    old = json.loads(str(arrays.pop("provenance")))
+    old.pop("extractor")
+    arrays.update(format=np.array("trustfid-stats-1"), fingerprint=np.array(json.dumps({**old, "format": "trustfid-stats-1"})))
+    np.savez(tmp_path / "old.npz", **arrays)
+    back = load_stats(tmp_path / "old.npz")
+    assert back.provenance == s.provenance
+    back.merge(s)  # compatible

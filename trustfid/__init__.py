@@ -12,6 +12,10 @@ The library, usable on its own from a training loop or a notebook::
 - ``score(real, generated, options=None, *, progress=None, should_cancel=None) -> Report``
 - ``compute_stats(source, options=None, ...) -> SetStats`` (``.save(path)``); ``load_stats(path)``
 - ``inspect(source, options=None, ...) -> InspectReport`` (per-image latent variance)
+- ``Metric(options=None, *, extractor=None)``: ``update(images, real=True)``, ``compute() -> Report``,
+  ``reset()`` — the same report in-process from a training loop, on the images' own device (metric.py)
+- ``Extractor``, ``register_extractor``: bring another feature network (extractor.py); every function
+  above takes ``extractor=`` (a registry name, an ``Extractor`` or a list of stages)
 - ``ScoreOptions``, ``Report``: the contract (schemas.py); ``Client``: the service's HTTP client.
 
 ``real``/``generated``/``source``: a folder, a .zip/.tar/.tar.gz archive, a .npy/.npz uint8 image
@@ -27,6 +31,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "score": "pipeline", "compute_stats": "pipeline", "inspect": "pipeline", "extract": "pipeline",
+    "Metric": "metric", "Extractor": "extractor", "register_extractor": "extractor",
     "load_stats": "stats", "SetStats": "stats",
     "ScoreOptions": "schemas", "Report": "schemas", "InspectReport": "schemas", "Progress": "schemas",
     "Client": "client",

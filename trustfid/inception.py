@@ -8,9 +8,10 @@ blocks do not count padding; the last block (Mixed_7c) pools its branch with max
 Input: (N, 3, 299, 299) float32 already in the network's range (preprocess.py makes it).
 Output of ``forward``: (N, 2048) pool3 features.
 
-The block names are torchvision's (Mixed_5b ... Mixed_7c) so dropout points read the same as in
-papers. ``forward_from(x, i)`` runs blocks i.. so the MC-dropout code can split the network into a
-deterministic trunk and a repeated tail (mc.py).
+It is the first and default feature extractor (extractor.py): its stages are the stem and the
+blocks, whose names are torchvision's (Mixed_5b ... Mixed_7c) so dropout points read the same as in
+papers; ``forward_range(x, start, stop)`` runs stages[start:stop], so the MC-dropout code can split
+the network into a deterministic trunk and a repeated tail (mc.py); the head is pool3.
 
 Batch-norm is folded into each convolution's weight and bias when the weights are loaded
 (``load_canonical``): y = (conv(x, w) - mean) / sqrt(var + eps) + beta = conv(x, w * s) + (beta - mean * s)
@@ -24,6 +25,10 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .extractor import Extractor, GlobalAveragePool
+from .preprocess import INCEPTION_RANGES, SIZE
+from .schemas import BLOCKS, DEFAULT_EXTRACTOR, ModelInfo, ScoreOptions
 
 BN_EPS = 1e-3
 FEATURE_DIM = 2048
@@ -165,12 +170,12 @@ class Stem(nn.Module):
         return F.max_pool2d(x, 3, stride=2)
 
 
-class FIDInceptionV3(nn.Module):
-    """Stages: index 0 is the stem, 1..11 are Mixed_5b..Mixed_7c. Pool3 follows the last stage."""
+class FIDInceptionV3(Extractor):
+    """Stages: index 0 is the stem, 1..11 are Mixed_5b..Mixed_7c. Pool3 (the head) follows the last
+    stage. The weights' hash and source are set by whoever loads them (extractor.load_fid_inception)."""
 
     def __init__(self):
-        super().__init__()
-        self.stages = nn.Sequential(OrderedDict([
+        super().__init__(OrderedDict([
             ("stem", Stem()),
             ("Mixed_5b", BlockA(192, 32)),
             ("Mixed_5c", BlockA(256, 64)),
@@ -183,25 +188,13 @@ class FIDInceptionV3(nn.Module):
             ("Mixed_7a", BlockD(768)),
             ("Mixed_7b", BlockE(1280, max_pool=False)),
             ("Mixed_7c", BlockE(2048, max_pool=True)),
-        ]))
-        self.stage_names = list(self.stages._modules)
+        ]), GlobalAveragePool(), name=DEFAULT_EXTRACTOR, description=ModelInfo.model_fields["name"].default,
+            feature_dim=FEATURE_DIM, input_size=SIZE, input_ranges=INCEPTION_RANGES,
+            dropout_stages=BLOCKS, default_dropout_at=ScoreOptions.model_fields["dropout_at"].default_factory())
         self.eval()
 
-    def stage_index(self, name: str) -> int:
-        return self.stage_names.index(name)
-
-    def forward_range(self, x, start: int, stop: int):
-        """Run stages[start:stop]."""
-        for stage in list(self.stages)[start:stop]:
-            x = stage(x)
-        return x
-
-    @staticmethod
-    def pool3(x):
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-
-    def forward(self, x):
-        return self.pool3(self.stages(x))
+    def pool3(self, x):  # the head, by its TF name
+        return self.head(x)
 
     def load_canonical(self, tensors: dict[str, torch.Tensor]) -> "FIDInceptionV3":
         """Load weights in canonical form: for each conv ``NAME`` the tensors NAME.weight (conv,

@@ -1,10 +1,10 @@
-"""Monte Carlo dropout in the FID InceptionV3.
+"""Monte Carlo dropout in a feature extractor (extractor.py), through its interface only.
 
 Dropout (rate p, inverted: kept units are scaled by 1/(1-p)) follows the output of each chosen
-block. The network splits at the first chosen block: the deterministic trunk (stem .. that block)
-runs once per image; the stochastic tail (the remaining blocks and pool3) runs once with dropout
-off — the plain FID features — and then T times with dropout on. Batch-norm stays in eval mode
-(its running statistics are the network's, not the batch's).
+stage. The network splits at the first chosen stage: the deterministic trunk (the stages up to and
+including it) runs once per image; the stochastic tail (the remaining stages and the head) runs once
+with dropout off — the plain FID features — and then T times with dropout on. The network runs in
+eval mode (batch-norm uses its running statistics, not the batch's).
 
 Masks. Each mask is drawn on the CPU from its own generator, seeded from (seed, pass, point) and,
 with ``per_image`` masks, from the set and the image's index in it. A mask therefore never depends
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .inception import FIDInceptionV3
+from .extractor import Extractor, evaluating
 from .schemas import ScoreOptions
 
 SET_TAGS = {"real": 0, "generated": 1}
@@ -31,10 +31,11 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-class MCInception:
-    """Wraps a loaded FIDInceptionV3 with the MC-dropout settings of one job."""
+class MCDropout:
+    """Wraps a loaded Extractor with the MC-dropout settings of one job. ``options.dropout_at``
+    names stages of the extractor (unknown names: InputError listing the valid ones)."""
 
-    def __init__(self, net: FIDInceptionV3, options: ScoreOptions, device: torch.device):
+    def __init__(self, net: Extractor, options: ScoreOptions, device: torch.device):
         self.net = net
         self.device = device
         self.passes = options.passes
@@ -42,22 +43,22 @@ class MCInception:
         self.kind = options.dropout_kind
         self.mask_mode = options.mask_mode
         self.seed = options.seed
-        self.points = [net.stage_index(b) for b in options.dropout_at]  # sorted by the schema
+        self.points = net.dropout_points(options.dropout_at)  # stage indices, in network order
         self.split = self.points[0] + 1  # trunk = stages[:split]
-        self._shapes: dict[int, tuple[int, ...]] = {}
         self._shared: dict[tuple[int, int], torch.Tensor] = {}
 
     # -- masks ------------------------------------------------------------------------------------
-    def _mask_shape(self, point: int, h: torch.Tensor) -> tuple[int, ...]:
-        c, hh, ww = h.shape[1:]
-        return (c, 1, 1) if self.kind == "channel" else (c, hh, ww)
+    def _mask_shape(self, h: torch.Tensor) -> tuple[int, ...]:
+        if self.kind == "channel":  # one value per feature map, broadcast over the spatial axes
+            return (h.shape[1],) + (1,) * (h.ndim - 2)
+        return tuple(h.shape[1:])
 
     def _draw(self, shape, gen: torch.Generator) -> torch.Tensor:
         keep = 1.0 - self.rate
         return (torch.rand(shape, generator=gen) < keep).to(torch.float32) / keep
 
     def _mask(self, t: int, point: int, h: torch.Tensor, set_tag: int, first_index: int) -> torch.Tensor:
-        shape = self._mask_shape(point, h)
+        shape = self._mask_shape(h)
         if self.mask_mode == "shared":
             key = (t, point)
             if key not in self._shared:
@@ -75,7 +76,7 @@ class MCInception:
 
     @torch.inference_mode()
     def tail(self, h: torch.Tensor, t: int | None, set_tag: int = 0, first_index: int = 0) -> torch.Tensor:
-        """Features (N, 2048) float32 from trunk output ``h``; ``t=None`` runs with dropout off."""
+        """Features (N, d) from trunk output ``h``; ``t=None`` runs with dropout off."""
         stop = len(self.net.stage_names)
         point_set = set(self.points)
         x = h
@@ -85,13 +86,14 @@ class MCInception:
                 x = self.net.forward_range(x, i, i + 1)
             if t is not None and i in point_set:
                 x = x * self._mask(t, i, x, set_tag, first_index)
-        return self.net.pool3(x)
+        return self.net.head(x)
 
     @torch.inference_mode()
     def features(self, x: torch.Tensor, set_tag: int = 0, first_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(plain (N, 2048), mc (T, N, 2048)) for one batch of network inputs, on the CPU."""
-        h = self.trunk(x)
-        plain = self.tail(h, None).float().cpu()
-        mc = [self.tail(h, t, set_tag, first_index).float().cpu() for t in range(self.passes)]
+        """(plain (N, d), mc (T, N, d)) for one batch of network inputs, on the CPU."""
+        with evaluating(self.net):
+            h = self.trunk(x)
+            plain = self.tail(h, None).float().cpu()
+            mc = [self.tail(h, t, set_tag, first_index).float().cpu() for t in range(self.passes)]
         mc = torch.stack(mc) if mc else torch.empty(0, *plain.shape)
         return plain, mc

@@ -1,7 +1,11 @@
-"""The pipeline: sources in, report out. Every other entry point (CLI, Celery task) calls these.
+"""The pipeline: sources in, report out. Every other entry point (CLI, Celery task, Metric) calls these.
 
-    images (inputs/) -> network input (preprocess.py) -> trunk once, tail x (1 + T) (mc.py)
-    -> per-pass streaming statistics (stats.py) -> Fréchet core (frechet.py) -> report (report.py)
+    images (inputs/) -> network input (preprocess.py) -> trunk once, tail x (1 + T) (mc.py, on the
+    extractor of extractor.py) -> per-pass streaming statistics (stats.py) -> Fréchet core
+    (frechet.py) -> report (report.py)
+
+Every function takes ``extractor=``: None (``options.extractor``, by default the FID Inception), a
+registry name, an ``Extractor`` or a list of stages (extractor.py).
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +20,11 @@ import torch
 
 from . import report as rep
 from .errors import CancelledError, InputError
+from .extractor import Extractor, as_extractor, get_extractor, load_fid_inception
 from .inputs import open_images
-from .inception import FEATURE_DIM, FIDInceptionV3
-from .mc import SET_TAGS, MCInception
-from .preprocess import RESIZE_MODES, to_model_input
+from .inception import FIDInceptionV3
+from .mc import SET_TAGS, MCDropout
+from .preprocess import describe, to_model_input
 from .schemas import (
     InspectImage,
     InspectReport,
@@ -31,8 +35,8 @@ from .schemas import (
     Timing,
 )
 from .settings import EngineSettings, get_engine_settings
-from .stats import Moments, SetStats, check_compatible, fingerprint, load_stats
-from .weights import Weights, load_weights
+from .stats import Moments, SetStats, check_compatible, load_stats, provenance
+from .weights import Weights
 
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
@@ -58,25 +62,87 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-@lru_cache(maxsize=4)
-def _network(weights_path: str | None, cache_dir: str, device: str) -> tuple[FIDInceptionV3, Weights]:
-    """Loaded once per process (a Celery worker keeps it between jobs)."""
-    weights = load_weights(weights_path, cache_dir)
-    # channels_last: ~1.7x faster convolutions on CPU (bench/RESULTS.md), same features within 1e-5
-    net = FIDInceptionV3().load_canonical(weights.tensors).to(torch.device(device))
-    net = net.to(memory_format=torch.channels_last).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net, weights
+def _use_threads(settings: EngineSettings) -> None:
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
 
 
 def network(options: ScoreOptions, settings: EngineSettings | None = None) -> tuple[FIDInceptionV3, Weights, torch.device]:
+    """The FID Inception and its weights, loaded once per process and device (a worker keeps it)."""
     settings = settings or get_engine_settings()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    _use_threads(settings)
     device = resolve_device(options.device)
-    net, weights = _network(str(settings.weights) if settings.weights else None, str(settings.cache_dir), str(device))
+    net, weights = load_fid_inception(str(settings.weights) if settings.weights else None,
+                                      str(settings.cache_dir), str(device))
     return net, weights, device
+
+
+def as_options(options: ScoreOptions | dict | None, extractor_name: str | None = None) -> ScoreOptions:
+    """ScoreOptions from what a caller gave. A dict is validated for the named extractor, so its
+    dropout_at may name that extractor's stages (checked by Extractor.options_for)."""
+    if isinstance(options, ScoreOptions):
+        return options
+    if options is None or isinstance(options, dict):
+        data = dict(options or {})
+        if extractor_name is not None:
+            data.setdefault("extractor", extractor_name)
+        return ScoreOptions.model_validate(data)
+    raise InputError(f"options must be ScoreOptions or a dict, not a {type(options).__name__}")
+
+
+def load_extractor(options: ScoreOptions | dict | None, extractor=None, settings: EngineSettings | None = None,
+                   device: torch.device | None = None) -> tuple[Extractor, ScoreOptions, torch.device]:
+    """The extractor a job runs on its device, and the options resolved for it (its name, dropout
+    points checked against its stages). A registered extractor runs on ``options.device``; a given
+    one on its own device unless ``options.device`` names another ("auto" keeps it where it is).
+    ``device``, when given, wins over both (the Metric runs where the images are)."""
+    settings = settings or get_engine_settings()
+    _use_threads(settings)
+    if extractor is None or isinstance(extractor, str):
+        options = as_options(options, extractor)
+        device = device or resolve_device(options.device)
+        ex = get_extractor(extractor or options.extractor, device, settings)
+    else:
+        ex = as_extractor(extractor)
+        options = as_options(options, ex.name)
+        device = device or (ex.device if options.device == "auto" else resolve_device(options.device))
+        ex = ex.to(device)
+    return ex, ex.options_for(options), device
+
+
+class SetFeatures:
+    """One set's statistics as its feature batches arrive: the plain pass (rows kept for the
+    bootstrap), the T MC passes and each image's latent variance. Memory stays bounded (Moments)."""
+
+    def __init__(self, dim: int, passes: int):
+        self.plain = Moments(dim, keep_rows=True)
+        self.mc = [Moments(dim) for _ in range(passes)]
+        self.names: list[str] = []
+        self._variances: list[np.ndarray] = []
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    def add(self, names: list[str], plain: torch.Tensor, mc: torch.Tensor) -> None:
+        """Features of the next images: ``plain`` (n, d) and ``mc`` (T, n, d), on the CPU."""
+        self.plain.add(plain.numpy())
+        for t, moments in enumerate(self.mc):
+            moments.add(mc[t].numpy())
+        if len(self.mc) > 1:
+            # predictive variance of each image's embedding across passes, averaged over dimensions
+            self._variances.append(mc.double().var(dim=0, unbiased=True).mean(dim=1).numpy())
+        self.names.extend(names)
+
+    def stats(self, set_name: str, provenance: dict, source: str, skipped=()) -> SetStats:
+        if self.n < MIN_IMAGES:
+            why = "; ".join(f"{s.name}: {s.reason}" for s in list(skipped)[:5])
+            raise InputError(f"the {set_name} set has {self.n} usable image(s); at least {MIN_IMAGES} are "
+                             f"needed (and a few hundred for a stable FID)" + (f". Skipped: {why}" if why else ""),
+                             code="too_few_images")
+        return SetStats(plain=self.plain, mc=self.mc, names=list(self.names),
+                        latent_variance=np.concatenate(self._variances) if self._variances else np.zeros(0),
+                        skipped=list(skipped), provenance=provenance, source=source)
 
 
 def _batches(images, batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
@@ -122,7 +188,7 @@ def _prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
         stop.set()
 
 
-def extract(source, set_name: str, options: ScoreOptions, *, progress: ProgressFn | None = None,
+def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extractor=None, progress: ProgressFn | None = None,
             should_cancel: CancelFn | None = None, settings: EngineSettings | None = None,
             first_index: int = 0) -> SetStats:
     """Statistics of one set: plain pass plus T MC passes, per-image latent variance.
@@ -133,47 +199,31 @@ def extract(source, set_name: str, options: ScoreOptions, *, progress: ProgressF
         return load_stats(source)
 
     settings = settings or get_engine_settings()
-    net, weights, device = network(options, settings)
-    model = MCInception(net, options, device)
+    ex, options, device = load_extractor(options, extractor, settings)
+    model = MCDropout(ex, options, device)
     images = open_images(source, strict=options.strict, max_pixels=settings.max_pixels,
                          max_images=settings.max_images, max_archive_members=settings.max_archive_members,
                          max_member_bytes=settings.max_member_bytes)
     total = len(images)
-    plain = Moments(FEATURE_DIM, keep_rows=True)
-    mc = [Moments(FEATURE_DIM) for _ in range(options.passes)]
-    names: list[str] = []
-    variances: list[np.ndarray] = []
+    found = SetFeatures(ex.feature_dim, options.passes)
+    input_range = ex.input_range_for(options.resize)
 
     def prepared():
         for batch in _batches(images, options.batch_size):
-            yield [n for n, _ in batch], to_model_input([im for _, im in batch], options.resize)
+            yield [n for n, _ in batch], to_model_input([im for _, im in batch], options.resize, ex.input_size,
+                                                        input_range)
 
     if progress:
         progress(Progress(stage="extracting", set=set_name, images_done=0, images_total=total))
     for batch_names, x in _prefetched(prepared()):
         if should_cancel and should_cancel():
             raise CancelledError("the job was cancelled")
-        f_plain, f_mc = model.features(x, SET_TAGS[set_name], first_index + len(names))
-        plain.add(f_plain.numpy())
-        for t in range(options.passes):
-            mc[t].add(f_mc[t].numpy())
-        if options.passes > 1:
-            # predictive variance of each image's embedding across passes, averaged over dimensions
-            variances.append(f_mc.double().var(dim=0, unbiased=True).mean(dim=1).numpy())
-        names.extend(batch_names)
+        found.add(batch_names, *model.features(x, SET_TAGS[set_name], first_index + found.n))
         if progress:
-            progress(Progress(stage="extracting", set=set_name, images_done=len(names), images_total=total,
+            progress(Progress(stage="extracting", set=set_name, images_done=found.n, images_total=total,
                               passes=options.passes))
-
-    if len(names) < MIN_IMAGES:
-        skipped = "; ".join(f"{s.name}: {s.reason}" for s in images.skipped[:5])
-        raise InputError(f"the {set_name} set has {len(names)} usable image(s); at least {MIN_IMAGES} are "
-                         f"needed (and a few hundred for a stable FID)" + (f". Skipped: {skipped}" if skipped else ""),
-                         code="too_few_images")
-    return SetStats(plain=plain, mc=mc, names=names,
-                    latent_variance=np.concatenate(variances) if variances else np.zeros(0),
-                    skipped=list(images.skipped), fingerprint=fingerprint(weights.sha256, options),
-                    source=str(source) if isinstance(source, (str, Path)) else type(source).__name__)
+    return found.stats(set_name, provenance(ex.weights_sha256, options),
+                       str(source) if isinstance(source, (str, Path)) else type(source).__name__, images.skipped)
 
 
 def _is_stats_file(path: Path) -> bool:
@@ -186,27 +236,38 @@ def _is_stats_file(path: Path) -> bool:
         return False
 
 
-def compute_stats(source, options: ScoreOptions | None = None, *, progress: ProgressFn | None = None,
+def compute_stats(source, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
                   should_cancel: CancelFn | None = None, set_name: str = "real") -> SetStats:
-    return extract(source, set_name, options or ScoreOptions(), progress=progress, should_cancel=should_cancel)
+    return extract(source, set_name, options, extractor=extractor, progress=progress, should_cancel=should_cancel)
 
 
-def score(real, generated, options: ScoreOptions | None = None, *, progress: ProgressFn | None = None,
+def score(real, generated, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
           should_cancel: CancelFn | None = None) -> Report:
-    options = options or ScoreOptions()
     t0 = time.perf_counter()
-    net, weights, device = network(options)
+    ex, options, device = load_extractor(options, extractor)
     t_load = time.perf_counter() - t0
 
     sides = {}
     for set_name, source in (("real", real), ("generated", generated)):
-        sides[set_name] = extract(source, set_name, options, progress=progress, should_cancel=should_cancel)
+        sides[set_name] = extract(source, set_name, options, extractor=ex, progress=progress,
+                                  should_cancel=should_cancel)
     r, g = sides["real"], sides["generated"]
-    expected = fingerprint(weights.sha256, options)
-    check_compatible(r.fingerprint, expected, "statistics and options")
-    check_compatible(g.fingerprint, expected, "statistics and options")
+    expected = provenance(ex.weights_sha256, options)
+    check_compatible(r.provenance, expected, "statistics and options")
+    check_compatible(g.provenance, expected, "statistics and options")
     t_extract = time.perf_counter() - t0 - t_load
+    return build_report(r, g, options, ex, device, load_s=t_load, extract_s=t_extract, progress=progress)
 
+
+def model_info(ex: Extractor) -> ModelInfo:
+    return ModelInfo(name=ex.description, weights_sha256=ex.weights_sha256, weights_source=ex.weights_source,
+                     extractor=ex.name, feature_dim=ex.feature_dim, input_size=ex.input_size)
+
+
+def build_report(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor, device: torch.device, *,
+                 load_s: float, extract_s: float, progress: ProgressFn | None = None) -> Report:
+    """The report of two sets' statistics (options already resolved for ``ex``)."""
+    t0 = time.perf_counter()
     if progress:
         progress(Progress(stage="frechet", passes=options.passes))
     from .frechet import frechet_distance
@@ -214,31 +275,29 @@ def score(real, generated, options: ScoreOptions | None = None, *, progress: Pro
     mc = rep.fid_mc(r, g)
     boot = rep.fid_bootstrap(r, g, options.bootstrap_resamples, options.seed)
     lv = rep.latent_variance(r, g, options.top_k)
-    t_frechet = time.perf_counter() - t0 - t_load - t_extract
+    t_frechet = time.perf_counter() - t0
 
-    images = r.n + g.n
-    total = time.perf_counter() - t0
     result = Report(
         fid=fid, fid_mc=mc, fid_bootstrap=boot, latent_variance=lv,
         trust=rep.trust(fid, mc, boot, lv, r, g),
         counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
-        config=options, preprocessing=f"{options.resize}: {RESIZE_MODES[options.resize]}",
-        model=ModelInfo(weights_sha256=weights.sha256, weights_source=Path(weights.source).name),
-        device=str(device),
-        timing=Timing(load_s=t_load, extract_s=t_extract, frechet_s=t_frechet, total_s=total,
-                      images_per_s=images / t_extract if t_extract > 0 else 0.0),
+        config=options,
+        preprocessing=describe(options.resize, ex.input_size, ex.input_range_for(options.resize)),
+        model=model_info(ex), device=str(device),
+        timing=Timing(load_s=load_s, extract_s=extract_s, frechet_s=t_frechet, total_s=load_s + extract_s + t_frechet,
+                      images_per_s=(r.n + g.n) / extract_s if extract_s > 0 else 0.0),
     )
     if progress:
         progress(Progress(stage="done", passes=options.passes))
     return result
 
 
-def inspect(source, options: ScoreOptions | None = None, *, progress: ProgressFn | None = None,
+def inspect(source, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
             should_cancel: CancelFn | None = None) -> InspectReport:
-    options = options or ScoreOptions()
+    ex, options, _ = load_extractor(options, extractor)
     if options.passes < 2:
         raise InputError("inspect needs at least 2 MC passes to measure latent variance (--passes)")
-    stats = extract(source, "real", options, progress=progress, should_cancel=should_cancel)
+    stats = extract(source, "real", options, extractor=ex, progress=progress, should_cancel=should_cancel)
     v = np.asarray(stats.latent_variance)
     return InspectReport(
         images=[InspectImage(name=n, latent_variance=float(x)) for n, x in zip(stats.names, v)],

@@ -91,5 +91,5 @@ def latent_variance(real: SetStats, generated: SetStats, top_k: int) -> LatentVa
 def trust(fid: float, mc: FidMC, boot: FidBootstrap, lv: LatentVariance,
           real: SetStats, generated: SetStats) -> Trust:
     return assess(fid=fid, mc=mc, bootstrap=boot, latent=lv, n_real=real.n, n_generated=generated.n,
-                  foreign=real.fingerprint is None or generated.fingerprint is None,
-                  settings=real.fingerprint or generated.fingerprint)
+                  foreign=real.provenance is None or generated.provenance is None,
+                  settings=real.provenance or generated.provenance)

@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SCHEMA_VERSION = "1.0"
 
+# The feature network every published FID uses, by its registry name (trustfid/extractor.py).
+DEFAULT_EXTRACTOR = "inception-v3-tf-2015-12-05"
+
 # Block names of the FID InceptionV3, in network order (torchvision's names). Dropout can follow
 # any of them; the deterministic trunk runs up to the first one chosen.
 BLOCKS: tuple[str, ...] = (
@@ -72,7 +75,8 @@ class ScoreOptions(_Strict):
     passes: int = Field(20, ge=0, le=1000, description="T, stochastic MC-dropout passes (0 = plain FID only)")
     dropout_rate: float = Field(0.1, gt=0.0, lt=1.0, description="dropout probability p")
     dropout_at: list[str] = Field(default_factory=lambda: ["Mixed_7a"],
-                                  description="blocks after whose output dropout is applied")
+                                  description="blocks (stages of the extractor) after whose output dropout "
+                                              "is applied; left unset with another extractor: its default")
     dropout_kind: Literal["element", "channel"] = "element"
     mask_mode: Literal["shared", "per_image"] = Field(
         "shared", description="shared: pass t uses one mask for every image (one sampled network)")
@@ -83,16 +87,26 @@ class ScoreOptions(_Strict):
     batch_size: int = Field(32, ge=1, le=4096, description="does not change results")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     strict: bool = Field(False, description="unreadable files are an error instead of being skipped")
+    extractor: str = Field(DEFAULT_EXTRACTOR, pattern=r"^[\w.:+-]{1,100}$",
+                           description="the feature network, by registry name (a custom network's name)")
 
     @field_validator("dropout_at")
     @classmethod
-    def _known_blocks(cls, v: list[str]) -> list[str]:
+    def _some_blocks(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("dropout_at needs at least one block")
-        unknown = [b for b in v if b not in BLOCKS]
-        if unknown:
-            raise ValueError(f"unknown block(s) {unknown}; choose from {list(BLOCKS)}")
-        return sorted(set(v), key=BLOCKS.index)
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _known_blocks(self) -> "ScoreOptions":
+        """The FID Inception's blocks are checked here; another extractor checks its own stage names
+        when it is loaded (``Extractor.options_for``), since only it knows them."""
+        if self.extractor == DEFAULT_EXTRACTOR:
+            unknown = [b for b in self.dropout_at if b not in BLOCKS]
+            if unknown:
+                raise ValueError(f"unknown block(s) {unknown} in dropout_at; choose from {list(BLOCKS)}")
+            self.dropout_at.sort(key=BLOCKS.index)
+        return self
 
 
 class SkippedFile(_Strict):
@@ -157,6 +171,10 @@ class ModelInfo(_Strict):
     name: str = "inception-v3-tf-2015-12-05 pool3 (2048-d)"
     weights_sha256: str
     weights_source: str
+    extractor: str | None = Field(None, description="registry name of the feature network (None: older reports, "
+                                                    "always the FID Inception)")
+    feature_dim: int | None = None
+    input_size: tuple[int, int] | None = Field(None, description="(height, width) of the network input")
 
 
 class Timing(_Strict):

@@ -13,8 +13,10 @@ matrix and the key to the fast Fréchet path (frechet.py).
 Partial statistics of disjoint shards merge exactly (``Moments.merge``), so a big job can be split
 over many workers. ``SetStats`` holds everything about one set and saves to / loads from a .npz
 without pickle: ``mu`` and ``sigma`` of the plain pass (readable by pytorch-fid and clean-fid; we
-read theirs too), the per-pass MC statistics, per-image latent variances and a fingerprint of the
-weights, preprocessing and MC settings.
+read theirs too), the per-pass MC statistics, per-image latent variances and their provenance: the
+extractor and its weights, the preprocessing and the MC settings (``provenance``), which decides
+whether two sets' statistics may be combined. (A file's sha256, which the service calls a
+reference's ``fingerprint``, is another thing.)
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IncompatibleStatsError, InputError
-from .schemas import SkippedFile
+from .schemas import DEFAULT_EXTRACTOR, SkippedFile
 
 CHUNK = 256
-FORMAT = "trustfid-stats-1"
+FORMAT = "trustfid-stats-2"
+# Files of format 1 call the provenance "fingerprint" and predate the choice of extractor (all are
+# the FID Inception's); they are read as format 2 with that extractor.
+LEGACY_FORMATS = ("trustfid-stats-1",)
 
 
 @dataclass
@@ -152,10 +157,12 @@ def _chan(a, b):
     return n, ma + delta * (nb / n), m2a + m2b + np.outer(delta, delta) * (na * nb / n)
 
 
-def fingerprint(weights_sha256: str, options) -> dict:
-    """What makes two sets' statistics comparable: same weights, preprocessing and MC network."""
+def provenance(weights_sha256: str, options) -> dict:
+    """What makes two sets' statistics comparable: same extractor and weights, preprocessing and MC
+    network. ``options.extractor`` names the extractor (Extractor.options_for sets it)."""
     return {
         "format": FORMAT,
+        "extractor": options.extractor,
         "weights_sha256": weights_sha256,
         "resize": options.resize,
         "passes": options.passes,
@@ -186,7 +193,7 @@ class SetStats:
     names: list[str] = field(default_factory=list)
     latent_variance: np.ndarray = field(default_factory=lambda: np.zeros(0))
     skipped: list[SkippedFile] = field(default_factory=list)
-    fingerprint: dict | None = None
+    provenance: dict | None = None  # stats.provenance(...); None for another tool's mu/sigma
     source: str = ""
 
     @property
@@ -194,7 +201,7 @@ class SetStats:
         return self.plain.n
 
     def merge(self, other: "SetStats") -> "SetStats":
-        check_compatible(self.fingerprint, other.fingerprint, "shards")
+        check_compatible(self.provenance, other.provenance, "shards")
         if len(self.mc) != len(other.mc):
             raise IncompatibleStatsError("shards have different numbers of MC passes")
         return SetStats(
@@ -203,7 +210,7 @@ class SetStats:
             names=self.names + other.names,
             latent_variance=np.concatenate([self.latent_variance, other.latent_variance]),
             skipped=self.skipped + other.skipped,
-            fingerprint=self.fingerprint,
+            provenance=self.provenance,
             source=f"{self.source}+{other.source}",
         )
 
@@ -219,7 +226,7 @@ class SetStats:
             "latent_variance": np.asarray(self.latent_variance, np.float64),
             "skipped_names": np.array([s.name for s in self.skipped], dtype=str),
             "skipped_reasons": np.array([s.reason for s in self.skipped], dtype=str),
-            "fingerprint": np.array(json.dumps(self.fingerprint, sort_keys=True)),
+            "provenance": np.array(json.dumps(self.provenance, sort_keys=True)),
         }
         rows = self.plain.rows()
         if rows is not None:
@@ -239,7 +246,9 @@ class SetStats:
 def _moments_from(dim: int, n: int, mu: np.ndarray, sigma: np.ndarray | None, rows: np.ndarray | None,
                   keep_rows: bool = False) -> Moments:
     m = Moments(dim, keep_rows=keep_rows)
-    if rows is not None and (n <= dim or keep_rows):
+    # rows are saved whenever they were kept: n <= d, keep_rows, or fewer than a CHUNK past d (which
+    # only a small feature dimension reaches); then they are all there is, no sigma was saved
+    if rows is not None and (n <= dim or keep_rows or sigma is None):
         m.add(rows)
         return m
     m.n = n
@@ -262,11 +271,12 @@ def load_stats(path: str | Path) -> SetStats:
     d = mu.shape[0]
     if mu.ndim != 1 or sigma.shape != (d, d):
         raise InputError(f"{path.name}: mu must be (d,) and sigma (d, d); got {mu.shape} and {sigma.shape}")
-    if str(data.get("format", "")) != FORMAT:  # pytorch-fid / clean-fid statistics
+    fmt = str(data.get("format", ""))
+    if fmt != FORMAT and fmt not in LEGACY_FORMATS:  # pytorch-fid / clean-fid statistics
         n = 0  # unknown; the covariance is used as given
         plain = _moments_from(d, 2, mu, sigma, None)
         plain.n = n
-        return SetStats(plain=plain, mc=[], fingerprint=None, source=path.name)
+        return SetStats(plain=plain, mc=[], provenance=None, source=path.name)
     n = int(data["n"])
     features = data.get("features")
     plain = _moments_from(d, n, mu, sigma, features, keep_rows=features is not None)
@@ -280,4 +290,11 @@ def load_stats(path: str | Path) -> SetStats:
                for a, b in zip(data["skipped_names"], data["skipped_reasons"])]
     return SetStats(plain=plain, mc=mc, names=[str(s) for s in data["names"]],
                     latent_variance=data["latent_variance"], skipped=skipped,
-                    fingerprint=json.loads(str(data["fingerprint"])), source=path.name)
+                    provenance=_provenance(data, fmt), source=path.name)
+
+
+def _provenance(data: dict, fmt: str) -> dict:
+    prov = json.loads(str(data["provenance" if "provenance" in data else "fingerprint"]))
+    if fmt in LEGACY_FORMATS:
+        prov = {**prov, "format": FORMAT, "extractor": prov.get("extractor", DEFAULT_EXTRACTOR)}
+    return prov

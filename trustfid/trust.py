@@ -45,7 +45,7 @@ BASELINE_FILE = Path(__file__).with_name("trust_baseline.json")
 FEW_IMAGES = 50
 BOOTSTRAP_WIDTH = 0.5
 
-# The fingerprint keys that change the expected latent variance (stats.fingerprint's names).
+# The provenance keys that change the expected latent variance (stats.provenance's names).
 NETWORK_KEYS = ("dropout_at", "dropout_rate", "dropout_kind", "resize", "weights_sha256")
 
 
@@ -56,7 +56,7 @@ def baseline() -> dict:
 
 def _network_difference(settings: dict | None, base: dict) -> list[str]:
     """The MC-network settings in which a report differs from the baseline's (empty: comparable).
-    ``settings`` is a statistics fingerprint (stats.fingerprint) or None when not known."""
+    ``settings`` is a statistics provenance (stats.provenance) or None when not known."""
     if not settings:
         return []
     measured = base.get("measured_with", {})
@@ -111,7 +111,7 @@ def variance_concerns(latent: LatentVariance, *, settings: dict | None = None,
 
 def assess(*, fid: float, mc: FidMC, bootstrap: FidBootstrap, latent: LatentVariance,
            n_real: int, n_generated: int, foreign: bool, settings: dict | None = None) -> Trust:
-    """``settings``: the MC settings of the report as a statistics fingerprint (stats.fingerprint);
+    """``settings``: the MC settings of the report as a statistics provenance (stats.provenance);
     when given, the latent variance is compared with the baseline only if the MC network matches."""
     concerns: list[tuple[float, str]] = []
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
+from .extractor import tensors_sha256
 from .inception import FIDInceptionV3, canonical_conv_names
 
 FID_HELPER_FILE = "default_1.pt"
@@ -45,16 +46,6 @@ def _sha1(path: Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
-
-
-def canonical_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        t = tensors[key].detach().to(torch.float32).contiguous().cpu()
-        h.update(key.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
     return h.hexdigest()
 
 
@@ -170,7 +161,7 @@ def load_weights(path: Path | str | None = None, cache_dir: Path | str | None = 
     if cached is not None and cached.is_file():
         try:
             tensors = load_file(str(cached))
-            return Weights(tensors, canonical_sha256(tensors), str(source))
+            return Weights(tensors, tensors_sha256(tensors), str(source))
         except Exception:  # a torn or foreign cache file: rebuild it below
             pass
 
@@ -185,4 +176,4 @@ def load_weights(path: Path | str | None = None, cache_dir: Path | str | None = 
         os.close(fd)
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
         os.replace(tmp, cached)  # atomic: concurrent workers never read half a file
-    return Weights(tensors, canonical_sha256(tensors), str(source))
+    return Weights(tensors, tensors_sha256(tensors), str(source))

@@ -4,7 +4,7 @@ Speed: every image's deterministic trunk runs once, up to the earliest dropout p
 on that image needs; each setting continues from there (a later first point: a few deterministic
 stages more, cached per split) and runs only its stochastic tail. The T passes of a chunk of images
 run as one batch of T x n (larger batches are faster on CPU). Masks come from the engine's own mask
-function (``MCInception._mask``: same seeds, same shapes, same scaling), and the tail is the engine's
+function (``MCDropout._mask``: same seeds, same shapes, same scaling), and the tail is the engine's
 stages, so the numbers are the product's; study.check_engine_equivalence compares them with
 ``pipeline.extract`` at the start of every run.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from trustfid.mc import MCInception
+from trustfid.mc import MCDropout
 from trustfid.schemas import ScoreOptions
 
 
@@ -98,7 +98,7 @@ class Features:
 
 
 @torch.inference_mode()
-def _stacked_tail(model: MCInception, h: torch.Tensor, passes: list[int], set_tag: int,
+def _stacked_tail(model: MCDropout, h: torch.Tensor, passes: list[int], set_tag: int,
                   first_index: int) -> torch.Tensor:
     """(T, n, 2048): model.tail(h, t, set_tag, first_index) for every t, as one T*n batch."""
     net = model.net
@@ -121,7 +121,7 @@ def run_setting(net, feats: Features, setting: Setting, set_tags: dict[str, int]
                 chunk_images: int = 16) -> dict[str, np.ndarray]:
     """(T, n, 2048) float32 MC features of every given set for the given pass indices."""
     passes = list(passes)
-    model = MCInception(net, setting.options(max(passes) + 1), torch.device("cpu"))
+    model = MCDropout(net, setting.options(max(passes) + 1), torch.device("cpu"))
     out = {}
     for set_name, tag in set_tags.items():
         h = feats.at(net, set_name, model.split)
