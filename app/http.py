@@ -42,18 +42,19 @@ def error_response(exc: TrustfidError) -> JSONResponse:
 
 # --- dependencies ---------------------------------------------------------------------------------
 
-def settings_dep(request: Request) -> Settings:
+# Dependencies are async: they do no I/O, and a sync one would cost a thread-pool hop per request.
+async def settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def store_dep(request: Request) -> Store:
+async def store_dep(request: Request) -> Store:
     st = request.app.state.store
     if st is None:
         raise UnavailableError("no Redis configured (TRUSTFID_REDIS_URL)")
     return st
 
 
-def owner_dep(request: Request) -> str:
+async def owner_dep(request: Request) -> str:
     return authenticate(request.app.state.settings, request.headers.get("authorization"),
                         request.client.host if request.client else None)
 
@@ -65,9 +66,11 @@ Owner = Annotated[str, Depends(owner_dep)]
 
 # --- submitting -----------------------------------------------------------------------------------
 
-def record_response(record, status: int = 200, location: str | None = None) -> JSONResponse:
-    return JSONResponse(record.model_dump(mode="json"), status_code=status,
-                        headers={"Location": location} if location else None)
+def record_response(record, status: int = 200, location: str | None = None) -> Response:
+    """A record as JSON, serialised once by pydantic (returning the model would have FastAPI validate
+    and serialise it again through the response model)."""
+    return Response(record.model_dump_json(), status_code=status, media_type="application/json",
+                    headers={"Location": location} if location else None)
 
 
 async def body_chunks(request: Request, settings: Settings):

@@ -57,12 +57,18 @@ def _die_with_parent():  # runs in the child between fork and exec (Linux): no o
         pass
 
 
-def _popen(args, env=None, log: Path | None = None) -> subprocess.Popen:
+def _popen(args, env=None, log: Path | None = None, nice: int = 0) -> subprocess.Popen:
     out = open(log, "ab") if log else None
+
+    def child_setup():  # between fork and exec
+        if sys.platform.startswith("linux"):
+            _die_with_parent()
+        if nice:
+            os.nice(nice)
+
     try:
         return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=child_setup)
     finally:
         if out:
             out.close()
@@ -275,8 +281,8 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = 
         env = dict(os.environ, TRUSTFID_REDIS_URL=redis_url, TRUSTFID_DATA_DIR=str(data_dir))
         settings = Settings(_env_file=None, **{**settings.model_dump(), "redis_url": redis_url, "data_dir": data_dir})
         command = worker_command(settings, pool="solo", concurrency=1, name=f"embedded-{os.getpid()}@%h")
-        children.append(Supervised("worker", lambda: _popen(command, env=env, log=data_dir / "logs" / "worker.log"),
-                                   say))
+        children.append(Supervised("worker", lambda: _popen(command, env=env, log=data_dir / "logs" / "worker.log",
+                                                            nice=settings.worker_nice), say))
         supervise(children, stopping)
         print(f"trustfid: API on http://{host}:{port} (docs at /docs); Redis: {where}; 1 worker "
               f"(log: {data_dir / 'logs' / 'worker.log'}); data in {data_dir}", flush=True)

@@ -91,6 +91,9 @@ class Settings(EngineSettings):
                            "within lease_s + heartbeat_s of a worker being alive")
     worker_pool: str = Field("solo", pattern=r"^(solo|prefork|threads)$", description="Celery pool of `trustfid worker`")
     worker_concurrency: int = Field(1, ge=1, description="Celery concurrency of `trustfid worker`")
+    worker_nice: int = Field(10, ge=0, le=19, description="`trustfid serve`: niceness of its worker process; the API "
+                             "shares the machine with it, and a lower priority keeps the API answering while a job "
+                             "uses every core (bench/load_bench.py)")
     shutdown_grace_s: float = Field(10.0, ge=0, description="`trustfid serve`: how long Ctrl-C waits for a running job")
 
     @field_validator("api_keys", "file_roots", "url_hosts", "callback_hosts", mode="before")

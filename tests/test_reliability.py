@@ -245,3 +245,33 @@ class _FlakyReceiver:
 
     def __exit__(self, *exc):
         self.server.shutdown()
+
+
+def test_a_wide_range_image_costs_its_decoded_size_not_several_float64_copies(tmp_path):
+    """A 16-bit RGBA PNG compresses to almost nothing; decoding it must cost about its decoded size
+    (H x W x 3 float32), not the several float64 copies of the whole image it used to."""
+    import tracemalloc
+
+    import cv2
+    import numpy as np
+
+    from trustfid.inputs import open_images
+
+    side = 4096
+    ramp = np.linspace(0, 65535, side, dtype=np.uint16)
+    bgra = np.empty((side, side, 4), np.uint16)
+    bgra[...] = ramp[:, None, None]  # constant rows: compresses to almost nothing
+    cv2.imwrite(str(tmp_path / "wide.png"), bgra)
+    del bgra
+    assert (tmp_path / "wide.png").stat().st_size < 2_000_000
+    decoded = side * side * 3 * 4  # the float32 RGB image handed on
+    raw = side * side * 4 * 2  # what the decoder itself returns: 16-bit RGBA
+    tracemalloc.start()
+    try:
+        [(name, image)] = list(open_images(tmp_path, max_pixels=side * side))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.shape == (side, side, 3) and image.dtype == np.float32
+    assert image[0, 0, 0] == 0 and image[-1, 0, 0] == 255
+    assert peak < 1.15 * (decoded + raw), f"peak {peak / 2**20:.0f} MiB for a {decoded / 2**20:.0f} MiB image"

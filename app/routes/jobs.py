@@ -9,7 +9,15 @@ from fastapi.responses import HTMLResponse, Response
 
 from app import jobs
 from app.errors import ConflictError
-from app.http import Owner, SettingsD, StoreD, cancel_or_delete, submit, with_notice
+from app.http import (
+    Owner,
+    SettingsD,
+    StoreD,
+    cancel_or_delete,
+    record_response,
+    submit,
+    with_notice,
+)
 from trustfid.records import JobList, JobRecord, JobSubmit
 from trustfid.schemas import Report
 
@@ -32,7 +40,7 @@ def list_jobs(store: StoreD, owner: Owner, tag: Annotated[list[str], Query()] = 
 
 @router.get("/{job_id}", response_model=JobRecord, summary="State and progress of a job")
 def get_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
-    return with_notice(store.get_owned(job_id, owner, "score").record, store, settings)
+    return record_response(with_notice(store.get_owned(job_id, owner, "score").record, store, settings))
 
 
 @router.get("/{job_id}/report", response_model=Report, responses={200: {"content": {"text/html": {}}}},

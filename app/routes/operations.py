@@ -11,7 +11,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="The API process is up")
-def healthz():
+async def healthz():
     return {"status": "ok"}
 
 

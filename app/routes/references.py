@@ -8,7 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from app import jobs
-from app.http import Owner, SettingsD, StoreD, cancel_or_delete, submit, with_notice
+from app.http import (
+    Owner,
+    SettingsD,
+    StoreD,
+    cancel_or_delete,
+    record_response,
+    submit,
+    with_notice,
+)
 from trustfid.records import ReferenceList, ReferenceRecord, ReferenceSubmit
 
 router = APIRouter(prefix="/v1/references", tags=["references"])
@@ -29,7 +37,7 @@ def list_references(store: StoreD, owner: Owner, limit: Annotated[int, Query(ge=
 
 @router.get("/{ref_id}", response_model=ReferenceRecord, summary="State of a reference")
 def get_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
-    return with_notice(store.get_owned(ref_id, owner, "reference").record, store, settings)
+    return record_response(with_notice(store.get_owned(ref_id, owner, "reference").record, store, settings))
 
 
 @router.delete("/{ref_id}", status_code=204, responses={202: {"model": ReferenceRecord}},

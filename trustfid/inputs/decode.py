@@ -161,15 +161,24 @@ def _decode_opencv(name: str, blob: bytes | str, fmt: str) -> np.ndarray:
 
 # --- intensity mapping ------------------------------------------------------------------------
 
+ROWS = 256  # rows mapped at a time: the float64 working copy stays small whatever the image size
+
+
 def minmax(x: np.ndarray) -> np.ndarray:
-    """Linear map of this image's [min, max] onto [0, 255]; a constant image maps to 0."""
-    x = x.astype(np.float64, copy=False)
-    if not np.isfinite(x).all():
+    """Linear map of this image's [min, max] onto [0, 255] (computed in float64, stored as float32);
+    a constant image maps to 0. Works through the rows in blocks, so memory is the float32 result
+    plus a small block, not several float64 copies of the whole image."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise Unreadable("image holds NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
+    out = np.empty(x.shape, np.float32)
     if hi <= lo:
-        return np.zeros(x.shape, np.float32)
-    return ((x - lo) * (255.0 / (hi - lo))).astype(np.float32)
+        out.fill(0)
+        return out
+    scale = 255.0 / (hi - lo)
+    for r in range(0, x.shape[0], ROWS):
+        out[r:r + ROWS] = (x[r:r + ROWS].astype(np.float64) - lo) * scale
+    return out
 
 
 def from_float(x: np.ndarray) -> np.ndarray:
@@ -181,7 +190,8 @@ def from_float(x: np.ndarray) -> np.ndarray:
 
 
 def to_rgb(x: np.ndarray) -> np.ndarray:
-    """HxW or HxWxC (C = 1, 3, 4) -> contiguous HxWx3 float32; gray replicated, alpha dropped."""
+    """HxW or HxWxC (C = 1, 3, 4) -> contiguous HxWx3 float32; gray replicated, alpha dropped. Callers
+    drop alpha before mapping intensities (see _decode_opencv), so no channel is converted twice."""
     if x.ndim == 3 and x.shape[2] == 1:
         x = x[..., 0]
     if x.ndim == 2:

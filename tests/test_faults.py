@@ -1,0 +1,189 @@
+"""Faults against the real embedded stack (`trustfid serve`: redis-server, one Celery worker, the
+API): a worker or redis-server killed with SIGKILL is restarted and every accepted job completes with
+the report an undisturbed run gives; a job cut short by stopping `serve` runs again within a minute of
+the next start; a burst of concurrent jobs loses none."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.serve import free_port
+from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, write_images
+from tests.test_service_serve import alive, children_of, clean_env
+
+SLOW = {**FAST_OPTIONS, "batch_size": 2}  # many small batches: time to kill something mid-job
+
+
+class Serve:
+    """`trustfid serve` in its own folder and port; ``env`` on top of a clean environment."""
+
+    def __init__(self, folder: Path, **env):
+        self.folder, self.env, self.port = folder, env, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Serve:
+        log = open(self.folder / "serve.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port),
+                                      "--log-level", "warning"],
+                                     cwd=self.folder, env=clean_env(**self.env), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.wait(lambda: self._ready(), 180, "serve to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc.poll() is None, self.log()[-6000:]
+        try:
+            return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def child(self, marker: str) -> int:
+        """The pid of the child whose command line contains ``marker`` (waits for it)."""
+        def find():
+            for pid in children_of(self.proc.pid):
+                try:
+                    if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") and alive(pid):
+                        return pid
+                except OSError:
+                    pass
+            return None
+        return self.wait(find, 60, f"a {marker} child")
+
+    def log(self) -> str:
+        p = self.folder / "serve.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def stop(self, sig=signal.SIGINT, timeout: float = 60) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def job(self, job_id: str) -> dict:
+        with self.client() as c:
+            return c.get(f"/v1/jobs/{job_id}").json()
+
+    def report(self, job_id: str) -> dict:
+        with self.client() as c:
+            return strip_timing(c.get(f"/v1/jobs/{job_id}/report").json())
+
+    def wait_done(self, job_id: str, timeout: float = 240) -> dict:
+        return self.wait(lambda: (r := self.job(job_id))["state"] in ("succeeded", "failed", "cancelled") and r,
+                         timeout, f"job {job_id} to end")
+
+    def wait(self, pred, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = pred()
+            if value:
+                return value
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.log()[-6000:]}"
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fault-sets")
+    return pngs(write_images(d / "real", 16, seed=21)), pngs(write_images(d / "gen", 16, seed=22, shift=0.2))
+
+
+@pytest.fixture
+def serve(tmp_path):
+    made = []
+
+    def make(**env) -> Serve:
+        s = Serve(tmp_path, **{"TRUSTFID_HEARTBEAT_S": "1", "TRUSTFID_LEASE_S": "3", **env})
+        made.append(s)
+        return s.start()
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def _running(s: Serve, job_id: str) -> bool:
+    rec = s.job(job_id)
+    return rec["state"] == "running" and (rec["progress"] or {}).get("images_done", 0) > 0
+
+
+def test_worker_killed_mid_job_is_restarted_and_the_job_completes_unchanged(serve, sets):
+    s = serve()
+    with s.client() as c:
+        job = upload(c, *sets, SLOW).json()["id"]
+        s.wait(lambda: _running(s, job), 120, "the job to be running")
+        worker = s.child("celery")
+        os.kill(worker, signal.SIGKILL)
+        s.wait(lambda: s.child("celery") != worker, 60, "a new worker")
+        rec = s.wait_done(job)
+        assert rec["state"] == "succeeded" and rec["attempts"] == 2, rec
+        assert "worker exited" in s.log() and "worker restarted" in s.log()
+        again = upload(c, *sets, SLOW).json()["id"]  # an undisturbed run of the same job
+        assert s.wait_done(again)["state"] == "succeeded"
+    assert s.report(job) == s.report(again)
+
+
+def test_redis_killed_with_jobs_queued_and_running_loses_none(serve, sets):
+    s = serve()
+    with s.client() as c:
+        jobs = [upload(c, *sets, SLOW).json()["id"] for _ in range(3)]
+        s.wait(lambda: _running(s, jobs[0]), 120, "the first job to be running")
+        redis = s.child("redis-server")
+        os.kill(redis, signal.SIGKILL)
+        s.wait(lambda: s.child("redis-server") != redis, 60, "a new redis-server")
+        records = [s.wait_done(j, 300) for j in jobs]
+    assert [r["state"] for r in records] == ["succeeded"] * 3, records
+    assert "redis-server exited" in s.log() and "redis-server restarted" in s.log()
+    reports = [s.report(j) for j in jobs]
+    assert reports[0] == reports[1] == reports[2]  # the same job three times: the same report
+
+
+def test_a_job_cut_short_by_stopping_serve_runs_again_within_a_minute(tmp_path, sets):
+    """Default lease and heartbeat: the guarantee as shipped."""
+    s = Serve(tmp_path, TRUSTFID_SHUTDOWN_GRACE_S="0").start()
+    try:
+        with s.client() as c:
+            job = upload(c, *sets, SLOW).json()["id"]
+        s.wait(lambda: _running(s, job), 120, "the job to be running")
+        s.stop(signal.SIGTERM)  # no grace: the running job is cut short
+        assert s.proc.returncode is not None
+        s.start()  # the same data folder: Redis comes back from its append-only file
+        t0 = time.monotonic()
+        s.wait(lambda: s.job(job)["attempts"] >= 2, 60, "the job to start again")
+        assert time.monotonic() - t0 < 60
+        assert s.wait_done(job)["state"] == "succeeded"
+    finally:
+        s.stop()
+
+
+def test_twenty_concurrent_jobs_all_complete(serve, sets):
+    s = serve()
+    tiny = {**FAST_OPTIONS, "passes": 0, "bootstrap_resamples": 0}
+    real, gen = sets[0][:2], sets[1][:2]
+
+    def submit(_):
+        with s.client() as c:
+            return upload(c, real, gen, tiny)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(submit, range(20)))
+    assert [a.status_code for a in answers] == [202] * 20
+    records = [s.wait_done(a.json()["id"], 300) for a in answers]
+    assert all(r["state"] == "succeeded" for r in records), [r["state"] for r in records]
+    fids = {r["fid"] for r in records}
+    assert len(fids) == 1  # the same inputs twenty times: one FID
