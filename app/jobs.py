@@ -31,6 +31,7 @@ from trustfid.records import (
     SeriesPoint,
 )
 from trustfid.schemas import ScoreOptions, validation_message
+from trustfid.stats import merge_options
 
 
 def staging_dir(settings: Settings, record_id: str) -> Path:
@@ -101,29 +102,37 @@ def _create_job(store: Store, settings: Settings, owner: str, job_id: str, infos
     return _store_and_enqueue(store, settings, Stored(owner=owner, paths=paths, record=rec), TASK_SCORE)
 
 
+def _job_options(sent: JobOptions | None, infos: dict, ref_options: dict) -> JobOptions:
+    """A job on registered references scores with their settings: the options the caller sent (only
+    those it named) completed with each reference's; a number-changing option that differs from a
+    reference's statistics is refused now (409 incompatible_options), not after the job ran. Tags,
+    callback_url and the options that do not touch the statistics may be set freely."""
+    chosen = sent.model_dump(include=sent.model_fields_set) if sent is not None else {}
+    for side, options in ref_options.items():
+        chosen = merge_options(chosen, options.model_dump(), f"reference {infos[side].reference_id} ({side})")
+    return JobOptions(**chosen)
+
+
 def submit_job_json(store: Store, settings: Settings, owner: str, body: JobSubmit) -> JobRecord:
-    infos, paths, ref_options = {}, {}, None
+    infos, paths, ref_options = {}, {}, {}
     for side in ("real", "generated"):
         infos[side], paths[side], opts = _resolve_ref(store, settings, owner, side, getattr(body, side))
-        ref_options = ref_options or opts
-    options = body.options
-    if options is None:
-        # A job on a registered reference scores with the reference's settings unless told otherwise.
-        options = JobOptions(**ref_options.model_dump()) if ref_options else JobOptions()
+        if opts is not None:
+            ref_options[side] = opts
+    options = _job_options(body.options, infos, ref_options)
     return _create_job(store, settings, owner, new_id(), infos, paths, options)
 
 
 def submit_job_upload(store: Store, settings: Settings, owner: str, job_id: str,
                       stager: ingest.MultipartStager) -> JobRecord:
     raw_options = stager.texts.get("options")
-    infos, paths, ref_options = {}, {}, None
+    infos, paths, ref_options = {}, {}, {}
     for side in ("real", "generated"):
         infos[side], paths[side], opts = _form_side(store, settings, owner, stager, side)
-        ref_options = ref_options or opts
-    if raw_options is None and ref_options is not None:
-        options = JobOptions(**ref_options.model_dump())
-    else:
-        options = parse_options(ingest.parse_json_field(raw_options, "options"))
+        if opts is not None:
+            ref_options[side] = opts
+    sent = None if raw_options is None else parse_options(ingest.parse_json_field(raw_options, "options"))
+    options = _job_options(sent, infos, ref_options)
     return _create_job(store, settings, owner, job_id, infos, paths, options)
 
 

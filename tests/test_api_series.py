@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, KEY_B, ROOT, pngs, upload
+from tests.conftest import FAST_OPTIONS, KEY_A, KEY_B, ROOT, pngs, upload
+from trustfid.client import Client
 from trustfid.records import Series, SeriesPoint
 
 RUN = "run=series-test"
@@ -161,3 +162,10 @@ def test_the_dashboard_queries_give_numbers_from_a_live_service(stack, run_jobs)
             values = [r[col["selector"]] for r in rows]
             if col["type"] == "number":
                 assert all(isinstance(v, (int, float)) for v in values), col
+
+
+def test_the_python_client_reads_the_series(stack, run_jobs):
+    with Client(stack.url, KEY_A) as client:
+        points = client.series(RUN)
+        assert client.series(RUN, since=time.time() + 60) == []
+    assert points == get_series(stack, tag=RUN).points and len(points) == 4
