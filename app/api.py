@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.http import error_response, log
 from app import openapi
@@ -65,6 +66,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         codes = {404: "not_found", 405: "method_not_allowed"}
         return error_response(TrustfidError(str(exc.detail), code=codes.get(exc.status_code, "http_error"),
                                             status=exc.status_code), exc.headers)  # e.g. 405's Allow
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect):
+        # The caller went away mid-upload: its staging is already removed; one line, no traceback.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return error_response(TrustfidError("the client disconnected before the request was complete",
+                                            code="client_disconnected", status=400))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):

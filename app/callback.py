@@ -5,21 +5,19 @@
 
 The secret is TRUSTFID_CALLBACK_SECRET, or else the sha256 hex digest of the API key that submitted
 the job (``anonymous`` on a keyless local server). Receivers recompute the HMAC over the raw body and
-compare in constant time; ``verify`` does that. Delivery is tried three times; a failed callback is
-logged and never fails the job."""
+compare in constant time; ``verify`` does that. Delivery is a Celery task of its own
+(worker/tasks.py ``deliver_callback``) on the callback queue, retried with exponential backoff
+(``TRUSTFID_CALLBACK_ATTEMPTS``, ``TRUSTFID_CALLBACK_BACKOFF_MAX_S``); a failed callback is logged and
+never fails the job."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import time
 
 from app import ingest
 from app.settings import Settings
-from trustfid.errors import TrustfidError
-
-log = logging.getLogger("trustfid.callback")
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -30,24 +28,20 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-def deliver(settings: Settings, url: str, body: bytes, owner: str, attempts: int = 3) -> bool:
+class CallbackFailed(Exception):
+    """The receiver did not take the callback (an error status, or no answer); worth retrying."""
+
+
+def deliver(settings: Settings, url: str, body: bytes, owner: str) -> None:
+    """One signed POST of ``body`` to ``url``. Raises CallbackFailed (or httpx.HTTPError) when it is
+    worth trying again, TrustfidError when the URL is no longer allowed (not worth it)."""
     import httpx
 
+    ingest.check_callback_url(url, settings)  # again: DNS may have changed since submission
     secret = settings.callback_secret or owner
-    for i in range(attempts):
-        try:
-            ingest.check_callback_url(url, settings)  # again: DNS may have changed since submission
-            ts = str(int(time.time()))
-            resp = httpx.post(url, content=body, timeout=settings.callback_timeout_s, follow_redirects=False,
-                              headers={"Content-Type": "application/json", "X-Trustfid-Timestamp": ts,
-                                       "X-Trustfid-Signature": sign(secret, ts, body)})
-            if resp.status_code < 300:
-                return True
-            log.warning("callback %s answered %s", url, resp.status_code)
-        except TrustfidError as e:
-            log.warning("callback %s refused: %s", url, e.message)
-            return False
-        except httpx.HTTPError as e:
-            log.warning("callback %s failed: %s", url, e)
-        time.sleep(2**i)
-    return False
+    ts = str(int(time.time()))
+    resp = httpx.post(url, content=body, timeout=settings.callback_timeout_s, follow_redirects=False,
+                      headers={"Content-Type": "application/json", "X-Trustfid-Timestamp": ts,
+                               "X-Trustfid-Signature": sign(secret, ts, body)})
+    if resp.status_code >= 300:
+        raise CallbackFailed(f"{url} answered {resp.status_code}")

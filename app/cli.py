@@ -2,6 +2,7 @@
 plus the service's:
 
     trustfid serve [--host 127.0.0.1] [--port 8000]    embedded Redis + one worker + the API
+    trustfid api [--host 127.0.0.1] [--port 8000]      the API alone, against TRUSTFID_REDIS_URL
     trustfid worker [--pool solo] [--concurrency 1]    a worker against TRUSTFID_REDIS_URL
     trustfid submit REAL GENERATED [--wait]            send a job to a running service
     trustfid healthcheck                               is this machine's worker alive? (exit 0/1)
@@ -21,10 +22,17 @@ def cmd_serve(args) -> int:
     return run_embedded(args.host, args.port, log_level=args.log_level)
 
 
+def cmd_api(args) -> int:
+    from app.serve import run_api
+
+    return run_api(args.host, args.port, log_level=args.log_level, proxy_headers=args.proxy_headers)
+
+
 def cmd_worker(args) -> int:
     from app.serve import run_worker
 
-    return run_worker(pool=args.pool, concurrency=args.concurrency, loglevel=args.log_level)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    return run_worker(pool=args.pool, concurrency=args.concurrency, loglevel=args.log_level, queues=queues)
 
 
 def cmd_healthcheck(args) -> int:
@@ -99,16 +107,26 @@ def _side(value: str):
 def add_service_commands(sub) -> None:
     from trustfid.cli import EXIT_CODES
 
+    def listen_options(p) -> None:
+        p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need API keys)")
+        p.add_argument("--port", type=int, default=8000, help="port of the API (default 8000)")
+        p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                       help="the API's log level (default info)")
+
     p = sub.add_parser("serve", help="run the service on this machine: embedded Redis, one worker and the API")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need API keys)")
-    p.add_argument("--port", type=int, default=8000, help="port of the API (default 8000)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="the API's log level (default info)")
+    listen_options(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("api", help="run the HTTP API alone against TRUSTFID_REDIS_URL (containers, more replicas)")
+    listen_options(p)
+    p.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-For/Proto from a reverse proxy")
+    p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("worker", help="run a scoring worker against TRUSTFID_REDIS_URL")
     p.add_argument("--pool", choices=["solo", "prefork", "threads"], help="Celery pool (default TRUSTFID_WORKER_POOL)")
     p.add_argument("--concurrency", type=int, help="processes/threads (default TRUSTFID_WORKER_CONCURRENCY)")
+    p.add_argument("--queues", help="comma-separated Celery queues to take tasks from (default: the scoring "
+                   "queue TRUSTFID_QUEUE and the callback queue TRUSTFID_CALLBACK_QUEUE)")
     p.add_argument("--log-level", default="info", help="Celery's log level (default info)")
     p.set_defaults(func=cmd_worker)
 

@@ -32,3 +32,11 @@ class RateLimitError(TrustfidError, code="rate_limited", status=429):
     def __init__(self, message: str, *, retry_after: int = 60):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RequestTimeoutError(TrustfidError, code="request_timeout", status=408):
+    """The request body stalled or took longer than the service waits for one."""
+
+
+class StorageError(TrustfidError, code="storage_unavailable", status=503):
+    """The service cannot write its own staging or data folder: a server fault, not the caller's."""

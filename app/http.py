@@ -4,7 +4,9 @@ The routes themselves (app/routes/) only translate HTTP to the plain functions o
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -15,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import ingest, jobs
 from app.auth import authenticate
-from app.errors import RateLimitError, UnavailableError
+from app.errors import RateLimitError, RequestTimeoutError, UnavailableError
 from app.openapi import BEARER
 from app.settings import Settings
 from app.store import Store, new_id
@@ -71,9 +73,31 @@ def record_response(record, status: int = 200, location: str | None = None) -> J
                         headers={"Location": location} if location else None)
 
 
-async def read_json(request: Request, model):
+async def body_chunks(request: Request, settings: Settings):
+    """The request body, chunk by chunk, cut off (408) when the client sends nothing for
+    ``upload_idle_timeout_s`` or the whole body takes longer than ``upload_timeout_s``: a stalled
+    upload must not hold a staging folder and an open file forever."""
+    deadline = time.monotonic() + settings.upload_timeout_s
+    chunks = request.stream().__aiter__()
+    while True:
+        wait = min(settings.upload_idle_timeout_s, deadline - time.monotonic())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(chunks.__anext__(), wait)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            why = (f"stalled: nothing arrived for {settings.upload_idle_timeout_s:g} s"
+                   if wait >= settings.upload_idle_timeout_s else f"took longer than {settings.upload_timeout_s:g} s")
+            raise RequestTimeoutError(f"the request body {why}; send it again (a large set is better sent as one "
+                                      "archive, or registered once as a reference)") from None
+        yield chunk
+
+
+async def read_json(request: Request, settings: Settings, model):
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request, settings):
         body += chunk
         if len(body) > MAX_JSON_BYTES:
             raise TooLargeError(f"JSON body larger than {MAX_JSON_BYTES} bytes")
@@ -91,7 +115,7 @@ async def stage(request: Request, settings: Settings, record_id: str, set_fields
     stager = ingest.MultipartStager(request.headers.get("content-type", ""), dest, settings,
                                     set_fields=set_fields, text_fields=text_fields)
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, settings):
             stager.write(chunk)
         stager.finish()
     except BaseException:
@@ -114,9 +138,11 @@ async def submit(request: Request, settings: Settings, store: Store, owner: str,
                  from_upload, set_fields: tuple, text_fields: tuple, collection: str) -> JSONResponse:
     """POST a job or a reference: JSON (URIs / reference ids) or multipart uploads staged first."""
     kind = content_kind(request)
-    await run_in_threadpool(store.hit_rate, owner, settings.rate_limit_per_minute)
+    # Refuse early when the key is already over its limit; the slot itself is taken atomically when
+    # the submission is accepted (jobs.py), so refused submissions never use up the quota.
+    await run_in_threadpool(store.reserve_submission, owner, settings.rate_limit_per_minute, take=False)
     if kind == "json":
-        body = await read_json(request, body_model)
+        body = await read_json(request, settings, body_model)
         rec = await run_in_threadpool(from_json, store, settings, owner, body)
     else:
         record_id = new_id()
@@ -126,7 +152,18 @@ async def submit(request: Request, settings: Settings, store: Store, owner: str,
         except BaseException:
             ingest.remove_tree(jobs.staging_dir(settings, record_id))
             raise
-    return record_response(rec, 202, f"/v1/{collection}/{rec.id}")
+    return record_response(with_notice(rec, store, settings), 202, f"/v1/{collection}/{rec.id}")
+
+
+def with_notice(record, store: Store, settings: Settings):
+    """The record as a response: while it waits and no worker is alive, it says so."""
+    if record.state == "queued" and not store.workers_alive(settings.queue):
+        record = record.model_copy(update={"notice": NO_WORKER})
+    return record
+
+
+NO_WORKER = ("no worker is running: the job is queued and kept, and it will run when a worker starts "
+             "(GET /readyz shows the workers)")
 
 
 def cancel_or_delete(store: Store, settings: Settings, owner: str, record_id: str, kind: str) -> Response:

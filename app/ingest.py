@@ -1,29 +1,30 @@
 """Getting input sets in safely: multipart uploads streamed to the staging store with byte limits,
 early checks of archives (member count, expanded size, compression ratio, path traversal, links) and
-arrays (no object dtypes, shape limits), and URIs (file:// under allowed roots, http(s) to allowed
-hosts on public addresses only, s3:// via fsspec).
+arrays (no object dtypes, layouts, shape limits), and URIs (file:// under allowed roots, http(s) to
+allowed hosts on public addresses only, s3:// via fsspec).
 
-The engine's image reader guards archive members again when it reads them; the checks here turn
-obviously bad uploads away before they are queued. Nothing here imports torch; PIL is used, when
-installed, only to read image headers.
+Which files are images, which members and arrays are refused and every size limit are the shared
+rules of trustfid.inputs.rules / array_rules, the same the engine's readers and the client apply;
+this module only decides what an upload does with them (refuse early, before queueing, where the
+engine would skip or fail later). Nothing here imports torch; Pillow only reads image headers.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import shutil
 import socket
-import stat
 import tarfile
 import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from app.errors import ForbiddenURLError
+from app.errors import ForbiddenURLError, StorageError
 from app.settings import Settings
 from trustfid.errors import (
     InputError,
@@ -31,30 +32,35 @@ from trustfid.errors import (
     TrustfidError,
     UnsupportedTypeError,
 )
+from trustfid.inputs import rules
+from trustfid.inputs.array_rules import check_array_file
+from trustfid.inputs.rules import ArchiveBudget, Limits
 
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
-ARRAY_SUFFIXES = (".npy", ".npz")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-                  ".pbm", ".pnm", ".dcm", ".dicom")
 SET_FIELDS = ("real", "generated")
 MAX_FORM_FIELD_BYTES = 64 * 1024
 
 
-def kind_of(name: str) -> str | None:
-    """'archive', 'array', 'image' or None from a file name."""
-    low = name.lower()
-    if low.endswith(ARCHIVE_SUFFIXES):
-        return "archive"
-    if low.endswith(ARRAY_SUFFIXES):
-        return "array"
-    if low.endswith(IMAGE_SUFFIXES):
-        return "image"
-    return None
+def file_kind(path: Path, name: str | None = None) -> str | None:
+    """'archive', 'array', 'image' or None for an uploaded or fetched file: the shared rule for a file
+    in a set (rules.kind_of), from its name, or from its first bytes where the name does not decide."""
+    return rules.kind_of(name or path.name, lambda: rules.read_head(path))
+
+
+def not_read(what: str, name: str) -> UnsupportedTypeError:
+    """The 415 for a file the engine would not read, saying why by the shared rule."""
+    if rules.is_hidden(name):
+        why = "a hidden file (its name starts with '.'), which is never read"
+    elif rules.kind_of(name) is None:
+        why = f"files named '*{rules.suffix(name)}' are never read as images"
+    else:
+        why = "neither its name nor its first bytes say PNG, JPEG, TIFF, BMP, GIF, WebP, PNM or DICOM"
+    return UnsupportedTypeError(f"{what}: {name!r} is not an image, a .zip/.tar/.tar.gz archive or a .npy/.npz "
+                                f"array ({why}); send image files, or exactly one archive or array file")
 
 
 def safe_name(name: str, taken: set[str]) -> str:
     """A file name for the staging folder: the basename, with odd characters replaced, unique."""
-    base = re.split(r"[\\/]", name)[-1]
+    base = _basename(name)
     base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".") or "file"
     base = base[-120:]
     out, i = base, 1
@@ -63,6 +69,21 @@ def safe_name(name: str, taken: set[str]) -> str:
         i += 1
     taken.add(out)
     return out
+
+
+def _basename(name: str) -> str:
+    return re.split(r"[\\/]", name)[-1]
+
+
+@contextmanager
+def _about(what: str):
+    """The shared rules' errors, said of one input set ("real: ...")."""
+    try:
+        yield
+    except TrustfidError as e:
+        e.message = f"{what}: {e.message}"
+        e.args = (e.message,)
+        raise
 
 
 # --- staged sets --------------------------------------------------------------------------------
@@ -74,11 +95,15 @@ class StagedSet:
 
     dir: Path
     files: list[Path] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)  # staged file name -> 'archive' / 'array' / 'image'
     bytes: int = 0
+
+    def kind(self, path: Path) -> str | None:
+        return self.kinds.get(path.name) or file_kind(path)
 
     def engine_path(self) -> Path:
         """What the engine reads: the one archive/array file, or the folder of images."""
-        if len(self.files) == 1 and kind_of(self.files[0].name) in ("archive", "array"):
+        if len(self.files) == 1 and self.kind(self.files[0]) in ("archive", "array"):
             return self.files[0]
         return self.dir
 
@@ -87,163 +112,76 @@ def check_set(staged: StagedSet, settings: Settings, what: str) -> Path:
     """Validate a staged set and return the path the engine should read."""
     if not staged.files:
         raise InputError(f"{what}: no files uploaded")
-    kinds = {kind_of(f.name) for f in staged.files}
+    kinds = {staged.kind(f) for f in staged.files}
     if len(staged.files) > 1 and kinds != {"image"}:
         raise InputError(f"{what}: send either image files, or exactly one archive or array file")
-    if len(staged.files) > settings.max_images:
-        raise TooLargeError(f"{what}: {len(staged.files)} images; the limit is {settings.max_images}")
+    with _about(what):
+        rules.check_image_count("the upload", len(staged.files), settings.max_images)
     for f in staged.files:
-        check_file(f, settings, what)
+        check_file(f, settings, what, staged.kind(f))
     return staged.engine_path()
 
 
-def check_file(path: Path, settings: Settings, what: str) -> None:
-    kind = kind_of(path.name)
-    if kind == "archive":
-        if path.name.lower().endswith(".zip"):
-            check_zip(path, settings, what)
+def check_file(path: Path, settings: Settings, what: str, kind: str | None = None) -> None:
+    """The shared rules for one uploaded or fetched file, before it is queued (the engine checks again)."""
+    kind = kind or file_kind(path)
+    if kind is None:
+        raise not_read(what, path.name)
+    limits = Limits.of(settings)
+    with _about(what):
+        if kind == "archive":
+            (_check_zip if path.name.lower().endswith(".zip") else _check_tar)(path, limits)
+        elif kind == "array":
+            if path.name.lower().endswith(".npz"):
+                _check_zip(path, limits)
+            check_array_file(path, limits)
         else:
-            check_tar(path, settings, what)
-    elif kind == "array":
-        check_array(path, settings, what)
-    elif kind == "image":
-        check_image(path, settings, what)
-    else:
-        raise UnsupportedTypeError(f"{what}: {path.name!r} is not an image, archive or .npy/.npz file")
+            _check_image(path, limits)
 
 
-def _unsafe_member(name: str) -> bool:
-    n = name.replace("\\", "/")
-    return n.startswith("/") or re.match(r"^[A-Za-z]:", n) is not None or ".." in n.split("/")
+def _screen(members, budget: ArchiveBudget) -> None:
+    """The upload's policy on an archive listing: one unsafe member (escaping path, link, device)
+    refuses the whole archive, every declared size counts against the limits, and the members that
+    may be images against the image limit."""
+    images = 0
+    for m in members:
+        if m.unsafe:
+            raise InputError(f"archive '{budget.label}' holds '{m.name}', which is refused: {m.problem}. Repack it "
+                             f"with regular files under relative paths only.", code="unsafe_archive")
+        budget.member(m.name, m.size, m.packed)
+        images += not m.is_dir and rules.kind_of(m.name) in ("image", "unknown")
+    rules.check_image_count(f"archive '{budget.label}'", images, budget.limits.max_images)
 
 
-def check_zip(path: Path, settings: Settings, what: str) -> None:
+def _check_zip(path: Path, limits: Limits) -> None:
+    budget = ArchiveBudget(path.name, limits)
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise InputError(f"{what}: {path.name} is not a readable zip archive ({e})", code="bad_archive") from None
-    with zf:
-        infos = zf.infolist()
-        _check_members(path, [(i.filename, i.file_size, i.compress_size, _zip_is_link(i)) for i in infos],
-                       settings, what)
+        with zipfile.ZipFile(path) as zf:
+            members = rules.zip_members(zf, budget)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+        raise rules.unreadable_archive(path.name, "zip", e) from None
+    _screen(members, budget)
 
 
-def _zip_is_link(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
-def check_tar(path: Path, settings: Settings, what: str) -> None:
-    members = []
-    limit = settings.max_archive_members
+def _check_tar(path: Path, limits: Limits) -> None:
+    budget = ArchiveBudget(path.name, limits)
+    rules.check_tar_compression(rules.read_head(path, 6), path.name)
     try:
         # Stream mode: headers are read in order, member data skipped, nothing is held in memory.
         with tarfile.open(path, mode="r|*") as tf:
-            expanded = 0
-            for m in tf:
-                if not (m.isfile() or m.isdir()):
-                    raise InputError(f"{what}: {path.name} holds a link or special file ({m.name!r}); "
-                                     "only regular files are accepted", code="unsafe_archive")
-                members.append((m.name, m.size, None, False))
-                expanded += m.size
-                if len(members) > limit or expanded > settings.max_expanded_bytes:
-                    break
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise InputError(f"{what}: {path.name} is not a readable tar archive ({e})", code="bad_archive") from None
-    _check_members(path, members, settings, what)
-    total = sum(m[1] for m in members)
-    size = path.stat().st_size
-    if total > 2**20 and total / max(size, 1) > settings.max_compression_ratio:
-        raise TooLargeError(f"{what}: {path.name} expands {total / size:.0f}-fold; the limit is "
-                            f"{settings.max_compression_ratio:.0f} (zip bomb?)", code="archive_bomb")
+            _screen(rules.tar_members(tf, budget), budget)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise rules.unreadable_archive(path.name, "tar", e) from None
+    budget.whole(path.stat().st_size)
 
 
-def _check_members(path: Path, members, settings: Settings, what: str) -> None:
-    if len(members) > settings.max_archive_members:
-        raise TooLargeError(f"{what}: {path.name} has more than {settings.max_archive_members} members",
-                            code="too_many_members")
-    expanded = 0
-    for name, size, csize, is_link in members:
-        if _unsafe_member(name):
-            raise InputError(f"{what}: {path.name} has a member with an unsafe path ({name!r})",
-                             code="unsafe_archive")
-        if is_link:
-            raise InputError(f"{what}: {path.name} holds a symbolic link ({name!r})", code="unsafe_archive")
-        if size > settings.max_member_bytes:
-            raise TooLargeError(f"{what}: member {name!r} expands to {size} bytes; the limit is "
-                                f"{settings.max_member_bytes}", code="archive_bomb")
-        if csize is not None and size > 2**20 and size / max(csize, 1) > settings.max_compression_ratio:
-            raise TooLargeError(f"{what}: member {name!r} expands {size / max(csize, 1):.0f}-fold; the limit "
-                                f"is {settings.max_compression_ratio:.0f} (zip bomb?)", code="archive_bomb")
-        expanded += size
-        if expanded > settings.max_expanded_bytes:
-            raise TooLargeError(f"{what}: {path.name} expands to more than {settings.max_expanded_bytes} "
-                                "bytes", code="archive_bomb")
-    files = sum(1 for m in members if not m[0].endswith("/"))
-    if files > settings.max_images:
-        raise TooLargeError(f"{what}: {path.name} holds {files} files; the limit is {settings.max_images} images")
+def _check_image(path: Path, limits: Limits) -> None:
+    """Pixels per image from the header (the engine checks again when decoding)."""
+    from trustfid.inputs.decode import header_size
 
-
-def _npy_header(fp):
-    import numpy as np
-
-    version = np.lib.format.read_magic(fp)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(fp)
-    return np.lib.format.read_array_header_2_0(fp)
-
-
-def check_array(path: Path, settings: Settings, what: str) -> None:
-    """.npy/.npz: never unpickled (object dtypes refused); image-array shapes within limits."""
-    import numpy as np
-
-    try:
-        if path.name.lower().endswith(".npz"):
-            check_zip(path, settings, what)
-            with zipfile.ZipFile(path) as zf:
-                headers = []
-                for info in zf.infolist():
-                    with zf.open(info) as fp:
-                        headers.append((info.filename, _npy_header(fp)))
-        else:
-            with open(path, "rb") as fp:
-                headers = [(path.name, _npy_header(fp))]
-    except TrustfidError:
-        raise
-    except Exception as e:  # numpy raises ValueError for bad magic, EOFError, ...
-        raise InputError(f"{what}: {path.name} is not a readable .npy/.npz file ({e})", code="bad_array") from None
-    for name, (shape, _fortran, dtype) in headers:
-        if dtype.hasobject:
-            raise UnsupportedTypeError(f"{what}: {name} holds Python objects (pickle); only numeric arrays "
-                                       "are accepted")
-        if dtype == np.uint8 and len(shape) in (3, 4):  # a stack of images: N,H,W / N,H,W,C / N,C,H,W
-            n = shape[0]
-            if len(shape) == 3 or shape[3] in (1, 3, 4):
-                pixels = shape[1] * shape[2]
-            else:
-                pixels = shape[2] * shape[3]
-            if n > settings.max_images:
-                raise TooLargeError(f"{what}: {name} holds {n} images; the limit is {settings.max_images}")
-            if pixels > settings.max_pixels:
-                raise TooLargeError(f"{what}: images of {pixels} pixels; the limit is {settings.max_pixels}")
-
-
-def check_image(path: Path, settings: Settings, what: str) -> None:
-    """Pixels per image from the header, when PIL is installed (the engine checks again)."""
-    try:
-        from PIL import Image
-    except ImportError:  # the API-only image: the worker's reader enforces the limit
-        return
-    if path.name.lower().endswith((".dcm", ".dicom")):
-        return
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Image.DecompressionBombError:
-        raise TooLargeError(f"{what}: {path.name} has too many pixels; the limit is {settings.max_pixels}") from None
-    except Exception:
-        return  # unreadable images are the engine's call (skipped, or an error with strict)
-    if w * h > settings.max_pixels:
-        raise TooLargeError(f"{what}: {path.name} is {w}x{h} = {w * h} pixels; the limit is {settings.max_pixels}")
+    size = header_size(path.name, path)
+    if size is not None:
+        rules.check_pixels(f"image '{path.name}' is", *size, limits.max_pixels)
 
 
 # --- multipart uploads, streamed ----------------------------------------------------------------
@@ -276,6 +214,7 @@ class MultipartStager:
         self._headers: dict[bytes, bytes] = {}
         self._field: str | None = None
         self._fp = None
+        self._provisional: tuple[str, Path] | None = None  # (file name, staged path) of an unknown-named part
         self._text: bytearray | None = None
         self._error: TrustfidError | None = None
         self.parser = MultipartParser(boundary, {
@@ -294,6 +233,9 @@ class MultipartStager:
             self.parser.write(chunk)
         except TrustfidError:
             raise
+        except OSError as e:  # our staging folder, not the caller's body
+            raise StorageError(f"the service cannot store uploads right now ({e.strerror or type(e).__name__}); "
+                               "try again later or tell the operator") from None
         except Exception as e:
             raise InputError(f"malformed multipart body ({e})", code="bad_multipart") from None
         if self._error:
@@ -322,6 +264,16 @@ class MultipartStager:
         self._field = None
         self._text = None
 
+    def _classify_staged(self, fname: str, path: Path) -> None:
+        """A file whose name did not say what it is: an image by its first bytes, or refused (415)."""
+        staged = self.sets[self._field]
+        if file_kind(path, fname) == "image":
+            staged.kinds[path.name] = "image"
+            return
+        staged.files.remove(path)
+        path.unlink(missing_ok=True)
+        self._error = not_read(self._field, fname)
+
     def _header_field(self, data, start, end):
         self._hname += data[start:end]
 
@@ -344,10 +296,14 @@ class MultipartStager:
                 self._error = InputError(f"unexpected file field {name!r}; use {' and '.join(self.set_fields)}",
                                          code="bad_field")
                 return
-            fname = filename.decode("utf-8", "replace")
-            if kind_of(fname) is None:
-                self._error = UnsupportedTypeError(
-                    f"{name}: {fname!r} is not an image, a .zip/.tar/.tar.gz archive or a .npy/.npz array")
+            fname = _basename(filename.decode("utf-8", "replace"))
+            if not fname.strip():
+                self._error = InputError(f"{name}: a file was sent without a file name; send each file with its name "
+                                         f"(curl: -F {name}=@photo.png)", code="bad_field")
+                return
+            kind = rules.kind_of(fname)  # 'unknown': a name without a known suffix, classified once written
+            if kind is None:
+                self._error = not_read(name, fname)
                 return
             staged = self.sets.get(name)
             if staged is None:
@@ -361,6 +317,10 @@ class MultipartStager:
                 return
             path = staged.dir / safe_name(fname, self._names[name])
             staged.files.append(path)
+            if kind == "unknown":
+                self._provisional = (fname, path)
+            else:
+                staged.kinds[path.name] = kind
             self._fp = open(path, "wb")
         elif name in self.text_fields or name in self.set_fields:
             # A set given as a text field holds JSON: {"reference_id": ...} or {"uri": ...}.
@@ -383,20 +343,28 @@ class MultipartStager:
         if self._fp is not None:
             self._fp.close()
             self._fp = None
+            if self._provisional is not None and not self._error:
+                self._classify_staged(*self._provisional)
+            self._provisional = None
         elif self._text is not None and not self._error:
             self.texts[self._field] = self._text.decode("utf-8", "replace")
             self._text = None
 
 
-def parse_json_field(text: str | None, what: str) -> dict:
+def parse_json_field(text: str | None, what: str, code: str = "bad_options") -> dict:
+    """A multipart text field holding a JSON object. Parsed by pydantic's JSON parser, as the JSON-body
+    path is: it refuses nesting deeper than its recursion limit with an error instead of overflowing
+    Python's stack."""
+    import pydantic_core
+
     if text is None or not text.strip():
         return {}
     try:
-        out = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{what} is not valid JSON ({e})", code="bad_options") from None
+        out = pydantic_core.from_json(text)
+    except ValueError as e:
+        raise InputError(f"{what} is not valid JSON ({e})", code=code) from None
     if not isinstance(out, dict):
-        raise InputError(f"{what} must be a JSON object", code="bad_options")
+        raise InputError(f"{what} must be a JSON object", code=code)
     return out
 
 
@@ -440,7 +408,7 @@ def check_uri(uri: str, settings: Settings, what: str) -> None:
         if parts.username or parts.password:
             raise ForbiddenURLError(f"{what}: credentials in URLs are not accepted")
         _check_public(host, parts.port, settings, what)
-        if kind_of(unquote(parts.path)) is None:
+        if rules.kind_of(_basename(unquote(parts.path))) is None:
             raise UnsupportedTypeError(f"{what}: the URL path must end in an image, archive or .npy/.npz suffix")
     elif scheme == "s3":
         if not settings.s3_enabled:

@@ -83,13 +83,16 @@ def _check_callback(options: JobOptions, settings: Settings) -> None:
 
 
 def _store_and_enqueue(store: Store, settings: Settings, st: Stored, task: str):
-    """Write the record, then queue its task; a record whose task could not be queued is removed,
-    so an accepted (202) record always has a task that will end it."""
+    """Accept a submission: take its rate-limit slot, write the record, then queue its task. A record
+    whose task could not be queued is removed and its slot given back, so an accepted (202) record
+    always has a task that will end it, and only accepted submissions count against the limit."""
+    token = store.reserve_submission(st.owner, settings.rate_limit_per_minute)
     store.create(st)
     try:
         enqueue(settings, task, st.record.id)
     except Exception:
         store.delete(st)
+        store.refund_submission(st.owner, token)
         raise
     return st.record
 
@@ -146,7 +149,12 @@ def _form_side(store: Store, settings: Settings, owner: str, stager: ingest.Mult
     if text is None:
         raise InputError(f"the form has no field {side!r}", code="missing_field")
     try:
-        ref = InputRef.model_validate(ingest.parse_json_field(text, side))
+        ref = InputRef.model_validate(ingest.parse_json_field(text, side, code="bad_field"))
+    except InputError:
+        raise InputError(f"{side}: expected uploaded files (file parts with a file name, e.g. curl -F "
+                         f"{side}=@photo.png) or a JSON object {{\"reference_id\": ...}} or {{\"uri\": ...}}; got a "
+                         "text field that is neither (a file sent without a file name arrives as text)",
+                         code="bad_field") from None
     except ValidationError as e:
         raise InputError(f"{side}: {validation_message(e)}", code="invalid_request") from None
     return _resolve_ref(store, settings, owner, side, ref)

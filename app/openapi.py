@@ -32,6 +32,7 @@ WHEN = {
     401: "No API key, or one the service does not know (`unauthorized`); a keyless server called from "
          "another machine.",
     404: "No such job or reference for this API key (`not_found`); other keys' records are invisible.",
+    408: "The request body stalled or took too long to arrive (`request_timeout`); send it again.",
     409: "Conflict with the state of a job or reference.",
     413: "Over a size limit: the body, an image, the number of images, an archive's expansion "
          "(`upload_too_large`, `too_large`, `archive_bomb`, `too_many_members`, `too_many_files`).",

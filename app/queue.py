@@ -20,6 +20,13 @@ from app.settings import Settings
 
 TASK_SCORE = "trustfid.score_job"
 TASK_REFERENCE = "trustfid.compute_reference"
+TASK_CALLBACK = "trustfid.deliver_callback"
+
+
+def queues(settings: Settings) -> dict[str, str]:
+    """Task name -> queue. Callbacks have their own queue so that a slow receiver never holds a GPU
+    worker: any worker may consume it (`trustfid worker --queues`), by default every worker does."""
+    return {TASK_SCORE: settings.queue, TASK_REFERENCE: settings.queue, TASK_CALLBACK: settings.callback_queue}
 
 
 def celery_config(settings: Settings) -> dict:
@@ -37,7 +44,7 @@ def celery_config(settings: Settings) -> dict:
         result_backend_transport_options={"visibility_timeout": settings.effective_visibility_timeout},
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.queue,
-        task_routes={"trustfid.*": {"queue": settings.queue}},
+        task_routes={name: {"queue": q} for name, q in queues(settings).items()},
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -68,6 +75,6 @@ def enqueue(settings: Settings, task_name: str, record_id: str) -> None:
     key = (settings.redis_url, settings.queue)
     app = _client_apps.get(key) or _client_apps.setdefault(key, make_celery(settings, main="trustfid-api"))
     try:
-        app.send_task(task_name, args=[record_id], queue=settings.queue)
+        app.send_task(task_name, args=[record_id], queue=queues(settings)[task_name])
     except Exception as e:  # kombu's OperationalError and friends
         raise UnavailableError(f"cannot enqueue the job: {e}") from e

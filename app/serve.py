@@ -18,7 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.auth import is_loopback
@@ -89,13 +91,75 @@ def start_redis(directory: Path, port: int, *, appendonly: bool = True, log: Pat
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_process(proc, 1)
-            raise SystemExit(f"redis-server did not start (exit code {proc.returncode}); see {log or 'its output'}")
+            raise RuntimeError(f"redis-server did not start (exit code {proc.returncode}); see {log or 'its output'}")
         time.sleep(0.1)
 
 
+class Supervised:
+    """One child process kept alive: when it dies it is restarted with exponential backoff (1 s
+    doubling to 30 s; back to 1 s once it has stayed up a minute), and each death and restart is
+    logged. ``check()`` is called by the supervisor loop; it also reaps the dead child (no zombie)."""
+
+    BACKOFF_MIN, BACKOFF_MAX, STABLE_S = 1.0, 30.0, 60.0
+
+    def __init__(self, name: str, start: Callable[[], subprocess.Popen], say: Callable[[str], None]):
+        self.name, self._start, self._say = name, start, say
+        self.proc: subprocess.Popen | None = start()
+        self.started = time.monotonic()
+        self.backoff = self.BACKOFF_MIN
+        self.restart_at: float | None = None
+        self.restarts = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.alive:
+            if now - self.started > self.STABLE_S:
+                self.backoff = self.BACKOFF_MIN
+            return
+        if self.proc is not None:  # it just died
+            code = self.proc.returncode
+            self.proc = None
+            self.restart_at = now + self.backoff
+            self._say(f"{self.name} exited (code {code}); restarting it in {self.backoff:g} s")
+            self.backoff = min(2 * self.backoff, self.BACKOFF_MAX)
+        if self.restart_at is not None and now >= self.restart_at:
+            try:
+                self.proc = self._start()
+            except Exception as e:  # could not even start: try again later
+                self.restart_at = now + self.backoff
+                self._say(f"{self.name} did not start ({e}); trying again in {self.backoff:g} s")
+                self.backoff = min(2 * self.backoff, self.BACKOFF_MAX)
+                return
+            self.started, self.restart_at = now, None
+            self.restarts += 1
+            self._say(f"{self.name} restarted (pid {self.proc.pid}; restart {self.restarts})")
+
+    def stop(self, grace: float) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace)
+
+
+def supervise(children: list[Supervised], stop: threading.Event, every: float = 0.5) -> threading.Thread:
+    """A daemon thread calling ``check()`` on every child until ``stop`` is set."""
+    def loop():
+        while not stop.wait(every):
+            for child in children:
+                child.check()
+
+    thread = threading.Thread(target=loop, name="trustfid-supervisor", daemon=True)
+    thread.start()
+    return thread
+
+
 def worker_argv(settings: Settings, *, pool: str | None = None, concurrency: int | None = None,
-                loglevel: str = "info", name: str | None = None) -> list[str]:
-    argv = ["worker", "-Q", settings.queue, "--pool", pool or settings.worker_pool,
+                loglevel: str = "info", name: str | None = None, queues: list[str] | None = None) -> list[str]:
+    """Celery worker arguments; by default the worker takes scoring jobs and callback deliveries."""
+    queues = queues or [settings.queue, settings.callback_queue]
+    argv = ["worker", "-Q", ",".join(queues), "--pool", pool or settings.worker_pool,
             "--concurrency", str(concurrency or settings.worker_concurrency), "--loglevel", loglevel,
             "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if name:
@@ -124,7 +188,8 @@ def stop_process(proc: subprocess.Popen, grace: float, first=signal.SIGTERM) -> 
 def worker_healthy(settings: Settings | None = None, host: str | None = None) -> tuple[bool, str]:
     """(alive, why): whether a worker on this host — a container's hostname is its id — has a fresh
     heartbeat in Redis. Workers write theirs every TRUSTFID_HEARTBEAT_S from a thread of their own
-    (worker/tasks.py) and it expires after three periods, so a hung or dead worker fails this."""
+    (worker/tasks.py) and it counts as gone after three periods, so a dead worker, or one cut off from
+    Redis, fails this."""
     import redis
 
     from app.store import Store, connect
@@ -147,7 +212,8 @@ def worker_healthy(settings: Settings | None = None, host: str | None = None) ->
     return True, f"worker alive on {host}: {', '.join(sorted(mine))}"
 
 
-def run_worker(pool: str | None = None, concurrency: int | None = None, loglevel: str = "info") -> int:
+def run_worker(pool: str | None = None, concurrency: int | None = None, loglevel: str = "info",
+               queues: list[str] | None = None) -> int:
     """`trustfid worker`: a Celery worker against TRUSTFID_REDIS_URL (blocks until stopped)."""
     settings = get_settings()
     if not settings.redis_url:
@@ -155,17 +221,58 @@ def run_worker(pool: str | None = None, concurrency: int | None = None, loglevel
         return 2
     # Celery loads the worker's app by name (-A worker.celery_app): the service's CLI starts the worker
     # without importing it, so app/ never imports worker/.
-    argv = worker_command(settings, pool=pool, concurrency=concurrency, loglevel=loglevel)
+    argv = worker_command(settings, pool=pool, concurrency=concurrency, loglevel=loglevel, queues=queues)
     os.execv(argv[0], argv)
+
+
+def _json_400_protocol():
+    """uvicorn's h11 protocol, answering a malformed request (e.g. a body longer than its
+    Content-Length, whose rest reads as a broken next request) in the API's error shape instead of
+    text/plain."""
+    import json
+
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JsonErrorH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": {"code": "bad_http", "message": f"malformed HTTP request ({msg}); check that "
+                                         "Content-Length matches the body sent"}}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                       (b"content-length", str(len(body)).encode())]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return JsonErrorH11Protocol
+
+
+def api_server(settings: Settings, host: str, port: int, *, log_level: str = "info", proxy_headers: bool = False):
+    """The API as a uvicorn Server (the app from app/api.py, our JSON 400s)."""
+    import uvicorn
+
+    from app.api import create_app
+
+    return uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level,
+                                         lifespan="on", http=_json_400_protocol(), proxy_headers=proxy_headers))
+
+
+def run_api(host: str, port: int, *, log_level: str = "info", proxy_headers: bool = False) -> int:
+    """`trustfid api`: the HTTP API alone, against TRUSTFID_REDIS_URL (for containers and tests)."""
+    settings = get_settings()
+    if not settings.api_key_hashes and not is_loopback(host):
+        print(f"trustfid api: refusing to listen on {host} without API keys; set TRUSTFID_API_KEYS "
+              "or bind to 127.0.0.1", file=sys.stderr)
+        return 2
+    server = api_server(settings, host, port, log_level=log_level, proxy_headers=proxy_headers)
+    server.run()
+    return 0 if server.started else 1
 
 
 def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> int:
     """`trustfid serve`: Redis (embedded unless TRUSTFID_REDIS_URL), one worker, the API. Blocks until
     Ctrl-C / SIGTERM, then stops all of them."""
-    import uvicorn
-
-    from app.api import create_app
-
     settings = get_settings()
     if not settings.api_key_hashes and not is_loopback(host):
         print(f"trustfid serve: refusing to listen on {host} without API keys; set TRUSTFID_API_KEYS "
@@ -178,45 +285,53 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = 
     def stop(signum, frame):
         raise _Stop(signum)
 
+    def say(msg: str) -> None:
+        print(f"trustfid: {msg}", flush=True)
+
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    redis_proc = worker_proc = None
+    children: list[Supervised] = []
+    stopping = threading.Event()
     try:
         redis_url = settings.redis_url
         if not redis_url:
             rport = free_port()
-            redis_proc = start_redis(data_dir / "redis", rport, log=data_dir / "logs" / "redis.log")
+            children.append(Supervised("redis-server", lambda: start_redis(
+                data_dir / "redis", rport, log=data_dir / "logs" / "redis.log"), say))
             redis_url = f"redis://127.0.0.1:{rport}/0"
             where = f"embedded redis-server on 127.0.0.1:{rport}, append-only file in {data_dir / 'redis'}"
         else:
             where = "TRUSTFID_REDIS_URL"
         env = dict(os.environ, TRUSTFID_REDIS_URL=redis_url, TRUSTFID_DATA_DIR=str(data_dir))
         settings = Settings(_env_file=None, **{**settings.model_dump(), "redis_url": redis_url, "data_dir": data_dir})
-        worker_proc = _popen(worker_command(settings, pool="solo", concurrency=1, name=f"embedded-{os.getpid()}@%h"),
-                             env=env, log=data_dir / "logs" / "worker.log")
+        command = worker_command(settings, pool="solo", concurrency=1, name=f"embedded-{os.getpid()}@%h")
+        children.append(Supervised("worker", lambda: _popen(command, env=env, log=data_dir / "logs" / "worker.log"),
+                                   say))
+        supervise(children, stopping)
         print(f"trustfid: API on http://{host}:{port} (docs at /docs); Redis: {where}; 1 worker "
               f"(log: {data_dir / 'logs' / 'worker.log'}); data in {data_dir}", flush=True)
         if not settings.api_key_hashes:
             print("trustfid: no API keys configured (TRUSTFID_API_KEYS): unauthenticated access, allowed only "
                   f"because the API is bound to {host} and only to clients on this machine", flush=True)
         print("trustfid: press Ctrl-C to stop", flush=True)
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level,
-                                               lifespan="on"))
+        server = api_server(settings, host, port, log_level=log_level)
         server.run()
         if not server.started:
             print(f"trustfid serve: the API could not start on {host}:{port}", file=sys.stderr)
             return 1
     except _Stop:
         pass
+    except RuntimeError as e:  # the embedded Redis could not start
+        print(f"trustfid serve: {e}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stopping.set()
         print("trustfid: stopping", flush=True)
-        if worker_proc is not None:
-            # SIGTERM = Celery's warm shutdown (finish the running job); past the grace, SIGKILL: the job's
-            # message was never acknowledged, so it is handed out again at the next start.
-            stop_process(worker_proc, settings.shutdown_grace_s)
-        if redis_proc is not None:
-            stop_process(redis_proc, 10)  # SIGTERM: redis flushes its append-only file and exits
+        # The worker first: SIGTERM = Celery's warm shutdown (finish the running job); past the grace,
+        # SIGKILL. Its job's lease then lapses and the next worker alive runs it again (worker/tasks.py).
+        for child in reversed(children):
+            child.stop(settings.shutdown_grace_s if child.name == "worker" else 10)  # redis: flushes its AOF
         for s, h in old.items():
             signal.signal(s, h)
         print("trustfid: stopped", flush=True)

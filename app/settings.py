@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from trustfid.settings import EngineSettings
@@ -56,6 +56,9 @@ class Settings(EngineSettings):
         "only for clients on the loopback interface")
     rate_limit_per_minute: int = Field(60, ge=0, description="job/reference submissions per key per minute (0 = off)")
     max_upload_bytes: int = Field(2 * 2**30, ge=1, description="largest request body (all files together)")
+    upload_idle_timeout_s: float = Field(30.0, gt=0, description="a request body that sends nothing for this "
+                                         "long is cut off (408) and its staging removed")
+    upload_timeout_s: float = Field(3600.0, gt=0, description="longest time one request body may take")
     max_files_per_set: int = Field(10_000, ge=1, description="most files in one multipart field")
     # --- service: fetching inputs by URI --------------------------------------------------------
     file_roots: CsvList = Field(default_factory=list, description="folders under which file:// URIs may point (empty = file:// refused)")
@@ -69,6 +72,11 @@ class Settings(EngineSettings):
         None, description="HMAC-SHA256 key of the X-Trustfid-Signature header; unset = the sha256 hex of the "
         "submitting API key (`anonymous` without auth)")
     callback_timeout_s: float = Field(10.0, gt=0, description="timeout of one callback POST")
+    callback_attempts: int = Field(6, ge=1, le=20, description="deliveries of a callback before it is given up "
+                                   "(exponential backoff between them, up to callback_backoff_max_s)")
+    callback_backoff_max_s: int = Field(300, ge=1, description="longest wait between two callback deliveries")
+    callback_queue: str = Field("", description="Celery queue of callback deliveries; empty = the scoring "
+                                "queue's name + '.callbacks'")
     # --- service: worker ------------------------------------------------------------------------
     soft_time_limit_s: int = Field(3600, ge=1, description="a job running longer fails with code time_limit")
     time_limit_s: int = Field(3900, ge=1, description="hard limit: the worker child is killed (prefork pool)")
@@ -78,7 +86,9 @@ class Settings(EngineSettings):
     unacked_restore_interval_s: int = Field(10, ge=1, description="how often workers look for such jobs")
     max_attempts: int = Field(3, ge=1, description="deliveries of one job (worker deaths) before it fails with code worker_lost")
     heartbeat_s: float = Field(10.0, gt=0, description="worker heartbeat period (readyz, job leases)")
-    lease_s: float = Field(60.0, gt=0, description="a running job's lease; another worker takes over after it lapses")
+    lease_s: float = Field(30.0, gt=0, description="a running job's lease, renewed every heartbeat; once it lapses "
+                           "(its worker died or was stopped) a live worker queues the job again, so it runs again "
+                           "within lease_s + heartbeat_s of a worker being alive")
     worker_pool: str = Field("solo", pattern=r"^(solo|prefork|threads)$", description="Celery pool of `trustfid worker`")
     worker_concurrency: int = Field(1, ge=1, description="Celery concurrency of `trustfid worker`")
     shutdown_grace_s: float = Field(10.0, ge=0, description="`trustfid serve`: how long Ctrl-C waits for a running job")
@@ -98,6 +108,12 @@ class Settings(EngineSettings):
     def api_key_hashes(self) -> frozenset[str]:
         """sha256 hex digests of the accepted keys."""
         return frozenset(k[7:] for k in self.api_keys)
+
+    @model_validator(mode="after")
+    def _default_callback_queue(self):
+        if not self.callback_queue:
+            self.callback_queue = f"{self.queue}.callbacks"
+        return self
 
     @property
     def effective_visibility_timeout(self) -> int:

@@ -1,5 +1,7 @@
 """The Redis job store: job and reference records as JSON (trustfid/records.py models), reports, cancel
-flags, per-key rate limits, worker heartbeats and leases, and the counters behind /metrics.
+flags, per-key rate limits, worker heartbeats, job leases (redis-py Locks) and the counters behind
+/metrics. Everything concurrent is one atomic Redis operation: a WATCH transaction for records, a Lua
+script for the rate limit, SET NX for leases and requeue marks.
 
 Used by the API (app/api.py) and the worker (worker/tasks.py); plain functions over a redis-py client,
 no Celery here. Every record is one JSON string under ``trustfid:rec:<id>``; a record carries its
@@ -56,15 +58,27 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
-                                socket_timeout=30, health_check_interval=15)
+def connect(url: str, *, retry_s: float = 0.0) -> redis.Redis:
+    """A redis-py client. With ``retry_s`` > 0, commands that meet a dropped connection are retried
+    with exponential backoff (redis-py's Retry) for about that long: a worker rides out a Redis
+    restart instead of failing the job it is running. The API keeps it short and answers 503."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    retries = 0 if retry_s <= 0 else max(1, int(retry_s / 0.5))
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30,
+                                health_check_interval=15,
+                                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
 class Store:
     def __init__(self, client: redis.Redis, settings: Settings):
         self.r = client
         self.ttl = settings.record_ttl_s
+        self.lease_s = settings.lease_s
+        self.worker_ttl = 3 * settings.heartbeat_s
+        self._reserve = client.register_script(_RESERVE_LUA)
 
     # --- records ------------------------------------------------------------------------------
     @staticmethod
@@ -106,37 +120,42 @@ class Store:
         return st
 
     def update(self, id_: str, fn: Callable[[Stored], Stored | None]) -> Stored | None:
-        """Read-modify-write under WATCH. ``fn`` returns the new value, or None to leave it as is.
-        Returns the stored value afterwards (None if the record is gone)."""
+        """Read-modify-write under WATCH (redis-py's ``transaction``: retried when another writer got
+        there first). ``fn`` returns the new value, or None to leave it as is. Returns the stored value
+        afterwards (None if the record is gone). State changes move the record between the state sets
+        and feed the metrics: queue wait when it first starts, duration when it ends."""
         key = self._key(id_)
-        while True:
-            with self.r.pipeline() as pipe:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if not raw:
-                        return None
-                    old = Stored.model_validate_json(raw)
-                    new = fn(old.model_copy(deep=True))
-                    if new is None:
-                        return old
-                    pipe.multi()
-                    ttl = self._ttl_for(new)
-                    pipe.set(key, new.model_dump_json(), ex=ttl)
-                    o, n = old.record.state, new.record.state
-                    if o != n:
-                        kind = new.record.kind
-                        pipe.srem(f"{P}state:{kind}:{o}", id_)
-                        if n in FINAL_STATES:
-                            pipe.hincrby(f"{P}metrics:finished:{kind}", n, 1)
-                        else:
-                            pipe.sadd(f"{P}state:{kind}:{n}", id_)
-                    pipe.execute()
-                    return new
-                except redis.WatchError:
-                    continue
-                except redis.ConnectionError as e:
-                    raise UnavailableError(f"Redis is not reachable: {e}") from e
+
+        def attempt(pipe) -> Stored | None:
+            raw = pipe.get(key)
+            if not raw:
+                return None
+            old = Stored.model_validate_json(raw)
+            new = fn(old.model_copy(deep=True))
+            if new is None:
+                return old
+            pipe.multi()
+            pipe.set(key, new.model_dump_json(), ex=self._ttl_for(new))
+            self._on_state_change(pipe, old.record, new.record)
+            return new
+
+        return self._call(self.r.transaction, attempt, key, value_from_callable=True)
+
+    def _on_state_change(self, pipe, old, new) -> None:
+        o, n, kind = old.state, new.state, new.kind
+        if o == n:
+            return
+        pipe.srem(f"{P}state:{kind}:{o}", new.id)
+        if n not in FINAL_STATES:
+            pipe.sadd(f"{P}state:{kind}:{n}", new.id)
+        if n == "running" and o == "queued" and new.started_at:
+            _observe(pipe, f"{P}metrics:queue_wait:{kind}", new.started_at - new.created_at)
+        if n in FINAL_STATES:
+            pipe.hincrby(f"{P}metrics:finished:{kind}", n, 1)
+            if new.started_at and new.finished_at:
+                _observe(pipe, f"{P}metrics:duration:{kind}:{n}", new.finished_at - new.started_at)
+            if n == "succeeded" and new.progress and new.progress.images_total:
+                pipe.incrby(f"{P}metrics:images:{kind}", new.progress.images_total)
 
     def delete(self, st: Stored) -> None:
         rec = st.record
@@ -217,89 +236,90 @@ class Store:
     def cancel_requested(self, id_: str) -> bool:
         return bool(self._call(self.r.exists, f"{P}cancel:{id_}"))
 
-    # --- per-key rate limit (sliding one-minute window) ---------------------------------------
-    def hit_rate(self, owner: str, per_minute: int) -> None:
+    # --- per-key rate limit: a sliding one-minute window, one atomic script --------------------
+    def reserve_submission(self, owner: str, per_minute: int, *, take: bool = True) -> str | None:
+        """Take one of the key's submissions of the last minute, or raise RateLimitError. Check and
+        take are one Lua script (atomic: a concurrent burst cannot slip past). Called when a submission
+        is accepted, so refused ones never count; ``take=False`` only checks (the API does that before
+        reading a body, to refuse early). Returns a token for ``refund_submission``, for a submission
+        that fails after all (e.g. the queue is unreachable)."""
         if per_minute <= 0:
-            return
-        now = time.time()
-        key = f"{P}rate:{owner}"
-        pipe = self.r.pipeline()
-        pipe.zremrangebyscore(key, 0, now - 60)
-        pipe.zcard(key)
-        _, count = self._exec(pipe)
-        if count >= per_minute:
-            oldest = self._call(self.r.zrange, key, 0, 0, withscores=True)
-            retry = max(1, int(oldest[0][1] + 60 - now) + 1) if oldest else 60
+            return None
+        token = uuid.uuid4().hex if take else ""
+        ok, oldest_ms, now_ms = self._call(self._reserve, keys=[f"{P}rate:{owner}"], args=[60_000, per_minute, token])
+        if not ok:
+            retry = max(1, int((int(oldest_ms) + 60_000 - int(now_ms)) / 1000) + 1)
             raise RateLimitError(f"more than {per_minute} submissions in a minute for this API key; "
                                  f"retry in {retry} s", retry_after=retry)
+        return token
+
+    def refund_submission(self, owner: str, token: str | None) -> None:
+        if token:
+            self._call(self.r.zrem, f"{P}rate:{owner}", token)
+
+    # --- workers: heartbeats --------------------------------------------------------------------
+    def heartbeat(self, queue: str, worker_id: str) -> None:
+        """Mark a worker alive now; workers silent for 3 heartbeats count as gone."""
+        now = time.time()
         pipe = self.r.pipeline()
-        pipe.zadd(key, {uuid.uuid4().hex: now})
-        pipe.expire(key, 61)
+        pipe.zadd(f"{P}workers:{queue}", {worker_id: now})
+        pipe.zremrangebyscore(f"{P}workers:{queue}", "-inf", now - 10 * self.worker_ttl)
         self._exec(pipe)
 
-    # --- workers: heartbeats and job leases ---------------------------------------------------
-    def heartbeat(self, queue: str, worker_id: str, ttl: float) -> None:
-        self.r.set(f"{P}worker:{queue}:{worker_id}", str(time.time()), px=int(ttl * 1000))
-
     def forget_worker(self, queue: str, worker_id: str) -> None:
-        self.r.delete(f"{P}worker:{queue}:{worker_id}")
+        self._call(self.r.zrem, f"{P}workers:{queue}", worker_id)
 
     def workers_alive(self, queue: str) -> list[str]:
-        """Workers of this queue whose heartbeat is fresh."""
-        prefix = f"{P}worker:{queue}:"
-        return [k[len(prefix):] for k in self._call(self.r.scan_iter, match=prefix + "*", count=1000)]
+        """Workers of this queue whose heartbeat is fresh (one sorted-set read, not a key scan)."""
+        return self._call(self.r.zrangebyscore, f"{P}workers:{queue}", time.time() - self.worker_ttl, "+inf")
 
-    def acquire_lease(self, job_id: str, worker_id: str, ttl: float) -> str | None:
-        """Take the job's lease; returns None on success, else the worker id holding it."""
-        key = f"{P}lease:{job_id}"
-        if self.r.set(key, worker_id, nx=True, px=int(ttl * 1000)):
-            return None
-        holder = self.r.get(key)
-        if holder == worker_id or holder is None:
-            self.r.set(key, worker_id, px=int(ttl * 1000))
-            return None
-        return holder
+    # --- job leases: redis-py's Lock ------------------------------------------------------------
+    def lease(self, job_id: str) -> redis.lock.Lock:
+        """The lease of a running job: a redis-py Lock (token = the worker's id, expires after
+        ``lease_s`` unless renewed with ``reacquire``). Take it with ``acquire(token=worker_id)``."""
+        return self.r.lock(f"{P}lease:{job_id}", timeout=self.lease_s, blocking=False, thread_local=False)
 
-    def renew_lease(self, job_id: str, worker_id: str, ttl: float) -> None:
-        key = f"{P}lease:{job_id}"
-        if self.r.get(key) in (worker_id, None):
-            self.r.set(key, worker_id, px=int(ttl * 1000))
+    def lease_holder(self, job_id: str) -> str | None:
+        return self._call(self.r.get, f"{P}lease:{job_id}")
 
-    def release_lease(self, job_id: str, worker_id: str) -> None:
-        key = f"{P}lease:{job_id}"
-        if self.r.get(key) == worker_id:
-            self.r.delete(key)
+    def orphans(self) -> list[tuple[str, str]]:
+        """(kind, id) of records marked running whose lease has lapsed: their worker died (or was
+        stopped) and nobody runs them. Each is returned once per ``lease_s`` across all workers, so that
+        many workers looking at the same time do not queue it many times."""
+        out = []
+        for kind in ("score", "reference"):
+            for id_ in self._call(self.r.smembers, f"{P}state:{kind}:running"):
+                if self._call(self.r.exists, f"{P}lease:{id_}"):
+                    continue
+                if self._call(self.r.set, f"{P}requeued:{id_}", "1", nx=True, px=int(self.lease_s * 1000)):
+                    out.append((kind, id_))
+        return out
 
-    # --- metrics ------------------------------------------------------------------------------
-    def observe_job(self, duration_s: float, images: int) -> None:
-        pipe = self.r.pipeline()
-        for b in DURATION_BUCKETS:
-            if duration_s <= b:
-                pipe.hincrby(f"{P}metrics:duration", _le(b), 1)
-        pipe.hincrbyfloat(f"{P}metrics:duration", "sum", duration_s)
-        pipe.incrby(f"{P}metrics:images", images)
-        pipe.execute()
-
+    # --- metrics --------------------------------------------------------------------------------
     def metrics_snapshot(self, queue: str) -> dict:
+        """Everything /metrics shows, read in one round trip (app/metrics.py formats it)."""
+        kinds, finals = ("score", "reference"), sorted(FINAL_STATES)
         pipe = self.r.pipeline()
-        kinds = ("score", "reference")
         for kind in kinds:
             for state in ("queued", "running"):
                 pipe.scard(f"{P}state:{kind}:{state}")
             pipe.hgetall(f"{P}metrics:finished:{kind}")
-        pipe.hgetall(f"{P}metrics:duration")
-        pipe.get(f"{P}metrics:images")
+            for state in finals:
+                pipe.hgetall(f"{P}metrics:duration:{kind}:{state}")
+            pipe.hgetall(f"{P}metrics:queue_wait:{kind}")
+            pipe.get(f"{P}metrics:images:{kind}")
         pipe.llen(queue)
-        res = self._exec(pipe)
-        out: dict = {"active": {}, "finished": {}}
-        i = 0
+        pipe.zcount(f"{P}workers:{queue}", time.time() - self.worker_ttl, "+inf")
+        res = iter(self._exec(pipe))
+        out: dict = {"active": {}, "finished": {}, "duration": {}, "queue_wait": {}, "images": {}}
         for kind in kinds:
-            out["active"][kind] = {"queued": res[i], "running": res[i + 1]}
-            out["finished"][kind] = {k: int(v) for k, v in res[i + 2].items()}
-            i += 3
-        out["duration"] = res[i]
-        out["images"] = int(res[i + 1] or 0)
-        out["queue_depth"] = res[i + 2]
+            out["active"][kind] = {"queued": next(res), "running": next(res)}
+            out["finished"][kind] = {k: int(v) for k, v in next(res).items()}
+            out["duration"][kind] = {state: next(res) for state in finals}
+            out["queue_wait"][kind] = next(res)
+            out["images"][kind] = int(next(res) or 0)
+        out["queue_depth"] = next(res)
+        out["workers"] = next(res)
         return out
 
     def ping(self) -> bool:
@@ -312,17 +332,43 @@ class Store:
     @staticmethod
     def _call(fn, *a, **kw):
         try:
-            out = fn(*a, **kw)
-            return list(out) if fn.__name__ == "scan_iter" else out
-        except redis.ConnectionError as e:
+            return fn(*a, **kw)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
             raise UnavailableError(f"Redis is not reachable: {e}") from e
 
-    @staticmethod
-    def _exec(pipe):
-        try:
-            return pipe.execute()
-        except redis.ConnectionError as e:
-            raise UnavailableError(f"Redis is not reachable: {e}") from e
+    @classmethod
+    def _exec(cls, pipe):
+        return cls._call(pipe.execute)
+
+
+# A sliding window as a sorted set of submission tokens scored by the Redis server's clock (one clock
+# for every API replica). Returns {1, 0, now} when there was room (and the token, if any, was added),
+# {0, oldest, now} when full.
+_RESERVE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, oldest[2], tostring(now)}
+end
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window + 1000)
+end
+return {1, '0', tostring(now)}
+"""
+
+
+def _observe(pipe, key: str, seconds: float) -> None:
+    """One observation into a histogram kept as a Redis hash: cumulative bucket counts, sum, count."""
+    seconds = max(0.0, float(seconds))
+    for b in DURATION_BUCKETS:
+        if seconds <= b:
+            pipe.hincrby(key, _le(b), 1)
+    pipe.hincrbyfloat(key, "sum", seconds)
+    pipe.hincrby(key, "count", 1)
 
 
 def _tags(rec) -> list[str]:
@@ -339,4 +385,3 @@ def _le(b: float) -> str:
 
 def _plausible_id(id_: str) -> bool:
     return 0 < len(id_) <= 64 and id_.isalnum()
-

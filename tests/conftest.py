@@ -116,9 +116,8 @@ class Stack:
         port = free_port()
         log = open(self.logs / "api.log", "ab")
         self.api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "app.api:create_app", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"], env=self.env, cwd=ROOT, stdout=log,
-            stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port), "--log-level",
+             "warning"], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30

@@ -18,8 +18,8 @@ from tests.test_api_jobs import chromium
 SUBMITS = ("/v1/jobs", "/v1/references")
 # Every status a route can answer besides its success; the API's error shape for each.
 EXPECTED_ERRORS = {
-    ("post", "/v1/jobs"): {401, 409, 413, 415, 422, 429, 503, 500},
-    ("post", "/v1/references"): {401, 413, 415, 422, 429, 503, 500},
+    ("post", "/v1/jobs"): {401, 408, 409, 413, 415, 422, 429, 503, 500},
+    ("post", "/v1/references"): {401, 408, 413, 415, 422, 429, 503, 500},
     ("get", "/v1/jobs"): {401, 422, 503, 500},
     ("get", "/v1/jobs/{job_id}"): {401, 404, 422, 503, 500},
     ("get", "/v1/jobs/{job_id}/report"): {401, 404, 409, 422, 503, 500},

@@ -119,8 +119,11 @@ def test_metrics_and_readiness(stack, finished_job):
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     assert values['trustfid_jobs_finished_total{kind="score",state="succeeded"}'] >= 1
-    assert values["trustfid_images_scored_total"] >= 8
-    assert values["trustfid_job_duration_seconds_count"] >= 1
-    assert values["trustfid_job_duration_seconds_sum"] > 0
+    assert values['trustfid_images_scored_total{kind="score"}'] >= 8
+    assert values['trustfid_job_duration_seconds_count{kind="score",state="succeeded"}'] >= 1
+    assert values['trustfid_job_duration_seconds_sum{kind="score",state="succeeded"}'] > 0
+    assert 'trustfid_job_duration_seconds_count{kind="score",state="failed"}' in values  # failures are timed too
+    assert values['trustfid_queue_wait_seconds_count{kind="score"}'] >= 1
     assert "trustfid_queue_depth" in values and values["trustfid_workers"] == 1
     assert 'trustfid_jobs{kind="score",state="running"}' in values
+    assert any(k.startswith("trustfid_build_info{") for k in values)

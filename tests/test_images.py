@@ -1,4 +1,4 @@
-"""Reading image sets (trustfid/images.py): what a user gets out of folders, archives, arrays
+"""Reading image sets (trustfid/inputs/): what a user gets out of folders, archives, arrays
 and DICOM, how intensities are mapped, and what is skipped or refused. Fixtures are generated in
 tmp_path; DICOM samples are the test files that ship inside the pydicom wheel."""
 
@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from trustfid.errors import InputError, TooLargeError
-from trustfid.images import _GzIndex, _IndexedGzip, open_images
+from trustfid.inputs import open_images
+from trustfid.inputs.gzindex import GzIndex, IndexedGzip
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -424,6 +425,25 @@ def test_archive_limits_on_members_and_member_size(tmp_path):
         assert "0.png" in e.value.message and f"{len(png) - 1:,}" in e.value.message
 
 
+def test_optional_expanded_size_limit_counts_candidate_members(tmp_path):
+    png = _png_bytes()
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as zf:
+        for i in range(3):
+            zf.writestr(f"{i}.png", png)
+        zf.writestr("notes.txt", bytes(10 * len(png)))  # not a candidate: not counted
+    with tarfile.open(tmp_path / "set.tar", "w") as tf:
+        tf.add(tmp_path / "set.zip", "inner.zip")  # not a candidate either
+        for i in range(3):
+            info = tarfile.TarInfo(f"{i}.png")
+            info.size = len(png)
+            tf.addfile(info, io.BytesIO(png))
+    for archive in ("set.zip", "set.tar"):
+        assert len(open_images(tmp_path / archive, max_expanded_bytes=3 * len(png))) == 3
+        with pytest.raises(TooLargeError) as e:
+            open_images(tmp_path / archive, max_expanded_bytes=3 * len(png) - 1)
+        assert e.value.code == "archive_bomb" and "TRUSTFID_MAX_EXPANDED_BYTES" in e.value.message
+
+
 def test_zip_member_larger_than_its_header_claims_is_stopped_at_the_limit(tmp_path):
     """A crafted central directory that under-declares a member's size must not let reading run on."""
     payload = bytes(50_000)
@@ -447,17 +467,17 @@ def test_indexed_gzip_reads_any_offset_in_any_order():
     with tempfile.NamedTemporaryFile(suffix=".gz", delete=False) as f:
         f.write(gz)
     try:
-        for index in (_GzIndex(spacing=128 * 1024), _GzIndex(spacing=16 * 1024, max_points=8)):
-            with io.BufferedReader(_IndexedGzip(f.name, index)) as r:
+        for index in (GzIndex(spacing=128 * 1024), GzIndex(spacing=16 * 1024, max_points=8)):
+            with io.BufferedReader(IndexedGzip(f.name, index)) as r:
                 assert r.read() == raw  # first pass builds the index
             assert 4 <= len(index.out_offsets) <= index.max_points  # resume points, not restarts from byte 0
-            with io.BufferedReader(_IndexedGzip(f.name, index)) as r:
+            with io.BufferedReader(IndexedGzip(f.name, index)) as r:
                 for start in rng.integers(0, len(raw), 60).tolist()[::-1] + [len(raw) - 3, 0, len(raw) + 5]:
                     r.seek(start)
                     assert r.read(5000) == raw[start:start + 5000], start
         assert index.spacing > 16 * 1024  # the small budget thinned the snapshots
         Path(f.name).write_bytes(gz[:-5000])  # truncated upload
-        with pytest.raises(EOFError), io.BufferedReader(_IndexedGzip(f.name, _GzIndex())) as r:
+        with pytest.raises(EOFError), io.BufferedReader(IndexedGzip(f.name, GzIndex())) as r:
             r.read()
     finally:
         Path(f.name).unlink()
@@ -543,7 +563,7 @@ def test_in_memory_arrays_and_tensors(tmp_path):
 
 
 def test_torch_is_not_imported_for_numpy_inputs():
-    code = ("import sys, numpy as np; from trustfid.images import open_images; "
+    code = ("import sys, numpy as np; from trustfid.inputs import open_images; "
             "list(open_images(np.zeros((2, 8, 8, 3), np.uint8))); assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

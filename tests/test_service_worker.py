@@ -84,13 +84,18 @@ def test_cancel_a_running_job_then_delete_it(stack, bigger_sets, image_sets):
 
 
 def test_cancel_a_queued_job(make_stack, image_sets):
-    s = make_stack()  # an API with no worker: the job stays queued
+    s = make_stack()  # an API with no worker: the job stays queued, and the API says nothing runs it
     s.start_api()
     with s.client() as c:
-        job = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS).json()["id"]
-        assert c.get(f"/v1/jobs/{job}").json()["state"] == "queued"
+        accepted = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS)
+        assert accepted.status_code == 202 and "no worker is running" in accepted.json()["notice"]
+        job = accepted.json()["id"]
+        polled = c.get(f"/v1/jobs/{job}").json()
+        assert polled["state"] == "queued" and "no worker is running" in polled["notice"]
         ready = c.get("/readyz")
-        assert ready.status_code == 503 and ready.json() == {"status": "unavailable", "redis": True, "workers": 0}
+        assert ready.status_code == 503
+        assert ready.json() | {"message": "-"} == {"status": "unavailable", "redis": True, "workers": 0, "message": "-"}
+        assert "queued" in ready.json()["message"]
         assert c.delete(f"/v1/jobs/{job}").json()["state"] == "cancelled"
         s.start_worker()  # a worker that gets the message leaves the cancelled job alone
         s.wait_ready()

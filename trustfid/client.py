@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from .errors import TrustfidError, UnreachableError
-from .images import _classify
+from .inputs.rules import list_folder
 from .records import FINAL_STATES, ErrorResponse, JobRecord, ReferenceRecord, Series, SeriesPoint
 from .schemas import Report, lenient
 
@@ -99,12 +99,14 @@ def _prepare(x: Any, side: str) -> _Part:
     if isinstance(x, (str, os.PathLike)):
         p = Path(x)
         if p.is_dir():
+            # The files the engine would read from this folder (the shared rules: suffixes, content
+            # sniffing, hidden names, links followed), under the names it would give them.
             fd, tmp = tempfile.mkstemp(suffix=".tar", prefix=f"trustfid-{side}-")
             os.close(fd)
-            with tarfile.open(tmp, "w") as tf:
-                for f in sorted(p.rglob("*")):
-                    if f.is_file() and _classify(f.relative_to(p).as_posix(), lambda f=f: f.read_bytes()[:132]):
-                        tf.add(f, arcname=str(f.relative_to(p)))
+            with tarfile.open(tmp, "w", dereference=True) as tf:
+                for name, path, _skip in list_folder(p, str(p)):
+                    if path is not None:
+                        tf.add(path, arcname=name)
             return _Part(path=Path(tmp), name=f"{side}.tar", cleanup=True)
         if not p.is_file():
             raise FileNotFoundError(f"{side}: {p} does not exist")

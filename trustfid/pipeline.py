@@ -1,6 +1,6 @@
 """The pipeline: sources in, report out. Every other entry point (CLI, Celery task) calls these.
 
-    images (images.py) -> network input (preprocess.py) -> trunk once, tail x (1 + T) (mc.py)
+    images (inputs/) -> network input (preprocess.py) -> trunk once, tail x (1 + T) (mc.py)
     -> per-pass streaming statistics (stats.py) -> Fréchet core (frechet.py) -> report (report.py)
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from . import report as rep
 from .errors import CancelledError, InputError
-from .images import open_images
+from .inputs import open_images
 from .inception import FEATURE_DIM, FIDInceptionV3
 from .mc import SET_TAGS, MCInception
 from .preprocess import RESIZE_MODES, to_model_input
@@ -40,11 +40,21 @@ MIN_IMAGES = 2
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for an options' ``device``; one this machine does not have is the caller's
+    error (InputError), never a crash later in the network."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device '{name}' was asked for but no CUDA GPU is available; use device 'cpu' or 'auto'")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"device '{name}' was asked for but this machine has {count} CUDA GPU(s) "
+                             f"(cuda:0..cuda:{count - 1}); use one of those or 'auto'")
+    elif device.type == "mps" and not (torch.backends.mps.is_available()):
+        raise InputError(f"device '{name}' (Apple Metal) was asked for but this machine has no MPS backend; "
+                         "use device 'cpu' or 'auto'")
     return device
 
 

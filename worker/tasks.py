@@ -10,6 +10,7 @@ cancelled. Nothing a user sent can raise out of a task and take the worker down.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,13 +20,15 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import redis
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app import ingest, jobs
+from app.callback import CallbackFailed, deliver
 from app.errors import UnavailableError
-from app.queue import TASK_REFERENCE, TASK_SCORE
+from app.queue import TASK_CALLBACK, TASK_REFERENCE, TASK_SCORE, enqueue
 from app.settings import Settings, get_settings
 from app.store import Store, Stored, connect, finish
 from trustfid.errors import CancelledError, TrustfidError
@@ -53,23 +56,32 @@ class _Process:
                 return self
             self.pid = os.getpid()
             self.settings = get_settings()
-            self.store = Store(connect(self.settings.redis_url), self.settings)
+            # Commands retry through a Redis restart (about a minute) instead of failing the job.
+            self.store = Store(connect(self.settings.redis_url, retry_s=60), self.settings)
             self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-            self.running: str | None = None
+            self.lease: redis.lock.Lock | None = None  # the lease of the job running in this process
             self.stop = threading.Event()
             t = threading.Thread(target=self._beat, name="trustfid-heartbeat", daemon=True)
             t.start()
             return self
 
     def _beat(self):
+        """Every heartbeat: say this worker is alive, renew the running job's lease, and queue again
+        any job whose lease lapsed (its worker died or was stopped mid-job) — so such a job runs again
+        within ``lease_s`` + ``heartbeat_s`` of a worker being alive, whatever the broker's visibility
+        timeout."""
         s = self.settings
         while not self.stop.is_set():
             try:
-                self.store.heartbeat(s.queue, self.worker_id, ttl=3 * s.heartbeat_s)
-                if self.running:
-                    self.store.renew_lease(self.running, self.worker_id, s.lease_s)
-            except Exception as e:  # Redis away for a moment: keep trying
-                log.warning("heartbeat failed: %s", e)
+                self.store.heartbeat(s.queue, self.worker_id)
+                lease = self.lease
+                if lease is not None:
+                    lease.reacquire()
+                for kind, record_id in self.store.orphans():
+                    log.warning("%s %s lost its worker; queueing it again", kind, record_id)
+                    enqueue(s, TASK_SCORE if kind == "score" else TASK_REFERENCE, record_id)
+            except Exception as e:  # Redis away for a moment, or a lease lost to a lapse: keep going
+                log.warning("heartbeat: %s", e)
             self.stop.wait(min(s.heartbeat_s, s.lease_s / 3))
 
     def shutdown(self):
@@ -146,7 +158,10 @@ class _Callbacks:
                 return None
             s.record.progress = p
             return s
-        self.store.update(self.id, f)
+        try:
+            self.store.update(self.id, f)
+        except UnavailableError as e:  # progress is best effort: never fail a job for it
+            log.warning("job %s: progress not written (%s)", self.id, e)
 
     def should_cancel(self) -> bool:
         now = time.monotonic()
@@ -155,7 +170,8 @@ class _Callbacks:
             return True
         if not self._cancel and now - self._last_check >= 0.2:
             self._last_check = now
-            self._cancel = self.store.cancel_requested(self.id)
+            with contextlib.suppress(UnavailableError):  # Redis away: ask again next batch
+                self._cancel = self.store.cancel_requested(self.id)
         return self._cancel
 
 
@@ -174,15 +190,16 @@ def run_record(store: Store, settings: Settings, record_id: str, worker_id: str)
     if st.record.state in FINAL_STATES:
         ingest.remove_tree(jobs.staging_dir(settings, record_id))
         return st.record.state
-    holder = store.acquire_lease(record_id, worker_id, settings.lease_s)
-    if holder is not None:
-        raise LeaseHeld(holder)
-    PROC.running = record_id
+    lease = store.lease(record_id)
+    if not lease.acquire(token=worker_id):
+        raise LeaseHeld(store.lease_holder(record_id))
+    PROC.lease = lease
     try:
         return _run_leased(store, settings, record_id)
     finally:
-        PROC.running = None
-        store.release_lease(record_id, worker_id)
+        PROC.lease = None
+        with contextlib.suppress(redis.exceptions.LockError, redis.RedisError):
+            lease.release()
 
 
 def _run_leased(store: Store, settings: Settings, record_id: str) -> str:
@@ -204,7 +221,6 @@ def _run_leased(store: Store, settings: Settings, record_id: str) -> str:
         return _finish(store, settings, st)
 
     cb = _Callbacks(store, record_id, settings)
-    t0 = time.monotonic()
     try:
         if st.record.kind == "score":
             outcome = _score(store, st, settings, cb)
@@ -218,16 +234,25 @@ def _run_leased(store: Store, settings: Settings, record_id: str) -> str:
     except SoftTimeLimitExceeded:
         outcome = _fail("time_limit", f"the job ran longer than {settings.soft_time_limit_s} s")
     except TrustfidError as e:
-        outcome = _fail(e.code, e.message)
+        outcome = _fail(e.code, _public(e.message, settings, record_id))
     except MemoryError:
         outcome = _fail("out_of_memory", "the worker ran out of memory on this job; send fewer or smaller images")
+    except OSError as e:  # the service's own storage (staging, reference statistics), not the user's input
+        log.exception("job %s: storage error", record_id)
+        outcome = _fail("storage_error", f"the service could not read or write its own storage "
+                                         f"({e.strerror or type(e).__name__}); tell the operator")
     except Exception as e:
         log.exception("job %s failed", record_id)
-        outcome = _fail("internal", f"worker error ({type(e).__name__}: {e})")
-    st = store.update(record_id, outcome)
-    if st is not None and st.record.state == "succeeded" and st.record.kind == "score":
-        store.observe_job(time.monotonic() - t0, cb.images)
-    return _finish(store, settings, st)
+        outcome = _fail("internal", _public(f"worker error ({type(e).__name__}: {e})", settings, record_id))
+    return _finish(store, settings, store.update(record_id, outcome))
+
+
+def _public(message: str, settings: Settings, record_id: str) -> str:
+    """A message fit for the caller: the service's own folders never appear in it. Staged inputs are
+    named by their field (``real/x.png``), anything else under the data folder by its place in it."""
+    staging = str(jobs.staging_dir(settings, record_id))
+    data = str(Path(settings.data_dir).resolve())
+    return message.replace(staging + os.sep, "").replace(staging, "").replace(data + os.sep, "").replace(data, "")
 
 
 def _score(store: Store, st: Stored, settings: Settings, cb: _Callbacks):
@@ -238,10 +263,9 @@ def _score(store: Store, st: Stored, settings: Settings, cb: _Callbacks):
     gen = _input_path(st.paths["generated"], rec.id, "generated", settings)
     report = score(real, gen, rec.options.score_options(), progress=cb.progress, should_cancel=cb.should_cancel)
     store.save_report(rec.id, report.model_dump_json())
-    cb.images = report.counts.real.used + report.counts.generated.used
-
+    images = report.counts.real.used + report.counts.generated.used
     return finish("succeeded", fid=report.fid, fid_mc_std=report.fid_mc.std, trust_level=report.trust.level,
-                  progress=Progress(stage="done", images_done=cb.images, images_total=cb.images,
+                  progress=Progress(stage="done", images_done=images, images_total=images,
                                     passes=report.fid_mc.passes))
 
 
@@ -268,11 +292,11 @@ def _finish(store: Store, settings: Settings, st: Stored | None) -> str:
     ingest.remove_tree(jobs.staging_dir(settings, st.record.id))
     if st.record.kind == "reference" and st.record.state != "succeeded" and st.paths.get("stats"):
         Path(st.paths["stats"]).unlink(missing_ok=True)
-    url = getattr(st.record.options, "callback_url", None)
-    if url and st.record.state in FINAL_STATES:
-        from app.callback import deliver
-
-        deliver(settings, url, st.record.model_dump_json().encode(), st.owner)
+    if getattr(st.record.options, "callback_url", None) and st.record.state in FINAL_STATES:
+        try:
+            enqueue(settings, TASK_CALLBACK, st.record.id)
+        except UnavailableError as e:
+            log.warning("callback of %s not queued: %s", st.record.id, e)
     return st.record.state
 
 
@@ -298,3 +322,28 @@ def score_job(self, job_id: str) -> str:
 @app.task(name=TASK_REFERENCE, bind=True)
 def compute_reference(self, ref_id: str) -> str:
     return _task(self, ref_id)
+
+
+_SETTINGS = get_settings()
+
+
+@app.task(name=TASK_CALLBACK, bind=True, autoretry_for=(CallbackFailed, httpx.HTTPError, UnavailableError),
+          retry_backoff=True, retry_backoff_max=_SETTINGS.callback_backoff_max_s, retry_jitter=True,
+          max_retries=_SETTINGS.callback_attempts - 1)
+def deliver_callback(self, record_id: str) -> str:
+    """POST the final record to the job's callback_url (app/callback.py), on the callback queue:
+    retried with exponential backoff by Celery, never on a scoring worker's time."""
+    proc = PROC.ensure()
+    st = proc.store.get(record_id)
+    if st is None or st.record.state not in FINAL_STATES:
+        return "gone"
+    url = getattr(st.record.options, "callback_url", None)
+    try:
+        deliver(proc.settings, url, st.record.model_dump_json().encode(), st.owner)
+    except TrustfidError as e:  # the URL is no longer allowed: retrying cannot help
+        log.warning("callback of %s refused: %s", record_id, e.message)
+        return "refused"
+    except (CallbackFailed, httpx.HTTPError) as e:
+        log.warning("callback of %s: attempt %d failed: %s", record_id, self.request.retries + 1, e)
+        raise
+    return "delivered"

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from app import jobs
 from app.errors import ConflictError
-from app.http import Owner, SettingsD, StoreD, cancel_or_delete, submit
+from app.http import Owner, SettingsD, StoreD, cancel_or_delete, submit, with_notice
 from app.openapi import errors, job_callbacks, json_text, submit_body
 from trustfid.records import JobList, JobOptions, JobRecord, JobSubmit
 from trustfid.schemas import Report
@@ -22,7 +22,7 @@ TEXTS = {"options": json_text(JobOptions, "JSON: any score option, plus tags and
 @router.post("", status_code=202, response_model=JobRecord, callbacks=job_callbacks.routes,
              summary="Submit a scoring job (multipart uploads or JSON with URIs / reference ids)",
              openapi_extra=submit_body(JobSubmit, SETS, TEXTS),
-             responses=errors(401, 409, 413, 415, 422, 429, 503, s409=(
+             responses=errors(401, 408, 409, 413, 415, 422, 429, 503, s409=(
                  "A set names a reference that is not ready (`reference_not_ready`), or options that differ from "
                  "those its statistics were computed with (`incompatible_options`).")))
 async def submit_job(request: Request, settings: SettingsD, store: StoreD, owner: Owner):
@@ -40,8 +40,8 @@ def list_jobs(store: StoreD, owner: Owner, tag: Annotated[list[str], Query()] = 
 
 @router.get("/{job_id}", response_model=JobRecord, summary="State and progress of a job",
             responses=errors(401, 404, 422, 503))
-def get_job(job_id: str, store: StoreD, owner: Owner):
-    return store.get_owned(job_id, owner, "score").record
+def get_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
+    return with_notice(store.get_owned(job_id, owner, "score").record, store, settings)
 
 
 @router.get("/{job_id}/report", response_model=Report,

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from app import jobs
-from app.http import Owner, SettingsD, StoreD, cancel_or_delete, submit
+from app.http import Owner, SettingsD, StoreD, cancel_or_delete, submit, with_notice
 from app.openapi import errors, json_text, submit_body
 from trustfid.records import ReferenceList, ReferenceRecord, ReferenceSubmit
 from trustfid.schemas import ScoreOptions
@@ -22,7 +22,7 @@ TEXTS = {"options": json_text(ScoreOptions, "JSON: the score options the statist
 @router.post("", status_code=202, response_model=ReferenceRecord,
              summary="Register a real set: its statistics are computed once, then used by id",
              openapi_extra=submit_body(ReferenceSubmit, SETS, TEXTS),
-             responses=errors(401, 413, 415, 422, 429, 503))
+             responses=errors(401, 408, 413, 415, 422, 429, 503))
 async def submit_reference(request: Request, settings: SettingsD, store: StoreD, owner: Owner):
     return await submit(request, settings, store, owner, body_model=ReferenceSubmit,
                         from_json=jobs.submit_reference_json, from_upload=jobs.submit_reference_upload,
@@ -37,8 +37,8 @@ def list_references(store: StoreD, owner: Owner, limit: Annotated[int, Query(ge=
 
 @router.get("/{ref_id}", response_model=ReferenceRecord, summary="State of a reference",
             responses=errors(401, 404, 422, 503))
-def get_reference(ref_id: str, store: StoreD, owner: Owner):
-    return store.get_owned(ref_id, owner, "reference").record
+def get_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
+    return with_notice(store.get_owned(ref_id, owner, "reference").record, store, settings)
 
 
 @router.delete("/{ref_id}", status_code=204,

@@ -96,7 +96,7 @@ def _dicom_frames(name: str) -> list[np.ndarray]:
     MONOCHROME1 inversion), as uint8 RGB. Missing decoders: the file is skipped (empty list)."""
     from pydicom.data import get_testdata_file
 
-    from trustfid.images import open_images
+    from trustfid.inputs import open_images
 
     path = get_testdata_file(name, download=False) if _accepts_download_kw() else get_testdata_file(name)
     if path is None:

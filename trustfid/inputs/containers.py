@@ -1,0 +1,171 @@
+"""Readers for sets of image files: a folder, one file, a zip, a tar (plain or gzip-compressed).
+
+Each lists its candidates when made (so limits fail fast, before any decoding) and then decodes them
+lazily in sorted relative-name order: the same pictures give the same names and order whether they
+arrive as a folder, a zip or a tar. Archives are read in place, never extracted. Which files are
+candidates, which members are refused and the size limits are the shared rules (rules.py).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+import zlib
+from functools import partial
+from pathlib import Path
+
+from ..errors import TrustfidError
+from . import rules
+from .decode import decode_events
+from .events import Reader, Skip
+from .gzindex import GzIndex, IndexedGzip
+from .rules import ArchiveBudget, Limits, first_line
+
+_READ_CHUNK = 1 << 20
+
+
+class FolderReader(Reader):
+    """A folder, recursively (rules.list_folder: links followed once; broken links listed as skipped)."""
+
+    def __init__(self, root: Path, label: str, limits: Limits):
+        self.label, self.max_pixels = label, limits.max_pixels
+        self.entries = rules.list_folder(root, label)
+        self.count = sum(1 for e in self.entries if e[1] is not None)
+
+    def events(self):
+        for name, path, reason in self.entries:
+            if path is None:
+                yield Skip(name, reason)
+            else:
+                yield from decode_events(name, path, self.max_pixels)
+
+
+class SingleFileReader(Reader):
+    def __init__(self, path: Path, label: str, limits: Limits):
+        self.label, self.path, self.max_pixels, self.count = label, path, limits.max_pixels, 1
+
+    def events(self):
+        yield from decode_events(self.path.name, str(self.path), self.max_pixels)
+
+
+class _ArchiveReader(Reader):
+    """The listing shared by zip and tar: ``plan`` holds (name, where its bytes are, skip reason)."""
+
+    def __init__(self, path: Path, label: str, limits: Limits):
+        self.label, self.path, self.limits, self.max_pixels = label, path, limits, limits.max_pixels
+        self.budget = ArchiveBudget(label, limits)
+        self.plan: list[tuple[str, object, str | None]] = []
+
+    def _plan(self, m: rules.Member, where, head_fn) -> None:
+        """Skip-list a refused member; keep a candidate image within the member limits; pass over the rest."""
+        if m.is_dir:
+            return
+        if m.problem is not None:
+            self.plan.append((m.name, None, m.problem))
+        elif rules.kind_of(m.name, head_fn) == "image":
+            self.budget.member(m.name, m.size, m.packed)
+            self.plan.append((m.name, where, None))
+
+    def _finish(self) -> None:
+        self.plan.sort(key=lambda p: p[0])
+        self.count = sum(1 for p in self.plan if p[1] is not None)
+
+    def events(self):
+        with self._open() as source:
+            for name, where, reason in self.plan:
+                if where is None:
+                    yield Skip(name, reason)
+                    continue
+                try:
+                    data = self._read(source, where, name)
+                except TrustfidError:
+                    raise
+                except Exception as e:  # CRC error, unsupported compression, truncated archive
+                    yield Skip(name, f"cannot read archive member: {first_line(e)}")
+                    continue
+                if isinstance(data, Skip):
+                    yield data
+                else:
+                    yield from decode_events(name, data, self.max_pixels)
+
+
+class ZipReader(_ArchiveReader):
+    """Members are read in place (never extracted), in sorted name order."""
+
+    def __init__(self, path: Path, label: str, limits: Limits):
+        super().__init__(path, label, limits)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for i, m in enumerate(rules.zip_members(zf, self.budget)):
+                    self._plan(m, i, partial(_zip_head, zf, m.info))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+            raise rules.unreadable_archive(label, "zip", e) from None
+        self._finish()
+
+    def _open(self):
+        return zipfile.ZipFile(self.path)
+
+    def _read(self, zf: zipfile.ZipFile, index: int, name: str) -> bytes:
+        with zf.open(zf.infolist()[index]) as fp:
+            return _bounded_read(fp, self.limits.max_member_bytes, self.label, name)
+
+
+class TarReader(_ArchiveReader):
+    """Plain or gzip-compressed tar, read in place in sorted name order.
+
+    The listing pass records where each member's bytes start; reading then seeks straight to them.
+    For .tar.gz that seek goes through IndexedGzip, so reading in name order (not archive order)
+    never re-decompresses the archive from its start.
+    """
+
+    def __init__(self, path: Path, label: str, limits: Limits):
+        super().__init__(path, label, limits)
+        magic = rules.read_head(path, 6)
+        rules.check_tar_compression(magic, label)
+        self.gz_index = GzIndex() if magic.startswith(b"\x1f\x8b") else None
+        try:
+            with self._open() as f, tarfile.open(fileobj=f, mode="r:") as tf:
+                for m in rules.tar_members(tf, self.budget):
+                    self._plan(m, (m.info.offset_data, m.size), partial(_tar_head, tf, m.info))
+        except TrustfidError:
+            raise
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+            raise rules.unreadable_archive(label, "tar", e) from None
+        self.budget.whole(path.stat().st_size)
+        self._finish()
+
+    def _open(self):
+        if self.gz_index is None:
+            return open(self.path, "rb")
+        return io.BufferedReader(IndexedGzip(self.path, self.gz_index), buffer_size=1 << 16)
+
+    def _read(self, f, where: tuple[int, int], name: str) -> bytes | Skip:
+        offset, size = where
+        f.seek(offset)
+        data = f.read(size)  # size <= max_member_bytes was checked when listing; tar sizes are exact
+        if len(data) < size:
+            return Skip(name, f"archive member is truncated ({len(data)} of {size} bytes)")
+        return data
+
+
+def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    with zf.open(info) as fp:
+        return fp.read(rules.HEAD_BYTES)
+
+
+def _tar_head(tf: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    return tf.extractfile(info).read(rules.HEAD_BYTES)
+
+
+def _bounded_read(fp, limit: int, label: str, name: str) -> bytes:
+    """Read a zip member but never more than ``limit`` + 1 bytes, whatever its header claimed."""
+    parts, total = [], 0
+    while total <= limit:
+        chunk = fp.read(min(_READ_CHUNK, limit + 1 - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    rules.check_member_size(label, name, total, limit)  # raises when the data is longer than its limit
+    return b"".join(parts)

@@ -1,0 +1,117 @@
+"""The public face of the readers: :func:`open_images` picks the reader for a source and returns an
+:class:`ImageSet`, which knows its size up front (for progress) and decodes lazily, one image at a
+time, in a deterministic order: folders and archives in sorted relative-path order, arrays in row
+order. Unreadable files are skipped and recorded in ``ImageSet.skipped`` (or raise InputError when
+strict); limits (pixels, images, archive members and sizes) raise TooLargeError.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..schemas import SkippedFile
+from .arrays import MemoryArrayReader, NpyReader, NpzReader
+from .containers import FolderReader, SingleFileReader, TarReader, ZipReader
+from .events import Reader, Skip
+from .rules import ACCEPTED_INPUTS, Limits, check_image_count, kind_of, read_head
+
+
+class ImageSet:
+    """A lazily read, deterministic sequence of ``(name, image)`` pairs.
+
+    ``image`` is an HxWx3 float32 array on the 0..255 scale. ``len()`` is the number of candidate
+    entries known before decoding (files or array rows), for progress bars; a multi-frame DICOM file
+    counts once there but yields one image per frame, and skipped files yield nothing, so the number
+    of images actually produced is ``used`` after iterating. ``skipped`` lists what could not be read
+    and why. Both are reset at the start of every iteration, so they describe the last pass.
+    """
+
+    def __init__(self, reader: Reader, *, strict: bool, max_images: int | None):
+        self._reader = reader
+        self.label: str = reader.label
+        self.strict = strict
+        self.max_images = max_images
+        self.skipped: list[SkippedFile] = []
+        self.used: int = 0
+
+    def __len__(self) -> int:
+        return self._reader.count
+
+    def __repr__(self) -> str:
+        return f"ImageSet({self.label!r}, candidates={len(self)}, used={self.used}, skipped={len(self.skipped)})"
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        self.skipped = []
+        self.used = 0
+        events = self._reader.events()
+        try:
+            for event in events:
+                if isinstance(event, Skip):
+                    if self.strict:
+                        raise InputError(
+                            f"{self.label}: cannot use '{event.name}': {event.reason}. Fix or remove that file, "
+                            f"or turn strict mode off to skip unreadable files and list them in the report.")
+                    self.skipped.append(SkippedFile(name=event.name, reason=event.reason))
+                    continue
+                if self.max_images is not None and self.used >= self.max_images:
+                    check_image_count(self.label, None, self.max_images)
+                self.used += 1
+                yield event
+        finally:
+            events.close()
+
+
+def open_images(source, *, strict: bool = False, max_pixels: int = 2**26, max_images: int | None = None,
+                max_archive_members: int = 200_000, max_member_bytes: int = 2**30,
+                max_expanded_bytes: int | None = None, max_compression_ratio: float | None = None) -> ImageSet:
+    """Open an image source for lazy reading. See the package docstring and docs/IMAGES.md.
+
+    The listing (folder walk, archive directory, array header) happens here, so limits on the number
+    of images and archive members, and declared member sizes, fail fast, before any decoding work.
+    ``max_expanded_bytes`` and ``max_compression_ratio`` (None: unchecked) hold the candidate
+    members of an archive to the same limits as an upload.
+    """
+    limits = Limits(max_pixels=max_pixels, max_images=max_images, max_archive_members=max_archive_members,
+                    max_member_bytes=max_member_bytes, max_expanded_bytes=max_expanded_bytes,
+                    max_compression_ratio=max_compression_ratio)
+    reader = _make_reader(source, limits)
+    check_image_count(reader.label, reader.count, max_images)
+    return ImageSet(reader, strict=strict, max_images=max_images)
+
+
+def _make_reader(source, limits: Limits) -> Reader:
+    if isinstance(source, np.ndarray):
+        return MemoryArrayReader(source, "array", limits)
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is already imported
+    if torch is not None and isinstance(source, torch.Tensor):
+        t = source.detach()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()
+        return MemoryArrayReader(t.cpu().numpy(), "tensor", limits)
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"cannot read images from a {type(source).__name__}; accepted: {ACCEPTED_INPUTS}.")
+
+    path = Path(source)
+    label = str(source)
+    if not path.exists():
+        raise InputError(f"'{label}' does not exist; give {ACCEPTED_INPUTS}.")
+    if path.is_dir():
+        return FolderReader(path, label, limits)
+    if not path.is_file():
+        raise InputError(f"'{label}' is not a regular file or folder; give {ACCEPTED_INPUTS}.")
+    lower = path.name.lower()
+    kind = kind_of(path.name, lambda: read_head(path), member=False)
+    if kind == "archive":
+        return (ZipReader if lower.endswith(".zip") else TarReader)(path, label, limits)
+    if kind == "array":
+        return (NpzReader if lower.endswith(".npz") else NpyReader)(path, label, limits)
+    if kind == "image":
+        return SingleFileReader(path, label, limits)
+    raise InputError(f"'{label}' is not a supported input (unknown file type '{path.suffix or path.name}'); "
+                     f"give {ACCEPTED_INPUTS}.")
