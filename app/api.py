@@ -1,5 +1,6 @@
 """The HTTP front end: ``create_app`` wires the routers (app/routes/), the error handlers and the Redis
-store. Run it with ``uvicorn --factory app.api:create_app`` (or `trustfid serve`). OpenAPI at /docs.
+store. Run it with ``uvicorn --factory app.api:create_app`` (or `trustfid serve`). OpenAPI at /openapi.json,
+rendered offline at /docs and /redoc (app/openapi.py completes what FastAPI infers).
 
 Every error is ``{"error": {"code", "message"}}`` with a fitting status; user input never gives 500.
 """
@@ -10,16 +11,24 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app import openapi
 from app.http import error_response, log
-from app.routes import jobs, operations, references
+from app.routes import jobs, operations, references, series
 from app.settings import Settings, get_settings
 from app.store import Store, connect
 from trustfid import __version__
 from trustfid.errors import InputError, TrustfidError
 from trustfid.schemas import validation_message
+
+DESCRIPTION = """FID with Monte-Carlo-dropout uncertainty, as a service: submit a job (uploads, URIs or
+registered references), poll it, read its report; chart a training run with /v1/series.
+
+Every error is `{"error": {"code", "message"}}` (`ErrorResponse`); the message says what to do.
+Send the API key as `Authorization: Bearer <key>`."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,13 +41,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.state.store is not None:
             app.state.store.r.close()
 
-    app = FastAPI(title="trustfid", version=__version__, lifespan=lifespan,
-                  description="FID with Monte-Carlo-dropout uncertainty, as a service. Errors are "
-                  '`{"error": {"code", "message"}}`.')
+    # FastAPIOffline: /docs (Swagger UI) and /redoc load their scripts and styles from the
+    # fastapi-offline package, served by this app, so the pages work on a network without internet.
+    app = FastAPIOffline(title="trustfid", version=__version__, lifespan=lifespan,
+                         static_url="/docs-assets", description=DESCRIPTION,
+                         generate_unique_id_function=lambda route: route.name)  # operationId = function name
     app.state.settings = settings
     app.state.store = None
-    for module in (jobs, references, operations):
+    for module in (jobs, references, series, operations):
         app.include_router(module.router)
+    openapi.install(app)
 
     @app.exception_handler(TrustfidError)
     async def _trustfid_error(request: Request, exc: TrustfidError):
@@ -52,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException):
         codes = {404: "not_found", 405: "method_not_allowed"}
         return error_response(TrustfidError(str(exc.detail), code=codes.get(exc.status_code, "http_error"),
-                                            status=exc.status_code))
+                                            status=exc.status_code), exc.headers)  # e.g. 405's Allow
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect):

@@ -5,6 +5,7 @@ plus the service's:
     trustfid api [--host 127.0.0.1] [--port 8000]      the API alone, against TRUSTFID_REDIS_URL
     trustfid worker [--pool solo] [--concurrency 1]    a worker against TRUSTFID_REDIS_URL
     trustfid submit REAL GENERATED [--wait]            send a job to a running service
+    trustfid healthcheck                               is this machine's worker alive? (exit 0/1)
 
 It sits above everything (library, API, worker), as the top of the house may.
 """
@@ -34,12 +35,25 @@ def cmd_worker(args) -> int:
     return run_worker(pool=args.pool, concurrency=args.concurrency, loglevel=args.log_level, queues=queues)
 
 
+def cmd_healthcheck(args) -> int:
+    from app.serve import worker_healthy
+
+    ok, why = worker_healthy()
+    print(f"trustfid: {why}", file=sys.stderr if not ok else sys.stdout)
+    return 0 if ok else 1
+
+
 def cmd_submit(args) -> int:
     from trustfid import Client
+    from trustfid.cli import _summary, _write_json
 
-    options = json.loads(args.options) if args.options else {}
+    try:
+        options = json.loads(args.options) if args.options else {}
+    except ValueError as e:
+        print(f"trustfid: error: --options is not valid JSON ({e})", file=sys.stderr)
+        return 2
     if not isinstance(options, dict):
-        print("trustfid submit: --options must be a JSON object", file=sys.stderr)
+        print("trustfid: error: --options must be a JSON object", file=sys.stderr)
         return 2
     for name in ("passes", "seed"):
         if getattr(args, name) is not None:
@@ -49,17 +63,41 @@ def cmd_submit(args) -> int:
         if not args.wait:
             print(job.id)
             return 0
-        print(f"job {job.id} queued; waiting", file=sys.stderr)
-        report = job.wait(args.timeout).report()
-    if args.json == "-":
-        print(report.model_dump_json(indent=2))
-    elif args.json:
-        with open(args.json, "w") as f:
-            f.write(report.model_dump_json(indent=2))
-    mc = report.fid_mc
-    spread = f" ± {mc.std:.3f} (MC, {mc.passes} passes)" if mc.std is not None else ""
-    print(f"job {job.id}: FID {report.fid:.3f}{spread}; trust {report.trust.level}")
+        if not args.quiet:
+            print(f"trustfid: job {job.id} accepted by {args.url or client.http.base_url}", file=sys.stderr, flush=True)
+        watch = _Watch(job.id, args.quiet)
+        try:
+            report = job.wait(args.timeout, poll=0.5, on_update=watch).report()
+        except TimeoutError:
+            print(f"trustfid: error: job {job.id} did not finish within {args.timeout:g} s; it goes on: "
+                  f"GET /v1/jobs/{job.id}", file=sys.stderr)
+            return 3
+        finally:
+            watch.close()
+    _write_json(args.json, report)
+    print(report.model_dump_json(indent=2) if args.json == "-" else _summary(report))
     return 0
+
+
+class _Watch:
+    """Shows a job's progress on stderr while `submit --wait` polls it: its state as it changes, then the
+    engine's progress as in `trustfid score` (bars on a terminal, one line per stage otherwise)."""
+
+    def __init__(self, job_id: str, quiet: bool):
+        from trustfid.cli import _Bars
+
+        self.job_id, self.quiet, self.state = job_id, quiet, None
+        self.bars = _Bars(quiet, lines=True)
+
+    def __call__(self, rec) -> None:
+        if rec.state != self.state and not self.quiet:
+            print(f"trustfid: job {self.job_id} {rec.state}", file=sys.stderr, flush=True)
+        self.state = rec.state
+        if rec.progress is not None and rec.state == "running":
+            self.bars(rec.progress)
+
+    def close(self) -> None:
+        self.bars.close()
 
 
 def _side(value: str):
@@ -67,16 +105,20 @@ def _side(value: str):
 
 
 def add_service_commands(sub) -> None:
+    from trustfid.cli import EXIT_CODES
+
+    def listen_options(p) -> None:
+        p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need API keys)")
+        p.add_argument("--port", type=int, default=8000, help="port of the API (default 8000)")
+        p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                       help="the API's log level (default info)")
+
     p = sub.add_parser("serve", help="run the service on this machine: embedded Redis, one worker and the API")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need API keys)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    listen_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("api", help="run the HTTP API alone against TRUSTFID_REDIS_URL (containers, more replicas)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need API keys)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    listen_options(p)
     p.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-For/Proto from a reverse proxy")
     p.set_defaults(func=cmd_api)
 
@@ -85,21 +127,29 @@ def add_service_commands(sub) -> None:
     p.add_argument("--concurrency", type=int, help="processes/threads (default TRUSTFID_WORKER_CONCURRENCY)")
     p.add_argument("--queues", help="comma-separated Celery queues to take tasks from (default: the scoring "
                    "queue TRUSTFID_QUEUE and the callback queue TRUSTFID_CALLBACK_QUEUE)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="Celery's log level (default info)")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("submit", help="send a job to a running service (TRUSTFID_URL, TRUSTFID_API_KEY)")
+    p = sub.add_parser("healthcheck", help="exit 0 if this machine's worker has a fresh heartbeat in Redis (for "
+                       "container healthchecks), else 1 with one line saying why")
+    p.set_defaults(func=cmd_healthcheck)
+
+    p = sub.add_parser("submit", help="send a job to a running service (TRUSTFID_URL, TRUSTFID_API_KEY)",
+                       epilog=EXIT_CODES)
     p.add_argument("real", help="folder, archive, .npy/.npz, image file, URI, or ref:<reference id>")
     p.add_argument("generated", help="same choices as REAL")
     p.add_argument("--url", help="service URL (default TRUSTFID_URL or http://127.0.0.1:8000)")
     p.add_argument("--api-key", help="API key (default TRUSTFID_API_KEY)")
-    p.add_argument("--options", help='JSON score options, e.g. \'{"passes": 20, "resize": "clean"}\'')
-    p.add_argument("--passes", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--tag", action="append", help="label the job (repeatable), e.g. --tag run=abc")
-    p.add_argument("--wait", action="store_true", help="wait for the report and print the FID")
-    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    p.add_argument("--options", help='JSON score options, e.g. \'{"passes": 20, "resize": "clean"}\'; with a '
+                   "reference, options left out are the reference's")
+    p.add_argument("--passes", type=int, help="MC-dropout passes (overrides --options)")
+    p.add_argument("--seed", type=int, help="seed of the dropout masks (overrides --options)")
+    p.add_argument("--tag", action="append", help="label the job (repeatable), e.g. --tag run=abc --tag step=1200")
+    p.add_argument("--wait", action="store_true", help="wait for the report, showing progress, then print the "
+                   "summary `trustfid score` prints")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 3)")
     p.add_argument("--json", metavar="PATH", help="with --wait: write the report as JSON ('-' = print it)")
+    p.add_argument("-q", "--quiet", action="store_true", help="with --wait: no progress")
     p.set_defaults(func=cmd_submit)
 
 

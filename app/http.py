@@ -9,14 +9,16 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app import ingest, jobs
 from app.auth import authenticate
 from app.errors import RateLimitError, RequestTimeoutError, UnavailableError
+from app.openapi import BEARER
 from app.settings import Settings
 from app.store import Store, new_id
 from trustfid.errors import (
@@ -31,8 +33,8 @@ log = logging.getLogger("trustfid.api")
 MAX_JSON_BYTES = 1 << 20
 
 
-def error_response(exc: TrustfidError) -> JSONResponse:
-    headers = {}
+def error_response(exc: TrustfidError, headers: dict | None = None) -> JSONResponse:
+    headers = dict(headers or {})
     if isinstance(exc, RateLimitError):
         headers["Retry-After"] = str(exc.retry_after)
     if exc.status == 401:
@@ -54,7 +56,8 @@ async def store_dep(request: Request) -> Store:
     return st
 
 
-async def owner_dep(request: Request) -> str:
+async def owner_dep(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]) -> str:
+    # BEARER only declares the scheme in the OpenAPI document; authenticate reads the header itself.
     return authenticate(request.app.state.settings, request.headers.get("authorization"),
                         request.client.host if request.client else None)
 

@@ -4,6 +4,9 @@ accept a job or a reference from staged uploads or JSON, cancel or delete one, l
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import time
 from pathlib import Path
 
@@ -24,8 +27,11 @@ from trustfid.records import (
     JobSubmit,
     ReferenceRecord,
     ReferenceSubmit,
+    Series,
+    SeriesPoint,
 )
 from trustfid.schemas import ScoreOptions, validation_message
+from trustfid.stats import merge_options
 
 
 def staging_dir(settings: Settings, record_id: str) -> Path:
@@ -99,29 +105,37 @@ def _create_job(store: Store, settings: Settings, owner: str, job_id: str, infos
     return _store_and_enqueue(store, settings, Stored(owner=owner, paths=paths, record=rec), TASK_SCORE)
 
 
+def _job_options(sent: JobOptions | None, infos: dict, ref_options: dict) -> JobOptions:
+    """A job on registered references scores with their settings: the options the caller sent (only
+    those it named) completed with each reference's; a number-changing option that differs from a
+    reference's statistics is refused now (409 incompatible_options), not after the job ran. Tags,
+    callback_url and the options that do not touch the statistics may be set freely."""
+    chosen = sent.model_dump(include=sent.model_fields_set) if sent is not None else {}
+    for side, options in ref_options.items():
+        chosen = merge_options(chosen, options.model_dump(), f"reference {infos[side].reference_id} ({side})")
+    return JobOptions(**chosen)
+
+
 def submit_job_json(store: Store, settings: Settings, owner: str, body: JobSubmit) -> JobRecord:
-    infos, paths, ref_options = {}, {}, None
+    infos, paths, ref_options = {}, {}, {}
     for side in ("real", "generated"):
         infos[side], paths[side], opts = _resolve_ref(store, settings, owner, side, getattr(body, side))
-        ref_options = ref_options or opts
-    options = body.options
-    if options is None:
-        # A job on a registered reference scores with the reference's settings unless told otherwise.
-        options = JobOptions(**ref_options.model_dump()) if ref_options else JobOptions()
+        if opts is not None:
+            ref_options[side] = opts
+    options = _job_options(body.options, infos, ref_options)
     return _create_job(store, settings, owner, new_id(), infos, paths, options)
 
 
 def submit_job_upload(store: Store, settings: Settings, owner: str, job_id: str,
                       stager: ingest.MultipartStager) -> JobRecord:
     raw_options = stager.texts.get("options")
-    infos, paths, ref_options = {}, {}, None
+    infos, paths, ref_options = {}, {}, {}
     for side in ("real", "generated"):
         infos[side], paths[side], opts = _form_side(store, settings, owner, stager, side)
-        ref_options = ref_options or opts
-    if raw_options is None and ref_options is not None:
-        options = JobOptions(**ref_options.model_dump())
-    else:
-        options = parse_options(ingest.parse_json_field(raw_options, "options"))
+        if opts is not None:
+            ref_options[side] = opts
+    sent = None if raw_options is None else parse_options(ingest.parse_json_field(raw_options, "options"))
+    options = _job_options(sent, infos, ref_options)
     return _create_job(store, settings, owner, job_id, infos, paths, options)
 
 
@@ -189,3 +203,54 @@ def submit_reference_upload(store: Store, settings: Settings, owner: str, ref_id
         raise InputError("source: a reference is made from a uri or an upload", code="bad_source")
     name = stager.texts.get("name") or None
     return _create_reference(store, settings, owner, ref_id, info, path, name, options)
+
+
+# --- series -------------------------------------------------------------------------------------
+
+
+def encode_cursor(step: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([step, job_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        step, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and isinstance(job_id, str):
+            return float(step), job_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        pass
+    raise InputError("cursor: not a cursor this API returned; pass next_cursor from the previous page unchanged",
+                     code="bad_cursor")
+
+
+def _point(rec: JobRecord, report_json: str | None) -> SeriesPoint:
+    ci95 = None
+    if report_json:
+        ci95 = (json.loads(report_json).get("fid_bootstrap") or {}).get("ci95")
+    return SeriesPoint(step=rec.options.step(), fid=rec.fid, fid_ci95_low=ci95[0] if ci95 else None,
+                       fid_ci95_high=ci95[1] if ci95 else None, fid_mc_std=rec.fid_mc_std,
+                       trust_level=rec.trust_level, job_id=rec.id, created_at=rec.created_at,
+                       finished_at=rec.finished_at)
+
+
+def series(store: Store, owner: str, tag: str, *, cursor: str | None = None, since: float | None = None,
+           limit: int = 100) -> Series:
+    """The caller's succeeded jobs carrying ``tag`` and a numeric ``step=`` tag, ordered by (step, job id),
+    ``limit`` per page; with ``since``, only jobs that finished at or after that time (unix seconds)."""
+    after = decode_cursor(cursor) if cursor else None
+    found: list[tuple[float, JobRecord]] = []
+    for step, st in store.series(owner, tag, after):
+        rec = st.record
+        if rec.state != "succeeded" or rec.fid is None or (since is not None and rec.finished_at < since):
+            continue
+        found.append((step, rec))
+        if len(found) > limit:  # one more than a page: there is a next page
+            break
+    page = found[:limit]
+    reports = store.get_reports([rec.id for _, rec in page])
+    points = [_point(rec, raw) for (_, rec), raw in zip(page, reports)]
+    next_cursor = None
+    if len(found) > limit:
+        step, rec = page[-1]
+        next_cursor = encode_cursor(step, rec.id)
+    return Series(tag=tag, points=points, next_cursor=next_cursor)

@@ -6,7 +6,8 @@ process and the API, and on Ctrl-C / SIGTERM stops the API, then the worker (a r
 given ``shutdown_grace_s`` to finish; if it cannot, it is redelivered at the next start, as the broker
 never saw it acknowledged), then Redis. With TRUSTFID_REDIS_URL set, that Redis is used instead.
 
-``run_worker(...)``: a worker against TRUSTFID_REDIS_URL, for other machines.
+``run_worker(...)``: a worker against TRUSTFID_REDIS_URL, for other machines; ``worker_healthy()``: the
+container healthcheck of one (`trustfid healthcheck`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from app.auth import is_loopback
 from app.settings import Settings, get_settings
+from trustfid.errors import TrustfidError
 
 
 class _Stop(Exception):
@@ -187,6 +189,33 @@ def stop_process(proc: subprocess.Popen, grace: float, first=signal.SIGTERM) -> 
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
+
+
+def worker_healthy(settings: Settings | None = None, host: str | None = None) -> tuple[bool, str]:
+    """(alive, why): whether a worker on this host — a container's hostname is its id — has a fresh
+    heartbeat in Redis. Workers write theirs every TRUSTFID_HEARTBEAT_S from a thread of their own
+    (worker/tasks.py) and it counts as gone after three periods, so a dead worker, or one cut off from
+    Redis, fails this."""
+    import redis
+
+    from app.store import Store, connect
+
+    settings = settings or get_settings()
+    if not settings.redis_url:
+        return False, "TRUSTFID_REDIS_URL is not set"
+    host = host or socket.gethostname()
+    client = connect(settings.redis_url)
+    try:
+        alive = Store(client, settings).workers_alive(settings.queue)
+    except (redis.RedisError, TrustfidError) as e:
+        return False, f"Redis is not reachable ({getattr(e, 'message', e)})"
+    finally:
+        client.close()
+    mine = [w for w in alive if w.split(":", 1)[0] == host]
+    if not mine:
+        return False, (f"no worker of queue {settings.queue!r} on {host} has a fresh heartbeat "
+                       f"({len(alive)} on other hosts)")
+    return True, f"worker alive on {host}: {', '.join(sorted(mine))}"
 
 
 def run_worker(pool: str | None = None, concurrency: int | None = None, loglevel: str = "info",

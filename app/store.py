@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import redis
@@ -94,10 +94,13 @@ class Store:
         pipe = self.r.pipeline()
         ttl = self._ttl_for(st)
         pipe.set(self._key(rec.id), st.model_dump_json(), ex=ttl)
-        indexes = [f"{P}idx:{rec.kind}:{st.owner}"]
-        indexes += [f"{P}tag:{st.owner}:{tag}" for tag in getattr(rec.options, "tags", []) or []]
-        for index in indexes:
-            pipe.zadd(index, {rec.id: rec.created_at})
+        indexes = [(f"{P}idx:{rec.kind}:{st.owner}", rec.created_at)]
+        indexes += [(f"{P}tag:{st.owner}:{tag}", rec.created_at) for tag in _tags(rec)]
+        step = rec.options.step() if rec.kind == "score" else None
+        if step is not None:  # the series of each of its tags, ordered by (step, id)
+            indexes += [(_series_key(st.owner, tag), step) for tag in _tags(rec)]
+        for index, score in indexes:
+            pipe.zadd(index, {rec.id: score})
             if ttl:  # an index outlives its newest record by at most the TTL
                 pipe.expire(index, ttl)
         pipe.sadd(f"{P}state:{rec.kind}:{rec.state}", rec.id)
@@ -159,8 +162,9 @@ class Store:
         pipe = self.r.pipeline()
         pipe.delete(self._key(rec.id), f"{P}report:{rec.id}", f"{P}cancel:{rec.id}")
         pipe.zrem(f"{P}idx:{rec.kind}:{st.owner}", rec.id)
-        for tag in getattr(rec.options, "tags", []) or []:
+        for tag in _tags(rec):
             pipe.zrem(f"{P}tag:{st.owner}:{tag}", rec.id)
+            pipe.zrem(_series_key(st.owner, tag), rec.id)
         pipe.srem(f"{P}state:{rec.kind}:{rec.state}", rec.id)
         self._exec(pipe)
 
@@ -192,12 +196,39 @@ class Store:
             start += page - len(stale)
         return out
 
+    def series(self, owner: str, tag: str, after: tuple[float, str] | None = None,
+               chunk: int = 200) -> Iterator[tuple[float, Stored]]:
+        """The owner's jobs that carry ``tag`` and a numeric step, as (step, record) in (step, id) order,
+        starting after the (step, id) ``after``. Redis orders equal scores by member, so the order is
+        total and stable: a page boundary neither repeats nor skips a job, whatever is added meanwhile.
+        Index entries of expired records are dropped on the way."""
+        index = _series_key(owner, tag)
+        low, offset = (after[0], 0) if after else ("-inf", 0)
+        while True:
+            got = self._call(self.r.zrangebyscore, index, low, "+inf", start=offset, num=chunk, withscores=True)
+            if not got:
+                return
+            offset += len(got)
+            if after:
+                got = [(i, s) for i, s in got if (s, i) > (after[0], after[1])]
+            raws = self._call(self.r.mget, [self._key(i) for i, _ in got]) if got else []
+            stale = [i for (i, _), raw in zip(got, raws) if raw is None]
+            if stale:
+                self._call(self.r.zrem, index, *stale)
+                offset -= len(stale)
+            for (_, step), raw in zip(got, raws):
+                if raw is not None:
+                    yield step, Stored.model_validate_json(raw)
+
     # --- reports and cancel flags -------------------------------------------------------------
     def save_report(self, id_: str, report_json: str) -> None:
         self._call(self.r.set, f"{P}report:{id_}", report_json, ex=self.ttl)
 
     def get_report(self, id_: str) -> str | None:
         return self._call(self.r.get, f"{P}report:{id_}")
+
+    def get_reports(self, ids: list[str]) -> list[str | None]:
+        return self._call(self.r.mget, [f"{P}report:{i}" for i in ids]) if ids else []
 
     def request_cancel(self, id_: str) -> None:
         self._call(self.r.set, f"{P}cancel:{id_}", "1", ex=self.ttl)
@@ -338,6 +369,14 @@ def _observe(pipe, key: str, seconds: float) -> None:
             pipe.hincrby(key, _le(b), 1)
     pipe.hincrbyfloat(key, "sum", seconds)
     pipe.hincrby(key, "count", 1)
+
+
+def _tags(rec) -> list[str]:
+    return getattr(rec.options, "tags", []) or []
+
+
+def _series_key(owner: str, tag: str) -> str:
+    return f"{P}series:{owner}:{tag}"
 
 
 def _le(b: float) -> str:

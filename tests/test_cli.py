@@ -1,5 +1,6 @@
 """The `trustfid` command as a user runs it: exit codes, one-line errors, JSON files."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -65,3 +66,75 @@ def test_bad_input_exits_2_with_one_line(args, says):
     p = trustfid(*args)
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and says in p.stderr and "Traceback" not in p.stderr
+
+
+# --- saved statistics fix the MC options; help; version; an unreachable service ----------------------
+
+@pytest.fixture(scope="module")
+def saved_stats(tmp_path_factory):
+    """Statistics of the real samples saved with options other than the defaults."""
+    ref = tmp_path_factory.mktemp("stats") / "real_stats.npz"
+    p = trustfid("stats", str(SAMPLES / "real"), "-o", str(ref), "--passes", "3", "--seed", "5", "--bootstrap", "0")
+    assert p.returncode == 0, p.stderr
+    return ref
+
+
+def test_score_against_saved_statistics_uses_their_mc_options(saved_stats):
+    # No --passes/--seed: they come from the file (before: 20 passes, then incompatible_stats after extraction).
+    p = trustfid("score", str(saved_stats), str(SAMPLES / "generated"), "--bootstrap", "5", "--json", "-")
+    assert p.returncode == 0, p.stderr
+    config = json.loads(p.stdout)["config"]
+    assert (config["passes"], config["seed"]) == (3, 5)
+    # The same option given explicitly and equal is fine; the generated side may be the saved file too.
+    p = trustfid("score", str(SAMPLES / "real"), str(saved_stats), "--passes", "3", "--bootstrap", "0", "--json", "-")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["config"]["seed"] == 5
+
+
+def test_a_conflicting_option_is_refused_before_any_image_is_read(saved_stats, tmp_path):
+    # The other side cannot even be read: a refusal that names the option proves nothing was extracted.
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "gen" / "broken.png").write_bytes(b"not a png")
+    p = trustfid("score", str(saved_stats), str(tmp_path / "gen"), "--passes", "20", "--dropout-kind", "element")
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert "real_stats.npz was computed with passes=3, not 20" in p.stderr
+    assert "broken.png" not in p.stderr and "usable image" not in p.stderr
+
+
+def _all_parsers():
+    from app.cli import add_service_commands
+    from trustfid.cli import build_parser
+
+    root = build_parser(add_service_commands)
+    sub = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    return [("trustfid", root), *sub.choices.items()]
+
+
+def test_every_option_and_argument_explains_itself():
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}"
+               for name, parser in _all_parsers() for a in parser._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+               and (not a.help or a.help == argparse.SUPPRESS)]
+    assert not missing, f"options without help text: {missing}"
+    score_help = trustfid("score", "--help").stdout
+    for option in ("--dropout-kind", "--mask-mode", "--seed"):
+        line = score_help.split(option, 2)[-1].split("\n  --")[0]
+        assert len(line.split()) > 4, (option, line)  # the explanation, not just the choices
+
+
+def test_version():
+    from trustfid import __version__
+
+    p = trustfid("--version")
+    assert p.returncode == 0 and p.stdout.strip() == f"trustfid {__version__}"
+
+
+def test_submit_with_no_service_listening_says_so_in_one_line_and_exits_3():
+    from app.serve import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    p = trustfid("submit", str(SAMPLES / "real"), str(SAMPLES / "generated"), "--url", url, "--wait")
+    assert p.returncode == 3, p.stderr
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert f"cannot reach the trustfid service at {url}" in p.stderr and "trustfid serve" in p.stderr

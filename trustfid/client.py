@@ -28,9 +28,16 @@ from typing import Any
 
 import httpx
 
-from .errors import TrustfidError
+from .errors import TrustfidError, UnreachableError
 from .inputs.rules import list_folder
-from .records import FINAL_STATES, JobRecord, ReferenceRecord
+from .records import (
+    FINAL_STATES,
+    ErrorResponse,
+    JobRecord,
+    ReferenceRecord,
+    Series,
+    SeriesPoint,
+)
 from .schemas import Report, lenient
 
 URI_SCHEMES = ("file://", "http://", "https://", "s3://")
@@ -44,10 +51,10 @@ def _raise_for(resp: httpx.Response) -> None:
     if resp.status_code < 400:
         return
     try:
-        e = resp.json()["error"]
-        raise ServiceError(e["message"], code=e["code"], status=resp.status_code)
-    except (ValueError, KeyError, TypeError):
+        e = lenient(ErrorResponse, resp.content).error
+    except ValueError:  # not the service's error shape (a proxy's page, say)
         raise ServiceError(resp.text[:500] or resp.reason_phrase, code="http_error", status=resp.status_code) from None
+    raise ServiceError(e.message, code=e.code, status=resp.status_code)
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -150,21 +157,22 @@ class _Handle:
         return self._id
 
     def status(self):
-        r = self.client.http.get(f"{self._path}/{self.id}")
-        _raise_for(r)
-        return lenient(self._model, r.json())
+        return lenient(self._model, self.client.request("GET", f"{self._path}/{self.id}").content)
 
     def done(self) -> bool:
         return self.uploaded and (self._error is not None or self.status().state in FINAL_STATES)
 
-    def wait(self, timeout: float | None = None, poll: float = 1.0):
+    def wait(self, timeout: float | None = None, poll: float = 1.0, on_update=None):
         """Block until the job ends (or ``timeout`` s pass: TimeoutError); returns the record. A failed
-        or cancelled job is returned too; look at ``state`` and ``error``."""
+        or cancelled job is returned too; look at ``state`` and ``error``. ``on_update(record)`` is
+        called after every poll (its ``state`` and ``progress``), e.g. to show progress."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._sent.wait(timeout):
             raise TimeoutError("the upload did not finish in time")
         while True:
             rec = self.status()
+            if on_update is not None:
+                on_update(rec)
             if rec.state in FINAL_STATES:
                 return rec
             if deadline is not None and time.monotonic() > deadline:
@@ -172,8 +180,7 @@ class _Handle:
             time.sleep(poll)
 
     def cancel(self) -> None:
-        r = self.client.http.delete(f"{self._path}/{self.id}")
-        _raise_for(r)
+        self.client.request("DELETE", f"{self._path}/{self.id}")
 
 
 class Job(_Handle):
@@ -181,12 +188,10 @@ class Job(_Handle):
     _model = JobRecord
 
     def report(self) -> Report:
-        r = self.client.http.get(f"{self._path}/{self.id}/report")
-        _raise_for(r)
-        return lenient(Report, r.json())
+        return lenient(Report, self.client.request("GET", f"{self._path}/{self.id}/report").content)
 
-    def wait(self, timeout: float | None = None, poll: float = 1.0) -> Job:
-        rec = super().wait(timeout, poll)
+    def wait(self, timeout: float | None = None, poll: float = 1.0, on_update=None) -> Job:
+        rec = super().wait(timeout, poll, on_update)
         if rec.state != "succeeded":
             err = rec.error.message if rec.error else rec.state
             raise ServiceError(f"job {rec.id} {rec.state}: {err}", code=rec.error.code if rec.error else rec.state)
@@ -203,8 +208,8 @@ class Reference(_Handle):
             self._id = id
             self._sent.set()
 
-    def wait(self, timeout: float | None = None, poll: float = 1.0) -> Reference:
-        rec = super().wait(timeout, poll)
+    def wait(self, timeout: float | None = None, poll: float = 1.0, on_update=None) -> Reference:
+        rec = super().wait(timeout, poll, on_update)
         if rec.state != "succeeded":
             raise ServiceError(f"reference {rec.id} {rec.state}: {rec.error.message if rec.error else ''}",
                                code=rec.error.code if rec.error else rec.state)
@@ -221,6 +226,17 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
+    def request(self, method: str, path: str, **kw) -> httpx.Response:
+        """One request; a service error raises ServiceError, no answer at all raises UnreachableError."""
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.TransportError as e:  # refused, DNS, timeouts, a dropped connection
+            detail = " ".join(str(e).split()) or type(e).__name__
+            raise UnreachableError(f"cannot reach the trustfid service at {self.http.base_url} ({detail}); is it "
+                                   "running? Start one with `trustfid serve`, or point TRUSTFID_URL (--url) at it") from None
+        _raise_for(r)
+        return r
+
     def __enter__(self):
         return self
 
@@ -231,7 +247,7 @@ class Client:
         opened: list = []
         try:
             if all(p.ref is not None for p in parts.values()):
-                r = self.http.post(path, json={**{k: p.ref for k, p in parts.items()}, **fields})
+                r = self.request("POST", path, json={**{k: p.ref for k, p in parts.items()}, **fields})
             else:
                 data = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in fields.items()}
                 files = []
@@ -241,8 +257,7 @@ class Client:
                         data[field] = value
                     else:
                         files.append((field, value))
-                r = self.http.post(path, data=data, files=files)
-            _raise_for(r)
+                r = self.request("POST", path, data=data, files=files)
             return r.json()["id"]
         finally:
             for fp in opened:
@@ -282,9 +297,19 @@ class Client:
         return Reference(self, ref_id)
 
     def jobs(self, tags: list[str] | None = None, limit: int = 50) -> list[JobRecord]:
-        r = self.http.get("/v1/jobs", params=[("tag", t) for t in tags or []] + [("limit", limit)])
-        _raise_for(r)
+        r = self.request("GET", "/v1/jobs", params=[("tag", t) for t in tags or []] + [("limit", limit)])
         return [lenient(JobRecord, j) for j in r.json()["jobs"]]
+
+    def series(self, tag: str, *, since: float | None = None) -> list[SeriesPoint]:
+        """Every point of GET /v1/series for ``tag`` (all pages): succeeded jobs ordered by step."""
+        points: list[SeriesPoint] = []
+        params: dict = {"tag": tag, "limit": 1000, **({"since": since} if since is not None else {})}
+        while True:
+            page = lenient(Series, self.request("GET", "/v1/series", params=params).content)
+            points += page.points
+            if page.next_cursor is None:
+                return points
+            params["cursor"] = page.next_cursor
 
     @staticmethod
     def _start(handle: _Handle, send, wait: bool) -> None:

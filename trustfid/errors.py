@@ -50,3 +50,8 @@ class IncompatibleStatsError(TrustfidError, code="incompatible_stats", status=40
 
 class CancelledError(TrustfidError, code="cancelled", status=409):
     """The job was cancelled while the engine was running."""
+
+
+class UnreachableError(TrustfidError, code="unreachable", status=503):
+    """The service could not be reached (nothing listening, DNS, network) or did not answer in time.
+    The CLI exits with code 3 for it."""

@@ -21,8 +21,8 @@ import torch
 from . import report as rep
 from .errors import CancelledError, InputError
 from .extractor import Extractor, as_extractor, get_extractor, load_fid_inception
-from .inputs import open_images
 from .inception import FIDInceptionV3
+from .inputs import open_images
 from .mc import SET_TAGS, MCDropout
 from .preprocess import describe, to_model_input
 from .schemas import (

@@ -5,6 +5,7 @@ and the HTTP client (trustfid/client.py); pure pydantic, no torch.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -33,6 +34,24 @@ class JobOptions(ScoreOptions):
 
     def score_options(self) -> ScoreOptions:
         return ScoreOptions(**self.model_dump(exclude={"tags", "callback_url"}))
+
+    def step(self) -> int | float | None:
+        """The training step of the job: the number of its first ``step=`` tag that holds a finite
+        number (``step=12000``, ``step=1.5e3``), else None. GET /v1/series orders points by it."""
+        for tag in self.tags:
+            if tag.startswith("step="):
+                text = tag[5:].strip()
+                try:
+                    return int(text)
+                except ValueError:
+                    pass
+                try:
+                    value = float(text)
+                except ValueError:
+                    continue
+                if math.isfinite(value):
+                    return value
+        return None
 
 
 class InputRef(_Strict):
@@ -80,8 +99,16 @@ class InputInfo(_Strict):
 
 
 class JobError(_Strict):
-    code: str
-    message: str
+    """What went wrong, and what to do about it."""
+
+    code: str = Field(description="stable, machine-readable, e.g. bad_options, not_found, rate_limited")
+    message: str = Field(description="one line for a person: what was wrong and what to do")
+
+
+class ErrorResponse(_Strict):
+    """The body of every error the API answers, whatever the status."""
+
+    error: JobError
 
 
 class _TaskRecord(_Strict):
@@ -126,3 +153,26 @@ class ReferenceRecord(_TaskRecord):
 
 class ReferenceList(_Strict):
     references: list[ReferenceRecord]
+
+
+class SeriesPoint(_Strict):
+    """One succeeded job of a series: its step, its FID and how far that FID can be trusted."""
+
+    step: int | float = Field(description="from the job's numeric step= tag")
+    fid: float
+    fid_ci95_low: float | None = Field(None, description="bootstrap 95% interval over images (the report's "
+                                       "fid_bootstrap.ci95), lower end; null when the report has none")
+    fid_ci95_high: float | None = Field(None, description="upper end of the same interval")
+    fid_mc_std: float | None = Field(None, description="spread of the FID over the MC-dropout passes")
+    trust_level: TrustLevel | None = None
+    job_id: str
+    created_at: float
+    finished_at: float
+
+
+class Series(_Strict):
+    """GET /v1/series: the caller's succeeded jobs with one tag, by step."""
+
+    tag: str
+    points: list[SeriesPoint]
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null on the last page")

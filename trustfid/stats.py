@@ -157,21 +157,44 @@ def _chan(a, b):
     return n, ma + delta * (nb / n), m2a + m2b + np.outer(delta, delta) * (na * nb / n)
 
 
+# The score options that statistics are computed with: two sets' statistics combine only when these agree.
+STATS_OPTIONS = ("extractor", "resize", "passes", "dropout_rate", "dropout_at", "dropout_kind", "mask_mode", "seed")
+
+
 def provenance(weights_sha256: str, options) -> dict:
     """What makes two sets' statistics comparable: same extractor and weights, preprocessing and MC
     network. ``options.extractor`` names the extractor (Extractor.options_for sets it)."""
-    return {
-        "format": FORMAT,
-        "extractor": options.extractor,
-        "weights_sha256": weights_sha256,
-        "resize": options.resize,
-        "passes": options.passes,
-        "dropout_rate": options.dropout_rate,
-        "dropout_at": list(options.dropout_at),
-        "dropout_kind": options.dropout_kind,
-        "mask_mode": options.mask_mode,
-        "seed": options.seed,
-    }
+    out = {"format": FORMAT, "weights_sha256": weights_sha256}
+    out.update({name: getattr(options, name) for name in STATS_OPTIONS})
+    out["dropout_at"] = list(options.dropout_at)
+    return out
+
+
+def saved_options(path: str | Path) -> dict | None:
+    """The STATS_OPTIONS a trustfid statistics .npz was computed with, read from its small JSON member
+    without loading the arrays; None for pytorch-fid / clean-fid statistics or any other file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "format" not in z.files or str(z["format"]) not in (FORMAT, *LEGACY_FORMATS):
+                return None
+            key = "provenance" if "provenance" in z.files else "fingerprint"  # format 1's name
+            meta = json.loads(str(z[key]))
+    except (OSError, ValueError, KeyError):
+        return None
+    return {name: meta[name] for name in STATS_OPTIONS if name in meta} if isinstance(meta, dict) else None
+
+
+def merge_options(chosen: dict, saved: dict, source: str) -> dict:
+    """Options ``chosen`` explicitly, completed with those statistics were ``saved`` with (from
+    ``source``): each option not chosen takes the saved value; one of STATS_OPTIONS chosen differently
+    is refused before anything runs, naming each difference."""
+    diff = [f"{source} was computed with {name}={saved[name]!r}, not {chosen[name]!r}"
+            for name in STATS_OPTIONS if name in chosen and name in saved and chosen[name] != saved[name]]
+    if diff:
+        raise IncompatibleStatsError(
+            "; ".join(diff) + ". Leave those options out to use the saved statistics' settings, or recompute "
+            "the statistics with the options you want", code="incompatible_options")
+    return {**saved, **chosen}
 
 
 def check_compatible(a: dict | None, b: dict | None, what: str = "statistics") -> None:

@@ -18,32 +18,45 @@ from app.http import (
     submit,
     with_notice,
 )
-from trustfid.records import JobList, JobRecord, JobSubmit
+from app.openapi import errors, job_callbacks, json_text, submit_body
+from trustfid.records import JobList, JobOptions, JobRecord, JobSubmit
 from trustfid.schemas import Report
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+SETS = ("real", "generated")
+TEXTS = {"options": json_text(JobOptions, "JSON: any score option, plus tags and callback_url")}
 
 
-@router.post("", status_code=202, response_model=JobRecord,
-             summary="Submit a scoring job (multipart uploads or JSON with URIs / reference ids)")
+@router.post("", status_code=202, response_model=JobRecord, callbacks=job_callbacks.routes,
+             summary="Submit a scoring job (multipart uploads or JSON with URIs / reference ids)",
+             openapi_extra=submit_body(JobSubmit, SETS, TEXTS),
+             responses=errors(401, 408, 409, 413, 415, 422, 429, 503, s409=(
+                 "A set names a reference that is not ready (`reference_not_ready`), or options that differ from "
+                 "those its statistics were computed with (`incompatible_options`).")))
 async def submit_job(request: Request, settings: SettingsD, store: StoreD, owner: Owner):
     return await submit(request, settings, store, owner, body_model=JobSubmit, from_json=jobs.submit_job_json,
-                        from_upload=jobs.submit_job_upload, set_fields=("real", "generated"),
-                        text_fields=("options",), collection="jobs")
+                        from_upload=jobs.submit_job_upload, set_fields=SETS, text_fields=tuple(TEXTS),
+                        collection="jobs")
 
 
-@router.get("", response_model=JobList, summary="The caller's jobs, newest first")
+@router.get("", response_model=JobList, summary="The caller's jobs, newest first",
+            responses=errors(401, 422, 503))
 def list_jobs(store: StoreD, owner: Owner, tag: Annotated[list[str], Query()] = [],
               limit: Annotated[int, Query(ge=1, le=1000)] = 50):
     return JobList(jobs=[s.record for s in store.list(owner, "score", tags=tag or None, limit=limit)])
 
 
-@router.get("/{job_id}", response_model=JobRecord, summary="State and progress of a job")
+@router.get("/{job_id}", response_model=JobRecord, summary="State and progress of a job",
+            responses=errors(401, 404, 422, 503))
 def get_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
     return record_response(with_notice(store.get_owned(job_id, owner, "score").record, store, settings))
 
 
-@router.get("/{job_id}/report", response_model=Report, responses={200: {"content": {"text/html": {}}}},
+@router.get("/{job_id}/report", response_model=Report,
+            responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}},
+                       **errors(401, 404, 409, 422, 503, s409=(
+                           "The job has not succeeded (`not_ready`, `job_failed`, `job_cancelled`) or its report "
+                           "has expired (`report_expired`)."))},
             summary="The report (409 until the job succeeded); ?format=html for a page a person reads")
 def get_report(job_id: str, store: StoreD, owner: Owner,
                format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
@@ -62,7 +75,9 @@ def get_report(job_id: str, store: StoreD, owner: Owner,
     return Response(raw, media_type="application/json")
 
 
-@router.delete("/{job_id}", status_code=204, responses={202: {"model": JobRecord}},
+@router.delete("/{job_id}", status_code=204,
+               responses={202: {"model": JobRecord, "description": "cancelled; the record"},
+                          204: {"description": "deleted with its report and files"}, **errors(401, 404, 422, 503)},
                summary="Cancel a queued/running job (202 with the record) or delete a finished one (204)")
 def delete_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
     return cancel_or_delete(store, settings, owner, job_id, "score")

@@ -17,30 +17,41 @@ from app.http import (
     submit,
     with_notice,
 )
+from app.openapi import errors, json_text, submit_body
 from trustfid.records import ReferenceList, ReferenceRecord, ReferenceSubmit
+from trustfid.schemas import ScoreOptions
 
 router = APIRouter(prefix="/v1/references", tags=["references"])
+SETS = ("source",)
+TEXTS = {"options": json_text(ScoreOptions, "JSON: the score options the statistics are computed with"),
+         "name": {"type": "string", "maxLength": 200, "description": "a label for people"}}
 
 
 @router.post("", status_code=202, response_model=ReferenceRecord,
-             summary="Register a real set: its statistics are computed once, then used by id")
+             summary="Register a real set: its statistics are computed once, then used by id",
+             openapi_extra=submit_body(ReferenceSubmit, SETS, TEXTS),
+             responses=errors(401, 408, 413, 415, 422, 429, 503))
 async def submit_reference(request: Request, settings: SettingsD, store: StoreD, owner: Owner):
     return await submit(request, settings, store, owner, body_model=ReferenceSubmit,
                         from_json=jobs.submit_reference_json, from_upload=jobs.submit_reference_upload,
-                        set_fields=("source",), text_fields=("options", "name"), collection="references")
+                        set_fields=SETS, text_fields=tuple(TEXTS), collection="references")
 
 
-@router.get("", response_model=ReferenceList, summary="The caller's references, newest first")
+@router.get("", response_model=ReferenceList, summary="The caller's references, newest first",
+            responses=errors(401, 422, 503))
 def list_references(store: StoreD, owner: Owner, limit: Annotated[int, Query(ge=1, le=1000)] = 100):
     return ReferenceList(references=[s.record for s in store.list(owner, "reference", limit=limit)])
 
 
-@router.get("/{ref_id}", response_model=ReferenceRecord, summary="State of a reference")
+@router.get("/{ref_id}", response_model=ReferenceRecord, summary="State of a reference",
+            responses=errors(401, 404, 422, 503))
 def get_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
     return record_response(with_notice(store.get_owned(ref_id, owner, "reference").record, store, settings))
 
 
-@router.delete("/{ref_id}", status_code=204, responses={202: {"model": ReferenceRecord}},
+@router.delete("/{ref_id}", status_code=204,
+               responses={202: {"model": ReferenceRecord, "description": "cancelled; the record"},
+                          204: {"description": "deleted with its statistics"}, **errors(401, 404, 422, 503)},
                summary="Cancel a reference being computed (202) or delete a finished one (204)")
 def delete_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
     return cancel_or_delete(store, settings, owner, ref_id, "reference")
