@@ -45,6 +45,9 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
                    help="shared: pass t is one sampled network for every image, so the passes give a distribution of "
                         f"FIDs; per_image: every image gets its own masks (default {d.mask_mode})")
     g.add_argument("--seed", type=int, help=f"seeds the dropout masks: same seed and inputs, same report (default {d.seed})")
+    g.add_argument("--extractor", metavar="NAME",
+                   help=f"feature network, by registered name (default {d.extractor}: the FID Inception every "
+                        "published FID uses)")
     g.add_argument("--resize", choices=["clean", "legacy_pytorch"],
                    help=f"clean = clean-fid's PIL bicubic; legacy_pytorch = pytorch-fid's bilinear (default {d.resize})")
     o = p.add_argument_group("run")
