@@ -7,7 +7,7 @@
 #   docker build -t trustfid .                    # worker image (also runs the API)
 #   docker build --target api -t trustfid-api .   # API only
 #
-# Entrypoints:  API     uvicorn --factory app.api:create_app --host 0.0.0.0 --port 8000
+# Entrypoints:  API     trustfid api --host 0.0.0.0 --port 8000 --proxy-headers
 #               worker  trustfid worker --pool solo
 # Both need TRUSTFID_REDIS_URL and a TRUSTFID_DATA_DIR shared between them (docker-compose.yml).
 
@@ -29,7 +29,7 @@ RUN pip install ".[s3]"
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-CMD ["uvicorn", "--factory", "app.api:create_app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+CMD ["trustfid", "api", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
 
 FROM base AS worker
 # torch 2.8.0 built for CUDA 12.6: needs an NVIDIA driver >= 525.60.13 (CUDA 12 minor-version

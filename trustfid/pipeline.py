@@ -23,6 +23,7 @@ from .errors import CancelledError, InputError
 from .extractor import Extractor, as_extractor, get_extractor, load_fid_inception
 from .inception import FIDInceptionV3
 from .inputs import open_images
+from .inputs.array_rules import is_stats_npz
 from .mc import SET_TAGS, MCDropout
 from .preprocess import describe, to_model_input
 from .schemas import (
@@ -203,7 +204,8 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
     model = MCDropout(ex, options, device)
     images = open_images(source, strict=options.strict, max_pixels=settings.max_pixels,
                          max_images=settings.max_images, max_archive_members=settings.max_archive_members,
-                         max_member_bytes=settings.max_member_bytes)
+                         max_member_bytes=settings.max_member_bytes, max_expanded_bytes=settings.max_expanded_bytes,
+                         max_compression_ratio=settings.max_compression_ratio)
     total = len(images)
     found = SetFeatures(ex.feature_dim, options.passes)
     input_range = ex.input_range_for(options.resize)
@@ -227,11 +229,12 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
 
 
 def _is_stats_file(path: Path) -> bool:
+    """A saved statistics .npz rather than an image array (inputs/array_rules.is_stats_npz decides)."""
     if not path.is_file():
         return False
     try:
         with np.load(path, allow_pickle=False) as z:
-            return "mu" in z.files
+            return is_stats_npz(z.files)
     except Exception:
         return False
 
@@ -273,6 +276,8 @@ def build_report(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor,
     from .frechet import frechet_distance
     fid = frechet_distance(r.plain.gaussian(), g.plain.gaussian())
     mc = rep.fid_mc(r, g)
+    if progress:
+        progress(Progress(stage="report", passes=options.passes))
     boot = rep.fid_bootstrap(r, g, options.bootstrap_resamples, options.seed)
     lv = rep.latent_variance(r, g, options.top_k)
     t_frechet = time.perf_counter() - t0

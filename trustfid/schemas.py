@@ -214,9 +214,11 @@ class InspectReport(_Strict):
 
 
 class Progress(_Strict):
-    """What a running job reports; the engine calls its progress callback with one of these."""
+    """What a running job reports; the engine calls its progress callback with one of these as each
+    stage starts: loading (the worker: inputs and network), extracting (per set, per batch), frechet
+    (FID of the plain and MC passes), report (intervals, trust), done."""
 
-    stage: Literal["loading", "extracting", "statistics", "frechet", "report", "done"]
+    stage: Literal["loading", "extracting", "frechet", "report", "done"]
     set: Literal["real", "generated"] | None = None
     images_done: int = 0
     images_total: int | None = None

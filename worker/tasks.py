@@ -148,10 +148,15 @@ class _Callbacks:
         self.images = 0
 
     def progress(self, p: Progress) -> None:
+        """Write the engine's progress to the record, at most every 0.5 s — except that a new stage or
+        set, and a set's first and last event, always go through: a poll never shows a finished set
+        while the next one runs."""
         now = time.monotonic()
-        if p.stage == self._last_stage and now - self._last_write < 0.5:
+        step = (p.stage, p.set)
+        edge = p.images_done == 0 or (p.images_total is not None and p.images_done >= p.images_total)
+        if step == self._last_stage and not edge and now - self._last_write < 0.5:
             return
-        self._last_stage, self._last_write = p.stage, now
+        self._last_stage, self._last_write = step, now
 
         def f(s: Stored):
             if s.record.state != "running":
