@@ -48,6 +48,10 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
     g.add_argument("--extractor", metavar="NAME",
                    help=f"feature network, by registered name (default {d.extractor}: the FID Inception every "
                         "published FID uses)")
+    g.add_argument("--window", metavar="LOW,HIGH", type=_window,
+                   help="fixed intensity window for images wider than 8 bits (16-bit PNG/TIFF, float, DICOM values "
+                        "such as CT Hounsfield units): LOW..HIGH maps to 0..255, clipped. Default: each image's own "
+                        "min..max (DICOM: the file's own window). Use one window for both sets; docs/IMAGES.md")
     g.add_argument("--resize", choices=["clean", "legacy_pytorch"],
                    help=f"clean = clean-fid's PIL bicubic; legacy_pytorch = pytorch-fid's bilinear (default {d.resize})")
     o = p.add_argument_group("run")
@@ -59,6 +63,14 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
     o.add_argument("--top-k", type=int, default=d.top_k, metavar="K", help=f"most uncertain images listed per set (default {d.top_k})")
     o.add_argument("--strict", action="store_true", help="an unreadable file is an error instead of being skipped")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), e.g. -1000,1000; got {text!r}") from None
+    return low, high
 
 
 def _options(args, saved: list[tuple[str, dict]] = ()) -> ScoreOptions:

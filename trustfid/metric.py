@@ -35,6 +35,7 @@ import torch
 from .errors import InputError
 from .extractor import Extractor, as_extractor
 from .inputs.array_rules import array_layout
+from .inputs.decode import EIGHT_BIT, FLOAT_01
 from .mc import SET_TAGS, MCDropout
 from .pipeline import SetFeatures, as_options, build_report, load_extractor
 from .preprocess import network_input
@@ -81,7 +82,8 @@ class Metric:
         mode = self.options.resize
         for start in range(0, len(x), self.options.batch_size):
             chunk = x[start:start + self.options.batch_size]
-            # uint8 -> float 0..255; float [0, 1] * 255 in float32: what the file pipeline does
+            # uint8 -> float 0..255; float [0, 1] * 255 in float32: what the file pipeline does for arrays
+            found.intensity[EIGHT_BIT if chunk.dtype == torch.uint8 else FLOAT_01] += len(chunk)
             chunk = chunk.to(torch.float32) if chunk.dtype == torch.uint8 else chunk.to(torch.float32) * 255.0
             inp = network_input(chunk, mode, ex.input_size, ex.input_range_for(mode))
             if inp.shape[1] == 1:  # channels are resized independently: replicate after the resize

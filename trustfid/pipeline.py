@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -119,6 +120,7 @@ class SetFeatures:
         self.plain = Moments(dim, keep_rows=True)
         self.mc = [Moments(dim) for _ in range(passes)]
         self.names: list[str] = []
+        self.intensity: Counter = Counter()  # images per intensity mapping (inputs/decode.py), for the report
         self._variances: list[np.ndarray] = []
 
     @property
@@ -143,7 +145,8 @@ class SetFeatures:
                              code="too_few_images")
         return SetStats(plain=self.plain, mc=self.mc, names=list(self.names),
                         latent_variance=np.concatenate(self._variances) if self._variances else np.zeros(0),
-                        skipped=list(skipped), provenance=provenance, source=source)
+                        skipped=list(skipped), provenance=provenance, source=source,
+                        intensity=dict(sorted(self.intensity.items())))
 
 
 def _batches(images, batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
@@ -205,7 +208,7 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
     images = open_images(source, strict=options.strict, max_pixels=settings.max_pixels,
                          max_images=settings.max_images, max_archive_members=settings.max_archive_members,
                          max_member_bytes=settings.max_member_bytes, max_expanded_bytes=settings.max_expanded_bytes,
-                         max_compression_ratio=settings.max_compression_ratio)
+                         max_compression_ratio=settings.max_compression_ratio, window=options.window)
     total = len(images)
     found = SetFeatures(ex.feature_dim, options.passes)
     input_range = ex.input_range_for(options.resize)
@@ -224,6 +227,7 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
         if progress:
             progress(Progress(stage="extracting", set=set_name, images_done=found.n, images_total=total,
                               passes=options.passes))
+    found.intensity.update(images.intensity)
     return found.stats(set_name, provenance(ex.weights_sha256, options),
                        str(source) if isinstance(source, (str, Path)) else type(source).__name__, images.skipped)
 
@@ -288,6 +292,7 @@ def build_report(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor,
         counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
         config=options,
         preprocessing=describe(options.resize, ex.input_size, ex.input_range_for(options.resize)),
+        intensity={"real": r.intensity, "generated": g.intensity},
         model=model_info(ex), device=str(device),
         timing=Timing(load_s=load_s, extract_s=extract_s, frechet_s=t_frechet, total_s=load_s + extract_s + t_frechet,
                       images_per_s=(r.n + g.n) / extract_s if extract_s > 0 else 0.0),

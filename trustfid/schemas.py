@@ -10,6 +10,7 @@ not know, so an older client keeps working against a newer service.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -89,6 +90,17 @@ class ScoreOptions(_Strict):
     strict: bool = Field(False, description="unreadable files are an error instead of being skipped")
     extractor: str = Field(DEFAULT_EXTRACTOR, pattern=r"^[\w.:+-]{1,100}$",
                            description="the feature network, by registry name (a custom network's name)")
+    window: tuple[float, float] | None = Field(
+        None, description="fixed intensity window [LOW, HIGH] for images wider than 8 bits (16-bit PNG/TIFF, float, "
+        "DICOM modality values such as Hounsfield units): mapped linearly to 0..255 and clipped, instead of each "
+        "image's own min..max (docs/IMAGES.md says how to choose it)")
+
+    @field_validator("window")
+    @classmethod
+    def _ordered_window(cls, v):
+        if v is not None and not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] < v[1]):
+            raise ValueError("window must be two finite numbers LOW < HIGH")
+        return v
 
     @field_validator("dropout_at")
     @classmethod
@@ -195,6 +207,9 @@ class Report(_Strict):
     counts: Counts
     config: ScoreOptions
     preprocessing: str
+    intensity: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="per set (real, generated): how many images went through each intensity "
+        "mapping, i.e. how stored pixel values became the 0..255 network input (docs/IMAGES.md)")
     model: ModelInfo
     device: str
     timing: Timing

@@ -22,6 +22,7 @@ reference's ``fingerprint``, is another thing.)
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,7 +159,8 @@ def _chan(a, b):
 
 
 # The score options that statistics are computed with: two sets' statistics combine only when these agree.
-STATS_OPTIONS = ("extractor", "resize", "passes", "dropout_rate", "dropout_at", "dropout_kind", "mask_mode", "seed")
+STATS_OPTIONS = ("extractor", "resize", "window", "passes", "dropout_rate", "dropout_at", "dropout_kind", "mask_mode",
+                 "seed")
 
 
 def provenance(weights_sha256: str, options) -> dict:
@@ -167,6 +169,7 @@ def provenance(weights_sha256: str, options) -> dict:
     out = {"format": FORMAT, "weights_sha256": weights_sha256}
     out.update({name: getattr(options, name) for name in STATS_OPTIONS})
     out["dropout_at"] = list(options.dropout_at)
+    out["window"] = list(options.window) if options.window is not None else None  # as JSON reads it back
     return out
 
 
@@ -188,8 +191,11 @@ def merge_options(chosen: dict, saved: dict, source: str) -> dict:
     """Options ``chosen`` explicitly, completed with those statistics were ``saved`` with (from
     ``source``): each option not chosen takes the saved value; one of STATS_OPTIONS chosen differently
     is refused before anything runs, naming each difference."""
+    def same(a, b):  # JSON reads a tuple back as a list
+        return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+
     diff = [f"{source} was computed with {name}={saved[name]!r}, not {chosen[name]!r}"
-            for name in STATS_OPTIONS if name in chosen and name in saved and chosen[name] != saved[name]]
+            for name in STATS_OPTIONS if name in chosen and name in saved and not same(chosen[name], saved[name])]
     if diff:
         raise IncompatibleStatsError(
             "; ".join(diff) + ". Leave those options out to use the saved statistics' settings, or recompute "
@@ -218,6 +224,7 @@ class SetStats:
     skipped: list[SkippedFile] = field(default_factory=list)
     provenance: dict | None = None  # stats.provenance(...); None for another tool's mu/sigma
     source: str = ""
+    intensity: dict[str, int] = field(default_factory=dict)  # images per intensity mapping (inputs/decode.py)
 
     @property
     def n(self) -> int:
@@ -235,6 +242,7 @@ class SetStats:
             skipped=self.skipped + other.skipped,
             provenance=self.provenance,
             source=f"{self.source}+{other.source}",
+            intensity=dict(sorted((Counter(self.intensity) + Counter(other.intensity)).items())),
         )
 
     # -- persistence --------------------------------------------------------------------------
@@ -250,6 +258,7 @@ class SetStats:
             "skipped_names": np.array([s.name for s in self.skipped], dtype=str),
             "skipped_reasons": np.array([s.reason for s in self.skipped], dtype=str),
             "provenance": np.array(json.dumps(self.provenance, sort_keys=True)),
+            "intensity": np.array(json.dumps(self.intensity, sort_keys=True)),
         }
         rows = self.plain.rows()
         if rows is not None:
@@ -313,7 +322,8 @@ def load_stats(path: str | Path) -> SetStats:
                for a, b in zip(data["skipped_names"], data["skipped_reasons"])]
     return SetStats(plain=plain, mc=mc, names=[str(s) for s in data["names"]],
                     latent_variance=data["latent_variance"], skipped=skipped,
-                    provenance=_provenance(data, fmt), source=path.name)
+                    provenance=_provenance(data, fmt), source=path.name,
+                    intensity=json.loads(str(data["intensity"])) if "intensity" in data else {})
 
 
 def _provenance(data: dict, fmt: str) -> dict:

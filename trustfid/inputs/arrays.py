@@ -22,15 +22,17 @@ from .array_rules import (
     npz_keys,
     unreadable,
 )
-from .decode import to_rgb
+from .decode import EIGHT_BIT, FLOAT_01, Decoding, to_rgb
 from .events import Reader
 from .rules import Limits, first_line
 
 
-def _row_to_image(row: np.ndarray, layout: str, name: str) -> np.ndarray:
+def _row_to_image(row: np.ndarray, layout: str, name: str, decoding: Decoding) -> np.ndarray:
+    """One row as an HxWx3 image (arrays are never windowed: uint8 as is, float in [0, 1] times 255)."""
     if layout == "NCHW":
         row = row.transpose(1, 2, 0)
     if row.dtype == np.uint8:
+        decoding.note(EIGHT_BIT)
         img = row.astype(np.float32)
     else:
         if not np.isfinite(row).all() or row.min() < 0 or row.max() > 1:
@@ -38,6 +40,7 @@ def _row_to_image(row: np.ndarray, layout: str, name: str) -> np.ndarray:
             raise InputError(f"{name}: float image arrays must hold values in [0, 1] (found min {lo:g}, max {hi:g}"
                              f"{', and NaN/inf' if not np.isfinite(row).all() else ''}); divide 0..255 data by 255 "
                              f"or pass uint8.")
+        decoding.note(FLOAT_01)
         img = row.astype(np.float32) * np.float32(255)
     return to_rgb(img)
 
@@ -49,7 +52,8 @@ def _row_names(prefix: str, n: int) -> Iterator[str]:
 
 
 class MemoryArrayReader(Reader):
-    def __init__(self, arr: np.ndarray, label: str, limits: Limits):
+    def __init__(self, arr: np.ndarray, label: str, limits: Limits, decoding: Decoding):
+        self.decoding = decoding
         self.label = f"{label} {tuple(arr.shape)} {arr.dtype}"
         self.prefix = label
         self.layout = check_image_array(arr.shape, arr.dtype, self.label, limits)
@@ -60,14 +64,14 @@ class MemoryArrayReader(Reader):
 
     def events(self):
         for i, name in enumerate(_row_names(self.prefix, self.count)):
-            yield name, _row_to_image(self.arr[i], self.layout, name)
+            yield name, _row_to_image(self.arr[i], self.layout, name, self.decoding)
 
 
 class NpyReader(Reader):
     """Memory-mapped, so a large .npy is read one row at a time."""
 
-    def __init__(self, path: Path, label: str, limits: Limits):
-        self.label, self.path = label, path
+    def __init__(self, path: Path, label: str, limits: Limits, decoding: Decoding):
+        self.label, self.path, self.decoding = label, path, decoding
         try:
             with open(path, "rb") as fp:
                 shape, _fortran, dtype = npy_header(fp)
@@ -83,15 +87,15 @@ class NpyReader(Reader):
     def events(self):
         arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
         for i, name in enumerate(_row_names(self.path.name, self.count)):
-            yield name, _row_to_image(np.asarray(arr[i]), self.layout, name)
+            yield name, _row_to_image(np.asarray(arr[i]), self.layout, name, self.decoding)
 
 
 class NpzReader(Reader):
     """The single array in the file, or the one named 'images'. Rows are streamed from the zip member
     (np.savez and np.savez_compressed alike), so the whole array is never in memory at once."""
 
-    def __init__(self, path: Path, label: str, limits: Limits):
-        self.label, self.path = label, path
+    def __init__(self, path: Path, label: str, limits: Limits, decoding: Decoding):
+        self.label, self.path, self.decoding = label, path, decoding
         try:
             with zipfile.ZipFile(path) as zf:
                 self.key = npz_image_key(npz_keys(zf), label)
@@ -113,7 +117,7 @@ class NpzReader(Reader):
             if self.fortran:  # rare; rows are not contiguous on disk, so load the array whole
                 arr = np.load(fp, allow_pickle=False)
                 for i, name in enumerate(names):
-                    yield name, _row_to_image(arr[i], self.layout, name)
+                    yield name, _row_to_image(arr[i], self.layout, name, self.decoding)
                 return
             npy_header(fp)
             row_shape = self.shape[1:]
@@ -122,4 +126,5 @@ class NpzReader(Reader):
                 buf = fp.read(row_bytes)
                 if len(buf) < row_bytes:
                     raise InputError(f"'{self.label}' is truncated: {name} is incomplete.")
-                yield name, _row_to_image(np.frombuffer(buf, self.dtype).reshape(row_shape), self.layout, name)
+                yield name, _row_to_image(np.frombuffer(buf, self.dtype).reshape(row_shape), self.layout, name,
+                                          self.decoding)

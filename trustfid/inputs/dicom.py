@@ -7,6 +7,10 @@ and anything else is min-max mapped. MONOCHROME1 is inverted (255 - x). Colour: 
 RGB by pydicom, 8-bit stays as is, wider data is min-max mapped, PALETTE COLOR goes through its LUT.
 Multi-frame files give one image per frame, named ``file.dcm#frame3`` (1-based, like DICOM frame
 numbers). A compressed transfer syntax without an installed decoder is skipped with what to install.
+
+With a fixed intensity window (``Decoding.window``) grayscale frames are mapped from that window of the
+modality values (after Rescale Slope/Intercept: Hounsfield units for CT) instead of the file's own VOI:
+one window for every file of a comparison, whatever each file's display settings say.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..errors import TrustfidError
-from .decode import from_float, minmax, to_rgb
+from .decode import EIGHT_BIT, Decoding, to_rgb
 from .events import Event, Skip, Unreadable
 from .rules import check_pixels, first_line
 
@@ -34,7 +38,13 @@ def _install_hint(uid: str) -> str:
     return f"pip install {pkgs} (or pip install python-gdcm)" if pkgs else "pip install python-gdcm"
 
 
-def dicom_events(name: str, blob: bytes | str, max_pixels: int) -> Iterator[Event]:
+VOI = "DICOM: the file's VOI LUT or window"
+BITS = "DICOM: stored values scaled by bits stored"
+STRETCH = "DICOM: each frame's own min..max to 0..255"
+PALETTE = "DICOM: palette colour"
+
+
+def dicom_events(name: str, blob: bytes | str, decoding: Decoding) -> Iterator[Event]:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import get_decoder, iter_pixels
@@ -50,7 +60,7 @@ def dicom_events(name: str, blob: bytes | str, max_pixels: int) -> Iterator[Even
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise Unreadable("DICOM file has no pixel data (e.g. a structured report, RT plan or DICOMDIR)")
     rows, cols = int(ds.Rows), int(ds.Columns)
-    check_pixels(f"image '{name}' is", cols, rows, max_pixels)
+    check_pixels(f"image '{name}' is", cols, rows, decoding.max_pixels)
 
     ts = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
     if ts is not None and ts.is_compressed:
@@ -68,7 +78,7 @@ def dicom_events(name: str, blob: bytes | str, max_pixels: int) -> Iterator[Even
         frame_name = f"{name}#frame{i + 1}" if n_frames > 1 else name
         try:
             frame = next(frames)
-            image = _frame_to_rgb(frame, ds)
+            image = _frame_to_rgb(frame, ds, decoding)
         except StopIteration:
             yield Skip(frame_name, f"DICOM pixel data ends after {i} of {n_frames} frames")
             return
@@ -88,7 +98,7 @@ def dicom_events(name: str, blob: bytes | str, max_pixels: int) -> Iterator[Even
         yield frame_name, image
 
 
-def _frame_to_rgb(frame: np.ndarray, ds) -> np.ndarray:
+def _frame_to_rgb(frame: np.ndarray, ds, decoding: Decoding) -> np.ndarray:
     """One decoded frame -> HxWx3 float32 on 0..255 (the rule is in the module docstring)."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
@@ -97,26 +107,35 @@ def _frame_to_rgb(frame: np.ndarray, ds) -> np.ndarray:
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(frame, ds)
         depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        decoding.note(PALETTE)
         return to_rgb(rgb.astype(np.float64) * (255.0 / (2**depth - 1)))
     if frame.ndim == 3:  # RGB (pydicom already converted YBR)
         if frame.dtype.kind == "f":
-            return to_rgb(from_float(frame))
-        return to_rgb(frame.astype(np.float32) if bits <= 8 and frame.dtype.kind == "u" else minmax(frame))
+            return to_rgb(decoding.floats(frame))
+        if bits <= 8 and frame.dtype.kind == "u":
+            decoding.note(EIGHT_BIT)
+            return to_rgb(frame.astype(np.float32))
+        return to_rgb(decoding.wide(frame, STRETCH))
 
     x = apply_modality_lut(frame, ds)
-    y = _voi(x, ds)
-    if y is None:
-        transformed = "ModalityLUTSequence" in ds or (
-            float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0)
-        if frame.dtype.kind == "f":
-            y = from_float(x)
-        elif not transformed and bits <= 8 and frame.dtype.kind == "u":
-            y = frame.astype(np.float32) * np.float32(255.0 / (2**bits - 1))
-        else:
-            y = minmax(x)
+    y = None if decoding.window is not None else _voi(x, ds)
+    if y is not None:
+        decoding.note(VOI)
+    elif decoding.window is not None or frame.dtype.kind == "f":
+        y = decoding.wide(x, STRETCH) if frame.dtype.kind != "f" else decoding.floats(x)
+    elif not _rescaled(ds) and bits <= 8 and frame.dtype.kind == "u":
+        decoding.note(BITS)
+        y = frame.astype(np.float32) * np.float32(255.0 / (2**bits - 1))
+    else:
+        y = decoding.wide(x, STRETCH)
     if photometric == "MONOCHROME1":  # lowest value is displayed white
         y = np.float32(255) - y
     return to_rgb(y)
+
+
+def _rescaled(ds) -> bool:
+    return "ModalityLUTSequence" in ds or (
+        float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0)
 
 
 def _voi(x: np.ndarray, ds) -> np.ndarray | None:

@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..schemas import SkippedFile
 from .arrays import MemoryArrayReader, NpyReader, NpzReader
 from .containers import FolderReader, SingleFileReader, TarReader, ZipReader
+from .decode import Decoding
 from .events import Reader, Skip
 from .rules import ACCEPTED_INPUTS, Limits, check_image_count, kind_of, read_head
 
@@ -32,8 +33,9 @@ class ImageSet:
     and why. Both are reset at the start of every iteration, so they describe the last pass.
     """
 
-    def __init__(self, reader: Reader, *, strict: bool, max_images: int | None):
+    def __init__(self, reader: Reader, decoding: Decoding, *, strict: bool, max_images: int | None):
         self._reader = reader
+        self._decoding = decoding
         self.label: str = reader.label
         self.strict = strict
         self.max_images = max_images
@@ -46,9 +48,15 @@ class ImageSet:
     def __repr__(self) -> str:
         return f"ImageSet({self.label!r}, candidates={len(self)}, used={self.used}, skipped={len(self.skipped)})"
 
+    @property
+    def intensity(self) -> dict[str, int]:
+        """How many images of the last pass went through each intensity mapping (decode.py)."""
+        return dict(sorted(self._decoding.used.items()))
+
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         self.skipped = []
         self.used = 0
+        self._decoding.used.clear()
         events = self._reader.events()
         try:
             for event in events:
@@ -69,31 +77,34 @@ class ImageSet:
 
 def open_images(source, *, strict: bool = False, max_pixels: int = 2**26, max_images: int | None = None,
                 max_archive_members: int = 200_000, max_member_bytes: int = 2**30,
-                max_expanded_bytes: int | None = None, max_compression_ratio: float | None = None) -> ImageSet:
+                max_expanded_bytes: int | None = None, max_compression_ratio: float | None = None,
+                window: tuple[float, float] | None = None) -> ImageSet:
     """Open an image source for lazy reading. See the package docstring and docs/IMAGES.md.
 
     The listing (folder walk, archive directory, array header) happens here, so limits on the number
     of images and archive members, and declared member sizes, fail fast, before any decoding work.
     ``max_expanded_bytes`` and ``max_compression_ratio`` (None: unchecked) hold the candidate
-    members of an archive to the same limits as an upload.
+    members of an archive to the same limits as an upload. ``window`` (LOW, HIGH) maps images wider than
+    8 bits from that fixed range instead of each image's own min..max (decode.py).
     """
     limits = Limits(max_pixels=max_pixels, max_images=max_images, max_archive_members=max_archive_members,
                     max_member_bytes=max_member_bytes, max_expanded_bytes=max_expanded_bytes,
                     max_compression_ratio=max_compression_ratio)
-    reader = _make_reader(source, limits)
+    decoding = Decoding(max_pixels=max_pixels, window=tuple(window) if window is not None else None)
+    reader = _make_reader(source, limits, decoding)
     check_image_count(reader.label, reader.count, max_images)
-    return ImageSet(reader, strict=strict, max_images=max_images)
+    return ImageSet(reader, decoding, strict=strict, max_images=max_images)
 
 
-def _make_reader(source, limits: Limits) -> Reader:
+def _make_reader(source, limits: Limits, decoding: Decoding) -> Reader:
     if isinstance(source, np.ndarray):
-        return MemoryArrayReader(source, "array", limits)
+        return MemoryArrayReader(source, "array", limits, decoding)
     torch = sys.modules.get("torch")  # a tensor can only exist if torch is already imported
     if torch is not None and isinstance(source, torch.Tensor):
         t = source.detach()
         if t.dtype in (torch.float16, torch.bfloat16):
             t = t.float()
-        return MemoryArrayReader(t.cpu().numpy(), "tensor", limits)
+        return MemoryArrayReader(t.cpu().numpy(), "tensor", limits, decoding)
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"cannot read images from a {type(source).__name__}; accepted: {ACCEPTED_INPUTS}.")
 
@@ -102,16 +113,16 @@ def _make_reader(source, limits: Limits) -> Reader:
     if not path.exists():
         raise InputError(f"'{label}' does not exist; give {ACCEPTED_INPUTS}.")
     if path.is_dir():
-        return FolderReader(path, label, limits)
+        return FolderReader(path, label, limits, decoding)
     if not path.is_file():
         raise InputError(f"'{label}' is not a regular file or folder; give {ACCEPTED_INPUTS}.")
     lower = path.name.lower()
     kind = kind_of(path.name, lambda: read_head(path), member=False)
     if kind == "archive":
-        return (ZipReader if lower.endswith(".zip") else TarReader)(path, label, limits)
+        return (ZipReader if lower.endswith(".zip") else TarReader)(path, label, limits, decoding)
     if kind == "array":
-        return (NpzReader if lower.endswith(".npz") else NpyReader)(path, label, limits)
+        return (NpzReader if lower.endswith(".npz") else NpyReader)(path, label, limits, decoding)
     if kind == "image":
-        return SingleFileReader(path, label, limits)
+        return SingleFileReader(path, label, limits, decoding)
     raise InputError(f"'{label}' is not a supported input (unknown file type '{path.suffix or path.name}'); "
                      f"give {ACCEPTED_INPUTS}.")
