@@ -17,6 +17,8 @@ on the batch size, on the device or on how a job is sharded:
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -46,6 +48,9 @@ class MCInception:
         self.split = self.points[0] + 1  # trunk = stages[:split]
         self._shapes: dict[int, tuple[int, ...]] = {}
         self._shared: dict[tuple[int, int], torch.Tensor] = {}
+        # Context entered around each batch's deterministic pass (trunk + plain tail), where forward
+        # hooks may observe every stage exactly once (extras.Collector sets it; domain.py).
+        self.watch = contextlib.nullcontext
 
     # -- masks ------------------------------------------------------------------------------------
     def _mask_shape(self, point: int, h: torch.Tensor) -> tuple[int, ...]:
@@ -90,8 +95,9 @@ class MCInception:
     @torch.inference_mode()
     def features(self, x: torch.Tensor, set_tag: int = 0, first_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(plain (N, 2048), mc (T, N, 2048)) for one batch of network inputs, on the CPU."""
-        h = self.trunk(x)
-        plain = self.tail(h, None).float().cpu()
+        with self.watch():
+            h = self.trunk(x)
+            plain = self.tail(h, None).float().cpu()
         mc = [self.tail(h, t, set_tag, first_index).float().cpu() for t in range(self.passes)]
         mc = torch.stack(mc) if mc else torch.empty(0, *plain.shape)
         return plain, mc

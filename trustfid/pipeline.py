@@ -17,6 +17,7 @@ import torch
 
 from . import report as rep
 from .errors import CancelledError, InputError
+from .extras import Collector
 from .images import open_images
 from .inception import FEATURE_DIM, FIDInceptionV3
 from .mc import SET_TAGS, MCInception
@@ -129,7 +130,8 @@ def extract(source, set_name: str, options: ScoreOptions, *, progress: ProgressF
                          max_images=settings.max_images, max_archive_members=settings.max_archive_members,
                          max_member_bytes=settings.max_member_bytes)
     total = len(images)
-    plain = Moments(FEATURE_DIM, keep_rows=True)
+    plain = Moments(FEATURE_DIM)  # its rows for KID, FID∞ and the bootstrap: the collector's, capped
+    extras = Collector(model, weights.tensors, options, weights.sha256)
     mc = [Moments(FEATURE_DIM) for _ in range(options.passes)]
     names: list[str] = []
     variances: list[np.ndarray] = []
@@ -144,6 +146,7 @@ def extract(source, set_name: str, options: ScoreOptions, *, progress: ProgressF
         if should_cancel and should_cancel():
             raise CancelledError("the job was cancelled")
         f_plain, f_mc = model.features(x, SET_TAGS[set_name], first_index + len(names))
+        extras.add(x, f_plain, f_mc, batch_names, first_index + len(names))
         plain.add(f_plain.numpy())
         for t in range(options.passes):
             mc[t].add(f_mc[t].numpy())
@@ -163,7 +166,8 @@ def extract(source, set_name: str, options: ScoreOptions, *, progress: ProgressF
     return SetStats(plain=plain, mc=mc, names=names,
                     latent_variance=np.concatenate(variances) if variances else np.zeros(0),
                     skipped=list(images.skipped), fingerprint=fingerprint(weights.sha256, options),
-                    source=str(source) if isinstance(source, (str, Path)) else type(source).__name__)
+                    source=str(source) if isinstance(source, (str, Path)) else type(source).__name__,
+                    **extras.finish())
 
 
 def _is_stats_file(path: Path) -> bool:
@@ -202,21 +206,29 @@ def score(real, generated, options: ScoreOptions | None = None, *, progress: Pro
     from .frechet import frechet_distance
     fid = frechet_distance(r.plain.gaussian(), g.plain.gaussian())
     mc = rep.fid_mc(r, g)
-    boot = rep.fid_bootstrap(r, g, options.bootstrap_resamples, options.seed)
+    boot, boot_samples = rep.bootstrap(r, g, options.bootstrap_resamples, options.seed)
     lv = rep.latent_variance(r, g, options.top_k)
+    rows = rep.feature_rows(r, g, options.max_feature_rows)
+    from .kid import fid_infinity, kid
+    kid_value = kid(r.feature_rows(), g.feature_rows(), options.kid_subsets, options.kid_subset_size, options.seed)
+    fid_inf = fid_infinity(r.feature_rows(), g.feature_rows(), options.seed)
+    dom = rep.domain(r, g, weights.sha256, options.resize, options.top_k)
     t_frechet = time.perf_counter() - t0 - t_load - t_extract
 
     images = r.n + g.n
     total = time.perf_counter() - t0
     result = Report(
         fid=fid, fid_mc=mc, fid_bootstrap=boot, latent_variance=lv,
-        trust=rep.trust(fid, mc, boot, lv, r, g),
+        trust=rep.trust(fid, mc, boot, dom, r, g),
         counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
         config=options, preprocessing=f"{options.resize}: {RESIZE_MODES[options.resize]}",
         model=ModelInfo(weights_sha256=weights.sha256, weights_source=Path(weights.source).name),
         device=str(device),
         timing=Timing(load_s=t_load, extract_s=t_extract, frechet_s=t_frechet, total_s=total,
-                      images_per_s=images / t_extract if t_extract > 0 else 0.0),
+                      images_per_s=images / t_extract if t_extract > 0 else 0.0,
+                      finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+        headline=rep.headline(fid, mc, boot_samples, rows), kid=kid_value, fid_infinity=fid_inf,
+        feature_rows=rows, domain=dom,
     )
     if progress:
         progress(Progress(stage="done", passes=options.passes))
@@ -230,6 +242,13 @@ def inspect(source, options: ScoreOptions | None = None, *, progress: ProgressFn
         raise InputError("inspect needs at least 2 MC passes to measure latent variance (--passes)")
     stats = extract(source, "real", options, progress=progress, should_cancel=should_cancel)
     v = np.asarray(stats.latent_variance)
+    _, weights, _ = network(options)
+    dom = rep.domain(None, stats, weights.sha256, options.resize, options.top_k)
+    from .extras import shipped_model
+    model = shipped_model(weights.sha256, options.resize)
+    scores = rep.domain_scores(stats, model) if model is not None else None
     return InspectReport(
-        images=[InspectImage(name=n, latent_variance=float(x)) for n, x in zip(stats.names, v)],
-        summary=rep.summarize(v), skipped=stats.skipped, config=options)
+        images=[InspectImage(name=n, latent_variance=float(x),
+                             domain_score=None if scores is None else float(scores[i]))
+                for i, (n, x) in enumerate(zip(stats.names, v))],
+        summary=rep.summarize(v), skipped=stats.skipped, config=options, domain=dom.generated)

@@ -213,7 +213,7 @@ class SetDomain(_Strict):
     mean: float
     median: float
     p95: float
-    above: int = Field(description="images scoring above the natural photos' 97.5% quantile")
+    above: int = Field(description="images scoring above the threshold (Domain.threshold)")
     fraction_above: float
     p_value: float = Field(description="one-sided binomial test of `above` against the natural rate")
     histogram: list[int] = Field(default_factory=list, description="counts over Domain.bins")
@@ -225,8 +225,8 @@ class Domain(_Strict):
 
     available: bool
     model: str | None = None
-    threshold: float | None = Field(None, description="the natural photos' 97.5% quantile of the score")
-    natural_rate: float = 0.025
+    threshold: float | None = Field(None, description="the natural photos' (1 - natural_rate) quantile of the score")
+    natural_rate: float = Field(0.1, description="share of natural photos above the threshold")
     natural_median: float | None = None
     bins: list[float] = Field(default_factory=list)
     real: SetDomain | None = None
