@@ -257,6 +257,7 @@ def _score(store: Store, st: Stored, settings: Settings, cb: _Callbacks):
         s.record.fid = report.fid
         s.record.fid_mc_std = report.fid_mc.std
         s.record.trust_level = report.trust.level
+        s.record.headline = report.headline
         return s
     return done
 
