@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import shutil
 import subprocess
@@ -42,6 +43,9 @@ def test_upload_poll_report_equals_engine(stack, finished_job, engine_report, im
     assert report.status_code == 200
     assert strip_timing(report.json()) == strip_timing(engine_report)
     assert rec["fid"] == engine_report["fid"]
+    # the job record (also the callback body and the /v1/jobs list entry) carries the headline
+    assert rec["headline"] == engine_report["headline"]
+    assert rec["headline"]["sampling_ci95"][0] <= rec["fid"] <= rec["headline"]["sampling_ci95"][1]
 
 
 def test_job_list_by_tag_newest_first(stack, finished_job, image_sets):
@@ -52,6 +56,7 @@ def test_job_list_by_tag_newest_first(stack, finished_job, image_sets):
         second = r.json()["id"]
         listed = c.get("/v1/jobs", params={"tag": "run=e2e"}).json()["jobs"]
         assert [j["id"] for j in listed][:2] == [second, first["id"]]
+        assert listed[1]["headline"]["text"] == first["headline"]["text"]
         only = c.get("/v1/jobs", params=[("tag", "run=e2e"), ("tag", "step=100")]).json()["jobs"]
         assert [j["id"] for j in only] == [first["id"]]
         assert c.get("/v1/jobs", params={"tag": "run=other"}).json()["jobs"] == []
@@ -93,12 +98,24 @@ def test_html_report_renders_in_headless_chromium(stack, finished_job, tmp_path)
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert f"FID {report['fid']:.2f}" in dom
+    assert html.escape(report["headline"]["text"], quote=False) in dom
+    assert "the network interval rests on only 2 dropout passes" in dom  # FAST_OPTIONS: warned
     hist = dom.split('id="fid-distribution"')[1].split("</svg>")[0]
     assert hist.count('class="bar"') >= 1  # the distribution over the MC passes
-    assert 'id="latent-variance"' in dom and dom.count("<rect") > 6  # bars per set
+    assert 'id="plain-fid"' in hist and f"plain FID {report['fid']:.2f}" in hist  # drawn and labelled
+    assert ">FID</text>" in hist and ">passes</text>" in hist  # both axes titled
+    var = dom.split('id="latent-variance"')[1].split("</svg>")[0]
+    assert 'id="variance-baseline"' in var and 'id="variance-threshold"' in var
+    dplot = dom.split('id="domain-scores"')[1].split("</svg>")[0]
+    assert 'id="domain-threshold"' in dplot and 'class="domain-bar"' in dplot
     for side in ("real", "generated"):
         for im in report["latent_variance"][side]["most_uncertain"]:
             assert im["name"] in dom.split('id="most-uncertain"')[1]
+        for im in report["domain"][side]["most_atypical"]:
+            assert im["thumbnail"] in dom.split('id="most-atypical"')[1]  # the thumbnail itself, inline
+    assert report["model"]["weights_sha256"] in dom and report["timing"]["finished_at"] in dom
+    assert dom.count('<li class="level-') == 3  # one sentence per level
+    assert "upload (4 files" in dom.split('id="input-real"')[1][:200]
     shot = tmp_path / "shot.png"
     subprocess.run(flags + [f"--screenshot={shot}", "--window-size=800,1400", page.as_uri()],
                    capture_output=True, timeout=120)

@@ -34,6 +34,14 @@ def test_score_the_samples_writes_the_report(tmp_path):
     report = Report.model_validate_json(out.read_text())
     assert report.counts.real.used == 24 and report.fid > 0
     assert f"{report.fid:.4f}" in p.stdout
+    # the headline leads, with its warnings; then KID / FID∞ and the domain check
+    lines = p.stdout.splitlines()
+    assert lines[0] == report.headline.text
+    assert "warning: the sampling interval rests on only 5 resamples" in p.stdout
+    assert f"KID {report.kid.value:.5f}" in p.stdout and f"FID∞ {report.fid_infinity.value:.2f}" in p.stdout
+    d = report.domain.generated
+    assert f"generated {100 * d.fraction_above:.0f}% ({d.above}/{d.images})" in p.stdout
+    assert f"most atypical generated: {d.most_atypical[0].name}" in p.stdout
 
 
 def test_stats_then_score_against_the_saved_reference(tmp_path):
@@ -51,7 +59,8 @@ def test_inspect_json(tmp_path):
     assert p.returncode == 0, p.stderr
     data = json.loads(out.read_text())
     assert set(data) >= {"images", "summary"} and len(data["images"]) == 24
-    assert set(data["images"][0]) == {"name", "latent_variance"}
+    assert set(data["images"][0]) == {"name", "latent_variance", "domain_score"}
+    assert all(isinstance(im["domain_score"], float) for im in data["images"])
     InspectReport.model_validate(data)
 
 

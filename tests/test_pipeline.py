@@ -106,3 +106,65 @@ def test_inspect_lists_every_image(sets):
     r = inspect(str(sets[1]), ScoreOptions(**FAST))
     assert len(r.images) == 6 and r.summary.mean > 0
     assert {i.name for i in r.images} == {f"img_{i:04d}.png" for i in range(6)}
+
+
+# --- schema 1.1: headline, KID, FID∞, feature-row cap, domain check (issue 9) ---------------------
+
+def test_headline_leads_with_the_plain_fid_and_both_intervals_contain_it(report):
+    h = report.headline
+    assert report.schema_version == "1.1"
+    assert h.fid == report.fid and h.text.startswith(f"FID {report.fid:.2f}, 95% interval")
+    lo, hi = h.sampling_ci95
+    assert lo <= report.fid <= hi and h.resamples == 8
+    nlo, nhi = h.network_ci95
+    assert nlo <= report.fid <= nhi and h.passes == 3
+    # the raw per-pass FIDs centre elsewhere; the network interval is about the plain FID
+    assert h.network_relative_std == pytest.approx(report.fid_mc.std / report.fid_mc.mean)
+    assert any("only 8 resamples" in w for w in h.warnings) and any("only 3 dropout passes" in w for w in h.warnings)
+
+
+def test_kid_and_fid_infinity_come_from_the_same_feature_rows(sets, report):
+    from trustfid.kid import kid
+
+    real = compute_stats(str(sets[0]), ScoreOptions(**FAST))
+    gen = compute_stats(str(sets[1]), ScoreOptions(**FAST), set_name="generated")
+    expected = kid(real.feature_rows(), gen.feature_rows(), 100, 1000, seed=0)
+    assert report.kid == expected and report.kid.subset_size == 6
+    assert report.fid_infinity is None  # 7 and 6 images: no subset size reaches 10 rows
+    assert report.feature_rows.capped is False and report.feature_rows.generated.kept == 6
+
+
+def test_the_feature_row_cap_applies_and_the_report_says_so(sets):
+    r = score(str(sets[0]), str(sets[1]), ScoreOptions(**FAST, max_feature_rows=4))
+    assert r.feature_rows.capped and (r.feature_rows.real.kept, r.feature_rows.generated.kept) == (4, 4)
+    assert r.kid.subset_size == 4
+    assert any("4 of 6 generated and 4 of 7 real images" in w for w in r.headline.warnings)
+
+
+def test_a_sharded_set_merges_to_the_whole_sets_rows_and_domain_inputs():
+    from trustfid import extract
+
+    x = np.stack(realimages.crops(realimages.NATURAL, 9, size=64, seed=8))
+    opts = ScoreOptions(passes=2, bootstrap_resamples=0, max_feature_rows=5, batch_size=4)
+    whole = extract(x, "real", opts)
+    merged = extract(x[:4], "real", opts).merge(extract(x[4:], "real", opts, first_index=4))
+    assert np.array_equal(merged.rows.index(), whole.rows.index()) and len(whole.rows) == 5
+    assert np.allclose(merged.feature_rows(), whole.feature_rows(), rtol=0, atol=1e-5)
+    assert np.allclose(merged.per_image["domain_inputs"], whole.per_image["domain_inputs"], rtol=1e-5)
+
+
+def test_domain_hooks_are_removed_after_extraction(sets):
+    from trustfid.inception import ConvBN
+    from trustfid.pipeline import network
+
+    inspect(str(sets[1]), ScoreOptions(**FAST))
+    net, _, _ = network(ScoreOptions(**FAST))
+    assert not any(m.conv._forward_hooks for m in net.modules() if isinstance(m, ConvBN))
+
+
+def test_inspect_gives_every_image_a_domain_score(sets):
+    r = inspect(str(sets[1]), ScoreOptions(**FAST))
+    scores = [i.domain_score for i in r.images]
+    assert all(isinstance(s, float) for s in scores)
+    assert r.domain.images == 6 and r.domain.median == pytest.approx(float(np.median(scores)))
+    assert r.domain.most_atypical[0].domain_score == max(scores)

@@ -156,3 +156,20 @@ def test_format_1_files_with_a_fingerprint_key_are_still_read(tmp_path):
     back = load_stats(tmp_path / "old.npz")
     assert back.provenance == s.provenance
     back.merge(s)  # compatible
+
+
+def test_kept_rows_and_per_image_arrays_survive_the_npz_and_a_cap_never_fakes_the_covariance(tmp_path):
+    from trustfid.rows import KeptRows
+
+    s = _setstats(40, seed=1)
+    s.rows = KeptRows(2048, 16, seed=3)
+    s.rows.add(_rows(40, d=2048, seed=1), 0)
+    s.per_image["domain_inputs"] = np.arange(40 * 21, dtype=np.float64).reshape(40, 21)
+    s.save(tmp_path / "capped.npz")
+    back = load_stats(tmp_path / "capped.npz")
+    assert np.array_equal(back.rows.index(), s.rows.index()) and np.array_equal(back.feature_rows(), s.feature_rows())
+    assert back.rows.capped and back.rows.seen == 40
+    assert np.array_equal(back.per_image["domain_inputs"], s.per_image["domain_inputs"])
+    # 16 kept rows of 40 images are a sample, not the covariance's factor: mu/sigma come from the file
+    g, g0 = back.plain.gaussian(), s.plain.gaussian()
+    assert back.n == 40 and np.allclose(g.covariance(), g0.covariance(), rtol=1e-10, atol=1e-12)

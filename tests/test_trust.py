@@ -1,12 +1,11 @@
 """The trust rule does what the validation study (docs/VALIDATION.md) says it does, on real images
-through the real engine, and its thresholds are the study's.
+through the real engine, and its model, thresholds and defaults are the study's.
 
 What the study found, and these tests pin:
-- clean natural photos raise no latent-variance concern;
-- MR images (and IHC) sit above the whole natural range: a concern;
-- a mixed medical set (CT, MR, NM, ultrasound, fundus, microscopy) stays inside the natural range:
-  the latent variance does NOT catch it. That is the documented gap of MC dropout; if a better
-  domain signal is added, test_known_gap_... must change with the study.
+- the domain check (per-image domain score, binomial test against the natural photos' 90%
+  quantile) rates medical images "low" and leaves clean natural photos without a domain concern;
+- the engine's MC defaults are the ones the latent-variance baseline was measured with, and the
+  shipped domain model is the candidate the study's stated rule chose.
 """
 
 from __future__ import annotations
@@ -15,71 +14,83 @@ import numpy as np
 import pytest
 
 from bench.validation import data as D
+from bench.validation import domain as study_domain
 from trustfid import score, trust
-from trustfid.schemas import (
-    FidBootstrap,
-    FidMC,
-    LatentVariance,
-    ScoreOptions,
-    SetVariance,
-)
+from trustfid.schemas import Domain, FidBootstrap, FidMC, ScoreOptions, SetDomain
 
 BASE = trust.baseline()
-MEDIUM = BASE["thresholds"]["variance_ratio_medium"]
-LOW = BASE["thresholds"]["variance_ratio_low"]
+SPEC = BASE["domain"]
+RULE = SPEC["rule"]
 
 
-def _latent(real_ratio: float | None, generated_ratio: float | None) -> LatentVariance:
-    b = BASE["latent_variance_mean"]
-    return LatentVariance(real=SetVariance(mean=None if real_ratio is None else real_ratio * b),
-                          generated=SetVariance(mean=None if generated_ratio is None else generated_ratio * b))
+def _side(above: int, n: int, p: float, names=("a.png", "b.png", "c.png", "d.png")) -> SetDomain:
+    from trustfid.schemas import AtypicalImage
+
+    return SetDomain(images=n, mean=0.0, median=0.0, p95=0.0, above=above, fraction_above=above / n, p_value=p,
+                     most_atypical=[AtypicalImage(name=x, domain_score=5.0 - i) for i, x in enumerate(names)])
 
 
-def _assess(latent: LatentVariance, n: int = 500, passes: int = 20, settings=None):
+def _assess(real: SetDomain | None, generated: SetDomain | None, n: int = 500, passes: int = 20, available=True):
+    dom = Domain(available=available, threshold=SPEC["threshold"], real=real, generated=generated,
+                 note=None if available else "no model")
     return trust.assess(fid=10.0, mc=FidMC(passes=passes, mean=10.0, std=0.3), bootstrap=FidBootstrap(resamples=0),
-                        latent=latent, n_real=n, n_generated=n, foreign=False, settings=settings)
+                        domain=dom, n_real=n, n_generated=n, foreign=False)
 
 
 # --- the rule, without the network --------------------------------------------------------------
 
-def test_thresholds_come_from_the_study_and_are_ordered():
-    assert set(BASE["rules"]) == {"variance_ratio_medium", "variance_ratio_low"}
-    lo, hi = BASE["study"]["natural_source_ratio_range"]
-    assert lo < 1.0 < hi <= MEDIUM < LOW  # medium: the top of the natural range; low: beyond it
-    assert BASE["natural_images"] > 0 and BASE["latent_variance_mean"] > 0
+def test_the_shipped_model_and_rule_are_the_studys_choice():
+    """The shipped model is the candidate the study's stated rule chose, with the rule's constants."""
+    assert SPEC["model"]["inputs"] in study_domain.CANDIDATES.values()
+    assert RULE == study_domain.RULE and SPEC["natural_rate"] == study_domain.NATURAL_RATE
+    m = SPEC["model"]
+    assert len(m["coef"]) == len(m["center"]) == len(m["scale"]) == len(m["inputs"])
+    q = SPEC["natural_quantiles"]
+    assert q["q"] == study_domain.QUANTILES and q["value"] == sorted(q["value"])
+    assert SPEC["threshold"] == pytest.approx(np.interp(1 - SPEC["natural_rate"], q["q"], q["value"]), rel=1e-9)
+    assert SPEC["measured_with"]["weights_sha256"] == BASE["measured_with"]["weights_sha256"]
 
 
 def test_engine_defaults_are_the_settings_the_baseline_was_measured_with():
     o, m = ScoreOptions(), BASE["measured_with"]
     assert (o.dropout_at, o.dropout_rate, o.dropout_kind, o.mask_mode, o.passes, o.resize) == \
         (m["dropout_at"], m["dropout_rate"], m["dropout_kind"], m["mask_mode"], m["passes"], m["resize"])
+    assert (o.kid_subsets, o.kid_subset_size) == (100, 1000)  # clean-fid's
 
 
-@pytest.mark.parametrize("ratio, level", [(1.0, "high"), (MEDIUM * 1.05, "medium"), (LOW * 1.05, "low")])
-def test_level_follows_the_variance_ratio_with_a_readable_reason(ratio, level):
-    t = _assess(_latent(1.0, ratio))
+@pytest.mark.parametrize("above, p, level", [
+    (10, 0.5, "high"),                 # 10% above: what natural photos do
+    (35, 1e-9, "medium"),              # 35%: a concern
+    (62, 1e-30, "low"),                # most of the set
+    (45, 0.02, "high"),                # (a small set) not significant at alpha 0.01
+])
+def test_level_follows_the_share_above_the_natural_threshold_with_readable_reasons(above, p, level):
+    t = _assess(_side(8, 100, 0.6), _side(above, 100, p))
     assert t.level == level
-    if level != "high":
-        assert f"generated set is {ratio:.1f}x the natural-image baseline" in t.reasons[0]
-    else:
-        assert t.reasons == [r for r in t.reasons if "within the range of natural photos" in r]
-        assert "This check is weak" in t.reasons[0]  # silence is not a certificate
+    if level == "low":
+        assert t.reasons[0].startswith("62% of the generated images score above 90% of natural photos (62 of 100")
+        assert "most atypical: a.png, b.png, c.png" in t.reasons[0]
+    if level == "high":
+        assert t.reasons == [t.reasons[0]] and t.reasons[0].startswith("domain check:")
 
 
-def test_variance_is_not_compared_when_the_mc_network_differs_from_the_baseline():
-    settings = dict(BASE["measured_with"], dropout_rate=0.3)
-    t = _assess(_latent(LOW * 2, LOW * 2), settings=settings)
-    assert t.level == "medium"
-    assert "not compared" in t.reasons[0] and "dropout_rate 0.3" in t.reasons[0]
-    # T, seed and mask mode do not change the expected variance: still compared
-    same_network = dict(BASE["measured_with"], passes=5, seed=9, mask_mode="per_image")
-    assert _assess(_latent(LOW * 2, 1.0), settings=same_network).level == "low"
+def test_a_medical_real_set_is_caught_too():
+    t = _assess(_side(80, 100, 1e-30), _side(1, 100, 0.9))
+    assert t.level == "low" and "of the real images" in t.reasons[0]
 
 
-def test_no_passes_or_few_images_cap_the_level_at_medium():
-    assert _assess(_latent(None, None), passes=0).level == "medium"
-    t = _assess(_latent(1.0, 1.0), n=20)
+def test_without_a_domain_check_the_level_is_at_most_medium():
+    t = _assess(None, None, available=False)
+    assert t.level == "medium" and "could not be made" in t.reasons[0]
+    t = _assess(_side(1, 100, 0.9), None)  # e.g. statistics saved without domain inputs
+    assert t.level == "medium" and "the generated set has no domain scores" in t.reasons[0]
+
+
+def test_few_images_cap_the_level_at_medium_and_no_passes_is_only_a_note():
+    t = _assess(_side(0, 20, 1.0), _side(0, 20, 1.0), n=20)
     assert t.level == "medium" and t.reasons[0].startswith("only 20 images")
+    t = _assess(_side(1, 100, 0.9), _side(1, 100, 0.9), passes=0)
+    assert t.level == "high" and any("no MC-dropout passes" in r for r in t.reasons)
 
 
 # --- on real images, through the engine ----------------------------------------------------------
@@ -91,57 +102,36 @@ def medical():
     return D.crop_set("medical", sources, 4, seed=4)
 
 
-def _pick(s: D.ImageSet, keep) -> np.ndarray:
-    return np.stack([im for i, (im, src) in enumerate(zip(s.images, s.sources)) if keep(i, src)])
-
-
-def _ratios(report) -> tuple[float, float]:
-    b = BASE["latent_variance_mean"]
-    return report.latent_variance.real.mean / b, report.latent_variance.generated.mean / b
-
-
-def _score(real: np.ndarray, generated: np.ndarray, passes: int):
+def _score(real: np.ndarray, generated: np.ndarray, passes: int = 2):
     return score(real, generated, ScoreOptions(passes=passes, bootstrap_resamples=0, device="cpu", batch_size=16))
 
 
 @pytest.mark.slow
-def test_clean_natural_photos_raise_no_variance_concern():
+def test_clean_natural_photos_raise_no_domain_concern():
     rgb = D.natural_rgb_sources()
     real = np.stack(D.crop_set("a", rgb, 2, seed=11).images)
     generated = np.stack(D.crop_set("b", rgb, 2, seed=12).images)
-    report = _score(real, generated, passes=4)  # latent variance is unbiased for any T >= 2
-    assert report.model.weights_sha256 == BASE["measured_with"]["weights_sha256"]
-    r, g = _ratios(report)
-    assert r < MEDIUM and g < MEDIUM, (r, g)
+    report = _score(real, generated)
+    assert report.domain.available and report.model.weights_sha256 == SPEC["measured_with"]["weights_sha256"]
+    for side in (report.domain.real, report.domain.generated):
+        assert side.fraction_above < RULE["fraction_medium"], side
     # the only concern is the sample size; with enough images this report would be "high"
     assert report.trust.level == "medium"
-    assert [x for x in report.trust.reasons if "within the range" not in x] == \
+    assert [x for x in report.trust.reasons if not x.startswith("domain check:")] == \
         [f"only {len(real)} images in a set: FID is biased upward and noisy at this size; "
-         "compare only FIDs computed with the same number of images"]
+         "compare only FIDs computed with the same number of images, or use KID / FID∞"]
 
 
 @pytest.mark.slow
-def test_mr_images_lie_above_the_natural_range(medical):
-    """The study's MR sources sit at ~1.8x the baseline, above every natural photo."""
-    real = _pick(medical, lambda i, src: src.startswith("MR_small"))
-    generated = _pick(medical, lambda i, src: src.startswith("examples_overlay"))
-    report = _score(real, generated, passes=BASE["measured_with"]["passes"])
-    r, g = _ratios(report)
-    assert MEDIUM <= r < LOW and MEDIUM <= g < LOW, (r, g)
-    assert report.trust.level != "high"
-    assert any("latent variance of the real set is" in x and "above the range of natural photos" in x
-               for x in report.trust.reasons)
-
-
-@pytest.mark.slow
-def test_known_gap_a_mixed_medical_set_is_not_caught_by_latent_variance(medical):
-    """docs/VALIDATION.md: across CT, MR, NM, ultrasound, fundus and microscopy the mean latent
-    variance stays inside the natural range, so the rule raises no domain concern. MC dropout alone
-    does not reach the goal "trust low on medical images"."""
-    real = _pick(medical, lambda i, src: i % 4 == 0)  # one crop per source on each side
-    generated = _pick(medical, lambda i, src: i % 4 == 1)
-    report = _score(real, generated, passes=4)
-    r, g = _ratios(report)
-    assert 1.0 < r < MEDIUM and 1.0 < g < MEDIUM, (r, g)  # higher than natural on average, not enough
-    assert not any("natural-image baseline" in x for x in report.trust.reasons)
-    assert any("This check is weak" in x for x in report.trust.reasons)
+def test_a_mixed_medical_set_is_rated_low(medical):
+    """CT, MR, NM, ultrasound, fundus and microscopy against natural photos: the old latent-variance
+    rule said "high" here; the domain check says "low" and names the atypical files."""
+    rgb = D.natural_rgb_sources()
+    real = np.stack(D.crop_set("a", rgb, 2, seed=11).images)
+    generated = np.stack([im for i, im in enumerate(medical.images) if i % 4 == 1])  # one crop per source
+    report = _score(real, generated)
+    g = report.domain.generated
+    assert g.fraction_above >= RULE["fraction_low"] and g.p_value < RULE["alpha"], g
+    assert report.trust.level == "low"
+    assert "of the generated images score above 90% of natural photos" in report.trust.reasons[0]
+    assert g.most_atypical and g.most_atypical[0].thumbnail.startswith("data:image/png;base64,")

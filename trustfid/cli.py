@@ -60,7 +60,14 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
                    help=f"images per forward pass (default {d.batch_size}); does not change results")
     o.add_argument("--bootstrap", type=int, default=d.bootstrap_resamples, dest="bootstrap_resamples", metavar="N",
                    help=f"image resamples for the bootstrap interval (default {d.bootstrap_resamples}; 0 = off)")
-    o.add_argument("--top-k", type=int, default=d.top_k, metavar="K", help=f"most uncertain images listed per set (default {d.top_k})")
+    o.add_argument("--top-k", type=int, default=d.top_k, metavar="K",
+                   help=f"most uncertain / most atypical images listed per set (default {d.top_k})")
+    o.add_argument("--max-feature-rows", type=int, default=d.max_feature_rows, metavar="N",
+                   help=f"feature rows kept per set for KID, FID∞ and the bootstrap (default {d.max_feature_rows})")
+    o.add_argument("--kid-subsets", type=int, default=d.kid_subsets, metavar="N",
+                   help=f"KID subsets (default {d.kid_subsets}, as clean-fid; 0 = no KID)")
+    o.add_argument("--thumbnails", type=int, default=d.thumbnails, metavar="N",
+                   help=f"thumbnails of the most atypical images per set in the JSON report (default {d.thumbnails})")
     o.add_argument("--strict", action="store_true", help="an unreadable file is an error instead of being skipped")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -84,7 +91,9 @@ def _options(args, saved: list[tuple[str, dict]] = ()) -> ScoreOptions:
     for source, options in saved:
         chosen = merge_options(chosen, options, source)
     return ScoreOptions(**chosen, device=args.device, batch_size=args.batch_size,
-                        bootstrap_resamples=args.bootstrap_resamples, top_k=args.top_k, strict=args.strict)
+                        bootstrap_resamples=args.bootstrap_resamples, top_k=args.top_k, strict=args.strict,
+                        max_feature_rows=args.max_feature_rows, kid_subsets=args.kid_subsets,
+                        thumbnails=args.thumbnails)
 
 
 def _saved(*sources: str) -> list[tuple[str, dict]]:
@@ -129,22 +138,47 @@ def _write_json(path: str | None, model) -> None:
 
 
 def _summary(report) -> str:
-    lines = [f"FID {report.fid:.4f}   ({report.counts.real.used} real vs {report.counts.generated.used} generated images, "
-             f"{report.preprocessing.split(':')[0]} resize)"]
-    mc, boot = report.fid_mc, report.fid_bootstrap
+    from .trust import LEVEL_MEANING
+
+    h = report.headline
+    lines = [h.text if h else f"FID {report.fid:.4f}",
+             f"  plain FID {report.fid:.4f}   ({report.counts.real.used} real vs {report.counts.generated.used} "
+             f"generated images, {report.preprocessing.split(':')[0]} resize)"]
+    if h:
+        lines += [f"  warning: {w}" for w in h.warnings]
+    small = []
+    if report.kid:
+        small.append(f"KID {report.kid.value:.5f} ± {report.kid.std:.5f} ({report.kid.subsets} subsets of "
+                     f"{report.kid.subset_size})")
+    if report.fid_infinity:
+        small.append(f"FID∞ {report.fid_infinity.value:.2f} (fit over {len(report.fid_infinity.points)} subset sizes)")
+    if small:
+        lines.append("small-sample: " + "   ".join(small))
+    mc = report.fid_mc
     if mc.passes:
-        lines.append(f"MC dropout ({mc.passes} passes): mean {mc.mean:.4f}  std {mc.std:.4f}  "
-                     f"95% [{mc.ci95[0]:.4f}, {mc.ci95[1]:.4f}]")
-    if boot.ci95:
-        lines.append(f"bootstrap over images ({boot.resamples}): 95% [{boot.ci95[0]:.4f}, {boot.ci95[1]:.4f}]")
+        lines.append(f"MC dropout ({mc.passes} passes): per-pass FID mean {mc.mean:.4f}  std {mc.std:.4f} "
+                     "(dropout shifts the features, so the passes centre away from the plain FID)")
+    d = report.domain
+    if d and d.available:
+        parts = [f"{side} {100 * s.fraction_above:.0f}% ({s.above}/{s.images})"
+                 for side, s in (("real", d.real), ("generated", d.generated)) if s is not None]
+        lines.append(f"domain check: outside the natural-photo range: {', '.join(parts)} "
+                     f"(natural photos: {100 * d.natural_rate:.1f}%)")
+        for side, s in (("real", d.real), ("generated", d.generated)):
+            if s is not None and s.most_atypical:
+                lines.append(f"  most atypical {side}: " + ", ".join(
+                    f"{im.name} ({im.domain_score:.1f})" for im in s.most_atypical[:5]))
     lv = report.latent_variance
     if lv.real.mean is not None:
         lines.append(f"latent variance: real {lv.real.mean:.4g}   generated {lv.generated.mean:.4g}")
-    lines.append(f"trust: {report.trust.level.upper()} ({report.trust.score:.2f})")
+    lines.append(f"trust: {report.trust.level.upper()} ({report.trust.score:.2f}) — {LEVEL_MEANING[report.trust.level]}")
     lines += [f"  - {r}" for r in report.trust.reasons]
-    skipped = len(report.counts.real.skipped) + len(report.counts.generated.skipped)
+    skipped = [(side, s) for side in ("real", "generated") for s in getattr(report.counts, side).skipped]
     if skipped:
-        lines.append(f"{skipped} file(s) skipped (see counts.*.skipped in the JSON report)")
+        lines.append(f"{len(skipped)} file(s) skipped:")
+        lines += [f"  {side}: {s.name}: {s.reason}" for side, s in skipped[:20]]
+        if len(skipped) > 20:
+            lines.append(f"  ... and {len(skipped) - 20} more (counts.*.skipped in the JSON report)")
     return "\n".join(lines)
 
 
@@ -185,8 +219,11 @@ def cmd_inspect(args) -> int:
     result = _with_progress(args, inspect, args.set)
     _write_json(args.json, result)
     s = result.summary
+    d = result.domain
+    dom = (f"; domain score median {d.median:.2f}, {100 * d.fraction_above:.0f}% outside the natural-photo range"
+           if d is not None else "")
     print(f"{len(result.images)} images: latent variance mean {s.mean:.4g}, median {s.median:.4g}, p95 {s.p95:.4g}"
-          + (f"; wrote {args.json}" if args.json not in (None, "-") else ""))
+          + dom + (f"; wrote {args.json}" if args.json not in (None, "-") else ""))
     if args.json == "-":
         print(result.model_dump_json(indent=2))
     return 0

@@ -40,6 +40,9 @@ class ConvBN(nn.Module):
     def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=True)
+        # the batch-norm's beta, kept beside the folded conv: conv(x) - beta is the standardised
+        # activation, whose ImageNet mean is 0 and variance about 1 (domain.py reads it)
+        self.register_buffer("beta", torch.zeros(cout), persistent=False)
 
     def forward(self, x):
         return F.relu(self.conv(x))
@@ -214,6 +217,7 @@ class FIDInceptionV3(Extractor):
             with torch.no_grad():
                 module.conv.weight.copy_((w * scale[:, None, None, None]).float())
                 module.conv.bias.copy_(bias.float())
+                module.beta.copy_(tensors[f"{name}.beta"].float())
         return self
 
 

@@ -17,6 +17,8 @@ on the batch size, on the device or on how a job is sharded:
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -89,11 +91,15 @@ class MCDropout:
         return self.net.head(x)
 
     @torch.inference_mode()
-    def features(self, x: torch.Tensor, set_tag: int = 0, first_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(plain (N, d), mc (T, N, d)) for one batch of network inputs, on the CPU."""
+    def features(self, x: torch.Tensor, set_tag: int = 0, first_index: int = 0,
+                 watch=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(plain (N, d), mc (T, N, d)) for one batch of network inputs, on the CPU. ``watch()`` is entered
+        around the deterministic pass (trunk + plain tail), where forward hooks may observe every stage
+        exactly once (extras.Collector's domain probe)."""
         with evaluating(self.net):
-            h = self.trunk(x)
-            plain = self.tail(h, None).float().cpu()
+            with watch():
+                h = self.trunk(x)
+                plain = self.tail(h, None).float().cpu()
             mc = [self.tail(h, t, set_tag, first_index).float().cpu() for t in range(self.passes)]
         mc = torch.stack(mc) if mc else torch.empty(0, *plain.shape)
         return plain, mc

@@ -34,6 +34,7 @@ import torch
 
 from .errors import InputError
 from .extractor import Extractor, as_extractor
+from .extras import Collector
 from .inputs.array_rules import array_layout
 from .inputs.decode import EIGHT_BIT, FLOAT_01
 from .mc import SET_TAGS, MCDropout
@@ -77,7 +78,7 @@ class Metric:
             return
         device, ex, model = self._network(x.device)
         t0 = time.perf_counter()
-        found = self._sets[set_name] or SetFeatures(ex.feature_dim, self.options.passes)
+        found = self._sets[set_name] or SetFeatures(ex.feature_dim, self.options.passes, Collector(ex, self.options))
         self._sets[set_name] = found
         mode = self.options.resize
         for start in range(0, len(x), self.options.batch_size):
@@ -88,8 +89,9 @@ class Metric:
             inp = network_input(chunk, mode, ex.input_size, ex.input_range_for(mode))
             if inp.shape[1] == 1:  # channels are resized independently: replicate after the resize
                 inp = inp.expand(-1, 3, -1, -1)
-            plain, mc = model.features(inp, SET_TAGS[set_name], found.n)
-            found.add([f"{set_name}[{found.n + i:05d}]" for i in range(len(inp))], plain, mc)
+            plain, mc = model.features(inp, SET_TAGS[set_name], found.n, watch=found.collector.watch)
+            found.add([f"{set_name}[{found.n + i:05d}]" for i in range(len(inp))], plain, mc, x=inp,
+                      first_index=found.n)
         self._extract_s += time.perf_counter() - t0
 
     def stats(self, real: bool = True) -> SetStats:

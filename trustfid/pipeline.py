@@ -22,6 +22,7 @@ import torch
 from . import report as rep
 from .errors import CancelledError, InputError
 from .extractor import Extractor, as_extractor, get_extractor, load_fid_inception
+from .extras import Collector
 from .inception import FIDInceptionV3
 from .inputs import open_images
 from .inputs.array_rules import is_stats_npz
@@ -113,11 +114,13 @@ def load_extractor(options: ScoreOptions | dict | None, extractor=None, settings
 
 
 class SetFeatures:
-    """One set's statistics as its feature batches arrive: the plain pass (rows kept for the
-    bootstrap), the T MC passes and each image's latent variance. Memory stays bounded (Moments)."""
+    """One set's statistics as its feature batches arrive: the plain pass, the T MC passes, each
+    image's latent variance, and what the collector keeps (extras.py: a capped sample of feature rows
+    for KID, FID∞ and the bootstrap, the domain inputs, thumbnails). Memory stays bounded."""
 
-    def __init__(self, dim: int, passes: int):
-        self.plain = Moments(dim, keep_rows=True)
+    def __init__(self, dim: int, passes: int, collector: Collector):
+        self.plain = Moments(dim)
+        self.collector = collector
         self.mc = [Moments(dim) for _ in range(passes)]
         self.names: list[str] = []
         self.intensity: Counter = Counter()  # images per intensity mapping (inputs/decode.py), for the report
@@ -127,8 +130,11 @@ class SetFeatures:
     def n(self) -> int:
         return len(self.names)
 
-    def add(self, names: list[str], plain: torch.Tensor, mc: torch.Tensor) -> None:
-        """Features of the next images: ``plain`` (n, d) and ``mc`` (T, n, d), on the CPU."""
+    def add(self, names: list[str], plain: torch.Tensor, mc: torch.Tensor, *, x: torch.Tensor,
+            first_index: int) -> None:
+        """Features of the next images: ``plain`` (n, d) and ``mc`` (T, n, d), on the CPU; ``x`` their
+        network input; ``first_index`` the first one's index in its set."""
+        self.collector.add(x, plain, mc, names, first_index)
         self.plain.add(plain.numpy())
         for t, moments in enumerate(self.mc):
             moments.add(mc[t].numpy())
@@ -146,7 +152,7 @@ class SetFeatures:
         return SetStats(plain=self.plain, mc=self.mc, names=list(self.names),
                         latent_variance=np.concatenate(self._variances) if self._variances else np.zeros(0),
                         skipped=list(skipped), provenance=provenance, source=source,
-                        intensity=dict(sorted(self.intensity.items())))
+                        intensity=dict(sorted(self.intensity.items())), **self.collector.finish())
 
 
 def _batches(images, batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
@@ -210,7 +216,7 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
                          max_member_bytes=settings.max_member_bytes, max_expanded_bytes=settings.max_expanded_bytes,
                          max_compression_ratio=settings.max_compression_ratio, window=options.window)
     total = len(images)
-    found = SetFeatures(ex.feature_dim, options.passes)
+    found = SetFeatures(ex.feature_dim, options.passes, Collector(ex, options))
     input_range = ex.input_range_for(options.resize)
 
     def prepared():
@@ -223,7 +229,8 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
     for batch_names, x in _prefetched(prepared()):
         if should_cancel and should_cancel():
             raise CancelledError("the job was cancelled")
-        found.add(batch_names, *model.features(x, SET_TAGS[set_name], first_index + found.n))
+        features = model.features(x, SET_TAGS[set_name], first_index + found.n, watch=found.collector.watch)
+        found.add(batch_names, *features, x=x, first_index=first_index + found.n)
         if progress:
             progress(Progress(stage="extracting", set=set_name, images_done=found.n, images_total=total,
                               passes=options.passes))
@@ -282,20 +289,28 @@ def build_report(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor,
     mc = rep.fid_mc(r, g)
     if progress:
         progress(Progress(stage="report", passes=options.passes))
-    boot = rep.fid_bootstrap(r, g, options.bootstrap_resamples, options.seed)
+    boot, boot_samples = rep.bootstrap(r, g, options.bootstrap_resamples, options.seed)
     lv = rep.latent_variance(r, g, options.top_k)
+    rows = rep.feature_rows(r, g, options.max_feature_rows)
+    from .kid import fid_infinity, kid
+    kid_value = kid(r.feature_rows(), g.feature_rows(), options.kid_subsets, options.kid_subset_size, options.seed)
+    fid_inf = fid_infinity(r.feature_rows(), g.feature_rows(), options.seed)
+    dom = rep.domain(r, g, ex.weights_sha256, options.resize, options.top_k)
     t_frechet = time.perf_counter() - t0
 
     result = Report(
         fid=fid, fid_mc=mc, fid_bootstrap=boot, latent_variance=lv,
-        trust=rep.trust(fid, mc, boot, lv, r, g),
+        trust=rep.trust(fid, mc, boot, dom, r, g),
         counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
         config=options,
         preprocessing=describe(options.resize, ex.input_size, ex.input_range_for(options.resize)),
         intensity={"real": r.intensity, "generated": g.intensity},
         model=model_info(ex), device=str(device),
         timing=Timing(load_s=load_s, extract_s=extract_s, frechet_s=t_frechet, total_s=load_s + extract_s + t_frechet,
-                      images_per_s=(r.n + g.n) / extract_s if extract_s > 0 else 0.0),
+                      images_per_s=(r.n + g.n) / extract_s if extract_s > 0 else 0.0,
+                      finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+        headline=rep.headline(fid, mc, boot_samples, rows), kid=kid_value, fid_infinity=fid_inf,
+        feature_rows=rows, domain=dom,
     )
     if progress:
         progress(Progress(stage="done", passes=options.passes))
@@ -309,6 +324,12 @@ def inspect(source, options: ScoreOptions | dict | None = None, *, extractor=Non
         raise InputError("inspect needs at least 2 MC passes to measure latent variance (--passes)")
     stats = extract(source, "real", options, extractor=ex, progress=progress, should_cancel=should_cancel)
     v = np.asarray(stats.latent_variance)
+    dom = rep.domain(None, stats, ex.weights_sha256, options.resize, options.top_k)
+    from .extras import shipped_model
+    model = shipped_model(ex.weights_sha256, options.resize)
+    scores = rep.domain_scores(stats, model) if model is not None else None
     return InspectReport(
-        images=[InspectImage(name=n, latent_variance=float(x)) for n, x in zip(stats.names, v)],
-        summary=rep.summarize(v), skipped=stats.skipped, config=options)
+        images=[InspectImage(name=n, latent_variance=float(x),
+                             domain_score=None if scores is None else float(scores[i]))
+                for i, (n, x) in enumerate(zip(stats.names, v))],
+        summary=rep.summarize(v), skipped=stats.skipped, config=options, domain=dom.generated)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .schemas import Progress, ScoreOptions, TrustLevel, _Strict
+from .schemas import Headline, Progress, ScoreOptions, TrustLevel, _Strict
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -134,6 +134,8 @@ class JobRecord(_TaskRecord):
     fid: float | None = Field(None, description="copied from the report once succeeded")
     fid_mc_std: float | None = None
     trust_level: TrustLevel | None = None
+    # schema 1.1: the report's headline (plain FID, sampling and network intervals, warnings, the text)
+    headline: Headline | None = None
 
 
 class JobList(_Strict):

@@ -1,5 +1,6 @@
 """From two sets' statistics to the report: plain FID, the MC-dropout FID distribution, a bootstrap
-interval over images, latent-variance summaries and the trust level.
+interval over images, the headline that leads with both, latent-variance summaries, the domain
+check and the trust level (KID and FID∞ are in kid.py).
 
 Two kinds of uncertainty, reported apart:
 - ``fid_mc``: model uncertainty — how much the FID moves when the embedding network itself is
@@ -15,16 +16,24 @@ import numpy as np
 
 from .frechet import frechet_distance, frechet_distances
 from .schemas import (
+    AtypicalImage,
+    Domain,
+    FeatureRows,
     FidBootstrap,
     FidMC,
+    Headline,
     ImageVariance,
     LatentVariance,
+    SetDomain,
+    SetRows,
     SetVariance,
     Trust,
     VarianceSummary,
 )
 from .stats import Gaussian, SetStats
-from .trust import assess
+from .trust import assess, baseline
+
+FEW_RESAMPLES = 10  # an interval from fewer passes or resamples than this gets a warning
 
 PASS_GROUP = 4  # passes whose d x d matrices are held at once in the Fréchet step
 
@@ -61,12 +70,17 @@ def _resampled(rows: np.ndarray, rng: np.random.Generator) -> Gaussian:
 
 
 def fid_bootstrap(real: SetStats, generated: SetStats, resamples: int, seed: int) -> FidBootstrap:
-    r, g = real.plain.rows(), generated.plain.rows()
+    return bootstrap(real, generated, resamples, seed)[0]
+
+
+def bootstrap(real: SetStats, generated: SetStats, resamples: int, seed: int) -> tuple[FidBootstrap, np.ndarray | None]:
+    """The bootstrap summary and its resampled FIDs (the kept feature rows, resampled with replacement)."""
+    r, g = real.feature_rows(), generated.feature_rows()
     if resamples < 2 or r is None or g is None or len(r) < 2 or len(g) < 2:
-        return FidBootstrap(resamples=0)
+        return FidBootstrap(resamples=0), None
     rng = np.random.default_rng([seed, 0xB007])
     s = np.asarray([frechet_distance(_resampled(r, rng), _resampled(g, rng)) for _ in range(resamples)])
-    return FidBootstrap(resamples=resamples, ci95=_ci95(s), std=float(s.std(ddof=1)))
+    return FidBootstrap(resamples=resamples, ci95=_ci95(s), std=float(s.std(ddof=1))), s
 
 
 def summarize(values: np.ndarray) -> VarianceSummary:
@@ -88,8 +102,132 @@ def latent_variance(real: SetStats, generated: SetStats, top_k: int) -> LatentVa
     return LatentVariance(real=set_variance(real, top_k), generated=set_variance(generated, top_k))
 
 
-def trust(fid: float, mc: FidMC, boot: FidBootstrap, lv: LatentVariance,
-          real: SetStats, generated: SetStats) -> Trust:
-    return assess(fid=fid, mc=mc, bootstrap=boot, latent=lv, n_real=real.n, n_generated=generated.n,
-                  foreign=real.provenance is None or generated.provenance is None,
-                  settings=real.provenance or generated.provenance)
+def trust(fid: float, mc: FidMC, boot: FidBootstrap, domain: Domain, real: SetStats, generated: SetStats) -> Trust:
+    return assess(fid=fid, mc=mc, bootstrap=boot, domain=domain, n_real=real.n, n_generated=generated.n,
+                  foreign=real.provenance is None or generated.provenance is None)
+
+
+# --- the headline ----------------------------------------------------------------------------------
+
+def _g(x: float) -> str:
+    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.0f}"
+
+
+def headline(fid: float, mc: FidMC, boot_samples: np.ndarray | None, rows: FeatureRows | None) -> Headline:
+    """Plain FID first, with two 95% intervals about it (schemas.Headline says how they are made)."""
+    warnings = []
+    sampling = None
+    resamples = 0 if boot_samples is None else len(boot_samples)
+    if resamples >= 2:
+        lo, med, hi = np.percentile(boot_samples, [2.5, 50, 97.5])
+        sampling = (max(0.0, float(fid + lo - med)), float(fid + hi - med))
+    network, rel = None, None
+    if mc.passes >= 2 and mc.samples:
+        s = np.asarray(mc.samples)
+        lo, med, hi = np.percentile(s, [2.5, 50, 97.5])
+        if med > 0:
+            network = (float(fid * lo / med), float(fid * hi / med))
+        rel = float(s.std(ddof=1) / s.mean()) if s.mean() > 0 else None
+    text = f"FID {fid:.2f}"
+    if sampling:
+        text += (f", 95% interval {_g(sampling[0])}–{_g(sampling[1])} from resampling the images "
+                 f"({resamples} resamples)")
+    else:
+        text += " (no sampling interval: bootstrap off)"
+        warnings.append("no sampling interval: the bootstrap over images was off (bootstrap_resamples < 2)")
+    if network and rel is not None:
+        text += (f"; the network's own uncertainty moves it by ±{100 * rel:.1f}% "
+                 f"({_g(network[0])}–{_g(network[1])}, {mc.passes} dropout passes)")
+    for what, n in (("sampling", resamples if sampling else None), ("network", mc.passes if network else None)):
+        if n is not None and n < FEW_RESAMPLES:
+            unit = "resamples" if what == "sampling" else "dropout passes"
+            warnings.append(f"the {what} interval rests on only {n} {unit} (fewer than {FEW_RESAMPLES}): "
+                            "its ends are rough")
+    if rows is not None and rows.capped and sampling:
+        warnings.append(f"the sampling interval, KID and FID∞ use {rows.generated.kept} of {rows.generated.used} "
+                        f"generated and {rows.real.kept} of {rows.real.used} real images (max_feature_rows "
+                        f"{rows.cap}): the interval is wider than the whole set's")
+    return Headline(fid=fid, sampling_ci95=sampling, resamples=resamples if sampling else 0,
+                    network_ci95=network, network_relative_std=rel, passes=mc.passes, text=text,
+                    warnings=warnings)
+
+
+def feature_rows(real: SetStats, generated: SetStats, cap: int) -> FeatureRows | None:
+    r, g = real.feature_rows(), generated.feature_rows()
+    if r is None or g is None:
+        return None
+    return FeatureRows(cap=cap, capped=len(r) < real.n or len(g) < generated.n,
+                       real=SetRows(kept=len(r), used=real.n), generated=SetRows(kept=len(g), used=generated.n))
+
+
+# --- the domain check ---------------------------------------------------------------------------------
+
+def _png_data_uri(im: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(im, np.uint8)).save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def domain_scores(stats: SetStats, model) -> np.ndarray | None:
+    raw = stats.per_image.get("domain_inputs")
+    if raw is None or len(raw) != stats.n or raw.ndim != 2:
+        return None
+    if model.needs_latent_variance and len(stats.latent_variance) != stats.n:
+        return None
+    return model.score(raw, stats.latent_variance)
+
+
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    from scipy.stats import binom
+
+    return float(binom.sf(k - 1, n, p)) if k > 0 else 1.0
+
+
+def set_domain(stats: SetStats, scores: np.ndarray, spec: dict, bins: np.ndarray, top_k: int) -> SetDomain:
+    threshold, rate = spec["threshold"], spec["natural_rate"]
+    above = int(np.sum(scores > threshold))
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    thumbs: dict = {}
+    for name, _, im in stats.thumbnails:  # matched by name (the collector scored the same inputs)
+        thumbs.setdefault(name, im)
+    atypical = []
+    for i in order:
+        im = thumbs.get(stats.names[i])
+        atypical.append(AtypicalImage(name=stats.names[i], domain_score=float(scores[i]),
+                                      thumbnail=_png_data_uri(im) if im is not None else None))
+    hist = np.histogram(np.clip(scores, bins[0], bins[-1]), bins=bins)[0]
+    return SetDomain(images=len(scores), mean=float(scores.mean()), median=float(np.median(scores)),
+                     p95=float(np.percentile(scores, 95)), above=above, fraction_above=above / len(scores),
+                     p_value=binomial_sf(above, len(scores), rate), histogram=[int(c) for c in hist],
+                     most_atypical=atypical)
+
+
+def domain(real: SetStats | None, generated: SetStats, weights_sha256: str, resize: str, top_k: int) -> Domain:
+    """The domain check of both sets (``real`` None: inspect's single set goes in ``generated``)."""
+    from .extras import shipped_model
+
+    spec = baseline().get("domain")
+    model = shipped_model(weights_sha256, resize)
+    if spec is None or model is None:
+        note = ("the shipped domain model was measured with other weights or another resize mode"
+                if spec else "this installation ships no domain model")
+        return Domain(available=False, note=note)
+    sides = {"real": real, "generated": generated}
+    scores = {k: domain_scores(v, model) for k, v in sides.items() if v is not None}
+    q = spec["natural_quantiles"]
+    known = [s for s in scores.values() if s is not None and len(s)]
+    lo = min([q["value"][0]] + [float(s.min()) for s in known])
+    hi = max([q["value"][-1]] + [float(s.max()) for s in known])
+    bins = np.linspace(lo, hi + 1e-9, 25)
+    out = {k: set_domain(sides[k], s, spec, bins, max(top_k, 3)) if s is not None else None for k, s in scores.items()}
+    missing = [k for k, v in sides.items() if v is not None and out.get(k) is None]
+    return Domain(available=True, model=model.describe(), threshold=spec["threshold"],
+                  natural_rate=spec["natural_rate"], natural_median=float(np.interp(0.5, q["q"], q["value"])),
+                  bins=[float(b) for b in bins], real=out.get("real"), generated=out.get("generated"),
+                  note=(f"no domain inputs for the {' and '.join(missing)} set" if missing else None))

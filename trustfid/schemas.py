@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1 added: headline, kid, fid_infinity, feature_rows, domain, intensity, model.extractor
 
 # The feature network every published FID uses, by its registry name (trustfid/extractor.py).
 DEFAULT_EXTRACTOR = "inception-v3-tf-2015-12-05"
@@ -101,6 +101,14 @@ class ScoreOptions(_Strict):
         if v is not None and not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] < v[1]):
             raise ValueError("window must be two finite numbers LOW < HIGH")
         return v
+    # 1.1
+    max_feature_rows: int = Field(2048, ge=2, le=200_000,
+                                  description="plain feature rows kept per set for KID, FID∞ and the bootstrap "
+                                              "(chosen per image by a seeded hash of its index: shards merge exactly)")
+    kid_subsets: int = Field(100, ge=0, le=10_000, description="KID subsets (clean-fid: 100; 0 = no KID)")
+    kid_subset_size: int = Field(1000, ge=2, le=100_000, description="KID subset size cap (clean-fid: 1000)")
+    thumbnails: int = Field(4, ge=0, le=16, description="thumbnails (64 px PNG) of the most atypical images "
+                                                        "per set embedded in the report; 0 = none")
 
     @field_validator("dropout_at")
     @classmethod
@@ -173,6 +181,95 @@ class LatentVariance(_Strict):
     generated: SetVariance
 
 
+class Headline(_Strict):
+    """The numbers to lead with, and the same words everywhere (CLI, HTML report, job records).
+    Both intervals are about the plain FID and contain it by construction: each is the plain FID
+    moved by the spread of its resamples around their median."""
+
+    fid: float
+    sampling_ci95: tuple[float, float] | None = Field(
+        None, description="95% interval from resampling the images (plain network): fid + (q2.5, q97.5) - median "
+                          "of the bootstrap FIDs, clipped at 0")
+    resamples: int = 0
+    network_ci95: tuple[float, float] | None = Field(
+        None, description="95% interval from the network's own (MC-dropout) uncertainty: fid x (q2.5, q97.5) / "
+                          "median of the per-pass FIDs")
+    network_relative_std: float | None = Field(None, description="std / mean of the per-pass FIDs")
+    passes: int = 0
+    text: str
+    warnings: list[str] = Field(default_factory=list)
+
+
+class Kid(_Strict):
+    """Kernel Inception Distance as clean-fid computes it (kid.py)."""
+
+    value: float
+    std: float
+    subsets: int
+    subset_size: int
+
+
+class FidInfinityPoint(_Strict):
+    n_real: int
+    n_generated: int
+    fid: float = Field(description="mean over the repeats at this size")
+    repeats: int
+
+
+class FidInfinity(_Strict):
+    """FID extrapolated to infinitely many images (Chong & Forsyth 2020; kid.py)."""
+
+    value: float
+    slope: float = Field(description="FID per unit of 1/N_generated in the linear fit")
+    points: list[FidInfinityPoint]
+
+
+class SetRows(_Strict):
+    kept: int
+    used: int
+
+
+class FeatureRows(_Strict):
+    """How many plain feature rows KID, FID∞ and the bootstrap rest on."""
+
+    cap: int
+    capped: bool = Field(description="true when a set had more images than the cap")
+    real: SetRows
+    generated: SetRows
+
+
+class AtypicalImage(_Strict):
+    name: str
+    domain_score: float
+    thumbnail: str | None = Field(None, max_length=24_000, pattern=r"^data:image/png;base64,[A-Za-z0-9+/=]+$")
+
+
+class SetDomain(_Strict):
+    images: int
+    mean: float
+    median: float
+    p95: float
+    above: int = Field(description="images scoring above the threshold (Domain.threshold)")
+    fraction_above: float
+    p_value: float = Field(description="one-sided binomial test of `above` against the natural rate")
+    histogram: list[int] = Field(default_factory=list, description="counts over Domain.bins")
+    most_atypical: list[AtypicalImage] = Field(default_factory=list)
+
+
+class Domain(_Strict):
+    """Per-image domain scores (domain.py): higher means less like a natural photo."""
+
+    available: bool
+    model: str | None = None
+    threshold: float | None = Field(None, description="the natural photos' (1 - natural_rate) quantile of the score")
+    natural_rate: float = Field(0.1, description="share of natural photos above the threshold")
+    natural_median: float | None = None
+    bins: list[float] = Field(default_factory=list)
+    real: SetDomain | None = None
+    generated: SetDomain | None = None
+    note: str | None = None
+
+
 class Trust(_Strict):
     level: TrustLevel
     score: float = Field(description="0 (do not trust) .. 1 (trust)")
@@ -195,6 +292,7 @@ class Timing(_Strict):
     frechet_s: float = 0.0
     total_s: float = 0.0
     images_per_s: float = 0.0
+    finished_at: str | None = Field(None, description="UTC time the report was made (ISO 8601)")
 
 
 class Report(_Strict):
@@ -213,11 +311,18 @@ class Report(_Strict):
     model: ModelInfo
     device: str
     timing: Timing
+    # 1.1
+    headline: Headline | None = None
+    kid: Kid | None = None
+    fid_infinity: FidInfinity | None = None
+    feature_rows: FeatureRows | None = None
+    domain: Domain | None = None
 
 
 class InspectImage(_Strict):
     name: str
     latent_variance: float
+    domain_score: float | None = Field(None, description="higher means less like a natural photo")
 
 
 class InspectReport(_Strict):
@@ -226,6 +331,7 @@ class InspectReport(_Strict):
     summary: VarianceSummary
     skipped: list[SkippedFile] = Field(default_factory=list)
     config: ScoreOptions
+    domain: SetDomain | None = None
 
 
 class Progress(_Strict):

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IncompatibleStatsError, InputError
+from .rows import KeptRows
 from .schemas import DEFAULT_EXTRACTOR, SkippedFile
 
 CHUNK = 256
@@ -225,6 +226,18 @@ class SetStats:
     provenance: dict | None = None  # stats.provenance(...); None for another tool's mu/sigma
     source: str = ""
     intensity: dict[str, int] = field(default_factory=dict)  # images per intensity mapping (inputs/decode.py)
+    # Kept by extras.Collector: per-image arrays in image order (merged by concatenation), e.g. the
+    # raw domain inputs; a bounded sample of plain feature rows; thumbnails (name, domain score,
+    # uint8 image) of the most atypical images (not saved to .npz).
+    per_image: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: KeptRows | None = None
+    thumbnails: list = field(default_factory=list)
+
+    def feature_rows(self) -> np.ndarray | None:
+        """The plain feature rows kept for KID, FID∞ and the bootstrap (all of them up to the cap)."""
+        if self.rows is not None:
+            return self.rows.rows()
+        return self.plain.rows()
 
     @property
     def n(self) -> int:
@@ -243,6 +256,11 @@ class SetStats:
             provenance=self.provenance,
             source=f"{self.source}+{other.source}",
             intensity=dict(sorted((Counter(self.intensity) + Counter(other.intensity)).items())),
+            per_image={k: np.concatenate([v, other.per_image[k]]) for k, v in self.per_image.items()
+                       if k in other.per_image},
+            rows=self.rows.merge(other.rows) if self.rows is not None and other.rows is not None else None,
+            thumbnails=sorted(self.thumbnails + other.thumbnails, key=lambda t: -t[1])[
+                :max(len(self.thumbnails), len(other.thumbnails))],
         )
 
     # -- persistence --------------------------------------------------------------------------
@@ -260,9 +278,14 @@ class SetStats:
             "provenance": np.array(json.dumps(self.provenance, sort_keys=True)),
             "intensity": np.array(json.dumps(self.intensity, sort_keys=True)),
         }
-        rows = self.plain.rows()
+        rows = self.feature_rows()
         if rows is not None:
             arrays["features"] = rows
+            if self.rows is not None:
+                arrays["features_index"] = self.rows.index()
+                arrays["features_cap"] = np.array([self.rows.cap, self.rows.seed], np.uint64)
+        for key, value in self.per_image.items():
+            arrays[f"per_image_{key}"] = np.asarray(value)
         if self.mc:
             gs = [m.gaussian() for m in self.mc]
             arrays["mc_mu"] = np.stack([g.mu for g in gs])
@@ -311,6 +334,13 @@ def load_stats(path: str | Path) -> SetStats:
         return SetStats(plain=plain, mc=[], provenance=None, source=path.name)
     n = int(data["n"])
     features = data.get("features")
+    kept = None
+    if features is not None:
+        index = data.get("features_index", np.arange(len(features)))
+        cap, seed = (int(v) for v in data["features_cap"]) if "features_cap" in data else (len(features), 0)
+        kept = KeptRows.from_arrays(features, index, n, cap, seed)
+        if len(features) != n:  # a sample of the rows: not the covariance's factor
+            features = None
     plain = _moments_from(d, n, mu, sigma, features, keep_rows=features is not None)
     mc = []
     if "mc_mu" in data:
@@ -323,7 +353,9 @@ def load_stats(path: str | Path) -> SetStats:
     return SetStats(plain=plain, mc=mc, names=[str(s) for s in data["names"]],
                     latent_variance=data["latent_variance"], skipped=skipped,
                     provenance=_provenance(data, fmt), source=path.name,
-                    intensity=json.loads(str(data["intensity"])) if "intensity" in data else {})
+                    intensity=json.loads(str(data["intensity"])) if "intensity" in data else {},
+                    per_image={k.removeprefix("per_image_"): v for k, v in data.items() if k.startswith("per_image_")},
+                    rows=kept)
 
 
 def _provenance(data: dict, fmt: str) -> dict:

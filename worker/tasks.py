@@ -270,6 +270,7 @@ def _score(store: Store, st: Stored, settings: Settings, cb: _Callbacks):
     store.save_report(rec.id, report.model_dump_json())
     images = report.counts.real.used + report.counts.generated.used
     return finish("succeeded", fid=report.fid, fid_mc_std=report.fid_mc.std, trust_level=report.trust.level,
+                  headline=report.headline,
                   progress=Progress(stage="done", images_done=images, images_total=images,
                                     passes=report.fid_mc.passes))
 

@@ -223,3 +223,62 @@ def build(per_source_reference: int, per_source_test: int, per_source_gray: int,
         medical=crop_set("medical", med, per_source_medical, seed=4),
         notes=notes,
     )
+
+
+# --- held-out sources (issue 9): never used to fit or calibrate the domain check -----------------
+
+# Natural photos not among the calibration sources: matplotlib's portrait of Grace Hopper (colour) and
+# scikit-image's brick, grass and clock_motion (grayscale; clock_motion is motion-blurred).
+HELDOUT_NATURAL = {"grace_hopper.jpg": "matplotlib", "brick.png": "skimage", "grass.png": "skimage",
+                   "clock_motion.png": "skimage"}
+# Medical images not among the calibration sources: matplotlib's MR brain slice (s1045.ima, 256x256
+# 16-bit) and pydicom's RGB ultrasound (examples_rgb_color.dcm). That is all that ships: pydicom's other
+# decodable files are repeats of calibration images, synthetic patterns, masks or dose grids.
+HELDOUT_MEDICAL_DICOM = {"examples_rgb_color.dcm": "US"}
+
+
+def _matplotlib_sample(name: str) -> Path:
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "sample_data" / name
+
+
+def heldout_natural_sources() -> dict[str, list[np.ndarray]]:
+    out = {}
+    for name, where in HELDOUT_NATURAL.items():
+        path = _matplotlib_sample(name) if where == "matplotlib" else None
+        out[name] = [_rgb(np.asarray(Image.open(path))) if path else _package_image(name)]
+    return out
+
+
+def mr_brain() -> np.ndarray:
+    """matplotlib's s1045.ima: a 256x256 16-bit MR slice, windowed to its 0.5-99.5% range as a viewer
+    would, as uint8 RGB."""
+    import gzip
+
+    raw = gzip.open(_matplotlib_sample("s1045.ima.gz")).read()
+    a = np.frombuffer(raw, "<u2").reshape(256, 256).astype(np.float64)
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    return _rgb(np.clip(np.rint((a - lo) / (hi - lo) * 255), 0, 255).astype(np.uint8))
+
+
+def heldout_medical_sources() -> tuple[dict[str, list[np.ndarray]], list[str]]:
+    out, notes = {"s1045.ima (MR brain)": [mr_brain()]}, []
+    for name, what in HELDOUT_MEDICAL_DICOM.items():
+        try:
+            frames = _dicom_frames(name)
+        except Exception as e:
+            frames, notes = [], notes + [f"{name} skipped: {e}"]
+        if frames:
+            out[f"{name} ({what})"] = frames
+    return out, notes
+
+
+def tiny_faces(count: int) -> ImageSet:
+    """scikit-image's lfw_subset: 25x25 grayscale face crops (natural, but tiny), upscaled to CROP."""
+    import skimage
+
+    faces = np.load(Path(skimage.__file__).parent / "data" / "lfw_subset.npy")[:count]
+    images = [np.asarray(Image.fromarray(_rgb((f * 255).round().astype(np.uint8))).resize((CROP, CROP), Image.BICUBIC))
+              for f in faces]
+    return ImageSet("faces", images, ["lfw_subset.npy"] * len(images))

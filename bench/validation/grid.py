@@ -76,6 +76,7 @@ class Features:
     trunk: dict[str, torch.Tensor] = field(default_factory=dict)
     split: dict[str, int] = field(default_factory=dict)
     plain: dict[str, np.ndarray] = field(default_factory=dict)
+    domain: dict[str, np.ndarray] = field(default_factory=dict)  # raw per-image domain inputs (trustfid.domain)
     _later: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
 
     def at(self, net, set_name: str, split: int) -> torch.Tensor:

@@ -8,14 +8,19 @@
    family, natural-vs-medical AUROC of per-image latent variance, and the same for the baselines
    (plain FID, embedding norm, distance to the reference mean);
 5. choice: the stated rule (analysis.choose), then the chosen setting confirmed at its default T;
-6. calibration: the numbers the trust rule needs, into trustfid/trust_baseline.json;
-7. outputs: docs/validation/results.json, the PNG plots, and the measured section of
+6. domain check (issue 9): per-image signals from the network's own batch-norm statistics, collected
+   by forward hooks during step 2; candidate models under leave-one-source-out cross-validation
+   (domain.py); KID and FID∞ at small against large N (smallsample.py);
+7. calibration: the numbers the trust rule needs, into trustfid/trust_baseline.json; then the
+   shipped check, through the product, on held-out sources (heldout.py);
+8. outputs: docs/validation/results.json, the PNG plots, and the measured section of
    docs/VALIDATION.md (between its BEGIN/END markers).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -29,7 +34,7 @@ import torch
 from trustfid.schemas import ScoreOptions
 
 from . import analysis as A
-from . import calibrate
+from . import calibrate, heldout, smallsample
 from . import data as D
 from .grid import (
     DOMAIN_ONLY,
@@ -44,7 +49,7 @@ from .grid import (
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "VALIDATION.md"
 DOC_DIR = ROOT / "docs" / "validation"
-BASELINE = ROOT / "worker" / "engine" / "trust_baseline.json"
+BASELINE = ROOT / "trustfid" / "trust_baseline.json"
 
 # Sizes (crops per source image). 7 natural RGB photos, 4 grayscale photos, up to 12 medical sources.
 SIZES = {"reference": 4, "test": 2, "gray": 4, "medical": 4}
@@ -86,38 +91,57 @@ def model_input(images):
         memory_format=torch.channels_last)
 
 
-def extract_features(net, sets: dict[str, list[np.ndarray]], splits: dict[str, int], batch: int = 32) -> Features:
+def extract_features(net, sets: dict[str, list[np.ndarray]], splits: dict[str, int], batch: int = 32,
+                     probe=None) -> Features:
+    """Trunk outputs and plain features of every set; with a ``probe`` (trustfid.domain.DomainProbe)
+    also the raw per-image domain inputs, observed during the same single pass."""
     feats = Features()
     with torch.inference_mode():
         for name, images in sets.items():
             split = splits[name]
-            hs, fs = [], []
+            hs, fs, ds = [], [], []
             for i in range(0, len(images), batch):
-                h = net.forward_range(model_input(images[i:i + batch]), 0, split)
+                with probe.active() if probe else contextlib.nullcontext():
+                    h = net.forward_range(model_input(images[i:i + batch]), 0, split)
+                    f = net.pool3(net.forward_range(h, split, len(net.stage_names))).float()
                 hs.append(h)
-                fs.append(net.pool3(net.forward_range(h, split, len(net.stage_names))).float().numpy())
+                fs.append(f.numpy())
+                if probe:
+                    ds.append(probe.take(f))
             feats.trunk[name] = torch.cat(hs)
             feats.split[name] = split
             feats.plain[name] = np.concatenate(fs)
+            if probe:
+                feats.domain[name] = np.concatenate(ds)
     return feats
 
 
-def check_engine_equivalence(net, images: list[np.ndarray], settings: list[Setting], passes: int = 2) -> float:
-    """Max relative difference between the study's per-image latent variance (cached trunk, passes
-    stacked into one batch) and the engine's pipeline.extract on the same images. Guards the study
-    against measuring something other than the product."""
+def plain_features(net, images: list[np.ndarray], batch: int = 32) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate([net(model_input(images[i:i + batch])).float().numpy()
+                               for i in range(0, len(images), batch)])
+
+
+def check_engine_equivalence(net, images: list[np.ndarray], settings: list[Setting], probe,
+                             passes: int = 2) -> tuple[float, float]:
+    """Max relative differences between the study's per-image latent variance (cached trunk, passes
+    stacked into one batch) and domain inputs (one pass, hooks) and the engine's pipeline.extract on
+    the same images. Guards the study against measuring something other than the product."""
     from trustfid.pipeline import extract
 
-    worst = 0.0
+    worst, worst_domain = 0.0, 0.0
     arr = np.stack(images).astype(np.uint8)
     for setting in settings:
         opts = setting.options(passes, seed=SEED).model_copy(update={"batch_size": 2})
-        engine = extract(arr, "generated", opts).latent_variance
+        stats = extract(arr, "generated", opts)
+        engine = stats.latent_variance
         split = first_split(net, [setting])
-        feats = extract_features(net, {"x": images}, {"x": split})
+        feats = extract_features(net, {"x": images}, {"x": split}, probe=probe)
         ours = latent_variance(run_setting(net, feats, setting, {"x": 1}, range(passes))["x"])
         worst = max(worst, float(np.max(np.abs(ours - engine) / engine)))
-    return worst
+        d_engine = stats.per_image["domain_inputs"]
+        worst_domain = max(worst_domain, float(np.max(np.abs(feats.domain["x"] - d_engine) / np.abs(d_engine))))
+    return worst, worst_domain
 
 
 def halves(mc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -234,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.from_results.read_text())
     else:
         results = measure(args, quick)
+        # kept before calibration, so that a later step's failure can be redone with --from-results
+        keep = ROOT / "bench" / "out" / "validation_measured.json"  # git-ignored
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        keep.write_text(json.dumps(results) + "\n")
     finish(results, out, write_docs=not (quick or args.no_docs))
     return 0
 
@@ -273,20 +301,28 @@ def measure(args, quick: bool) -> dict:
     t0 = lap("data", t0)
 
     net, weights = load_network()
+    from trustfid.domain import DomainProbe
+    probe = DomainProbe(net, weights.tensors)
     threads = torch.get_num_threads()
     t0 = lap("network", t0)
 
-    eq = check_engine_equivalence(net, data.test.images[:3], [GRID[2], GRID[8]])
-    log(f"study loop vs pipeline.extract: max relative difference of per-image latent variance {eq:.2e}")
-    if eq > 1e-3:
-        raise SystemExit(f"the study's MC loop disagrees with the engine ({eq:.2e}); fix it before trusting the table")
+    eq, eq_domain = check_engine_equivalence(net, data.test.images[:3], [GRID[2], GRID[8]], probe)
+    log(f"study loop vs pipeline.extract: max relative difference of per-image latent variance {eq:.2e}, "
+        f"of domain inputs {eq_domain:.2e}")
+    if eq > 1e-3 or eq_domain > 1e-3:
+        raise SystemExit(f"the study's loop disagrees with the engine ({eq:.2e}, {eq_domain:.2e}); fix it before "
+                         "trusting the table")
     t0 = lap("engine_check", t0)
 
     split_all = first_split(net, grid)
     split_domain = first_split(net, grid + domain_only)
     splits = {k: (split_domain if k in names["domain_sets"] else split_all) for k in sets}
-    feats = extract_features(net, sets, splits)
+    feats = extract_features(net, sets, splits, probe=probe)
     t0 = lap("trunk_and_plain", t0)
+
+    pools = smallsample.sets(quick)
+    small = smallsample.run({k: plain_features(net, v) for k, v in pools.items()}, quick)
+    t0 = lap("kid_fid_infinity", t0)
 
     base = baselines(feats, names)
     rows, mcs = [], {}
@@ -317,6 +353,8 @@ def measure(args, quick: bool) -> dict:
     lv_full = np.concatenate([latent_variance(mc[k]) for k in names["per_image_sets"]])
     from scipy.stats import spearmanr
     confirmed["rank_agreement_grid_vs_default_T"] = float(spearmanr(lv_grid, lv_full).statistic)
+    # per-image latent variance of every set at the chosen setting and default T (domain-model input)
+    confirmed["per_image_all"] = {k: latent_variance(v).tolist() for k, v in mc.items()}
     t0 = lap("confirm", t0)
     timings["measure_total"] = round(time.perf_counter() - t_start, 1)
 
@@ -324,19 +362,42 @@ def measure(args, quick: bool) -> dict:
         "machine": machine(threads), "sizes": {k: len(v) for k, v in sets.items()},
         "crops_per_source": sizes, "notes": data.notes, "grid_passes": args.grid_passes,
         "default_passes": args.default_passes, "engine_check_max_rel_diff": eq,
+        "engine_check_domain_max_rel_diff": eq_domain,
+        "domain_raw": {k: v.tolist() for k, v in feats.domain.items()},
+        "sources_all": {k: list(v) for k, v in sources_of(data).items()}, "smallsample": small,
         "baselines": base, "grid": rows, "chosen": chosen["setting"], "choice": why,
         "confirmed": confirmed, "timings_s": timings, "weights_sha256": weights.sha256,
         "sources": {k: sorted(set(v)) for k, v in names["sources"].items()}, "quick": quick,
     }
 
 
+def sources_of(data) -> dict[str, list[str]]:
+    """The source image of every crop of every study set (corrupted sets: the test crops')."""
+    out = {"reference": data.reference.sources, "clean": data.test.sources, "gray": data.gray.sources,
+           "medical": data.medical.sources}
+    for fam in D.FAMILIES:
+        for sev in D.SEVERITIES:
+            out[f"{fam}/{sev}"] = data.test.sources
+    return out
+
+
 def finish(results: dict, out: Path, write_docs: bool) -> None:
     t0 = time.perf_counter()
     calib = calibrate.calibrate(results)
     results["calibration"] = calib
-    if write_docs:
-        BASELINE.write_text(json.dumps(calib["baseline"], indent=2) + "\n")
-        log(f"wrote {BASELINE.relative_to(ROOT)}")
+    baseline_path = BASELINE if write_docs else out / "trust_baseline.json"
+    baseline_path.write_text(json.dumps(calib["baseline"], indent=2) + "\n")
+    log(f"wrote {baseline_path}")
+    if "heldout" not in results:  # the shipped check through the product, on sources it never saw
+        from trustfid import trust
+
+        trust.BASELINE_FILE = baseline_path
+        trust.baseline.cache_clear()
+        th = time.perf_counter()
+        results["heldout"] = heldout.run(results.get("quick", False), log=log)
+        results["timings_s"]["heldout"] = round(time.perf_counter() - th, 1)
+        results["timings_s"]["measure_total"] = round(results["timings_s"].get("measure_total", 0)
+                                                      + results["timings_s"]["heldout"], 1)
     from . import report
     report.plots(results, out)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -1,0 +1,161 @@
+"""Is an image like the natural photos the FID Inception was trained on? A per-image domain score
+from the network's own ImageNet statistics.
+
+The signal. Every convolution of the FID InceptionV3 is followed by a batch-norm whose stored mean
+and variance describe that convolution's output over ImageNet. The network is loaded with the
+batch-norm folded into the convolution (inception.py), so the folded conv's pre-ReLU output z minus
+the batch-norm's beta is the standardised activation s = (conv(x) - mean) / sqrt(var + eps): over
+ImageNet photos each channel of s has mean 0 and variance about 1. For one image and one channel c,
+let m_c and v_c be the spatial mean and variance of s_c. Then
+
+    KL( N(m_c, v_c) || N(0, 1) ) = ½ (v_c + m_c² - 1 - ln v_c) = ½ (m_c²  +  (v_c - 1 - ln v_c))
+
+measures how far this image's activations sit from ImageNet's. We keep the two halves apart, each
+averaged over the channels of every convolution of a stage (the stem, Mixed_5b ... Mixed_7a): the
+*mean term* mean_c m_c² and the *variance term* mean_c (v_c - 1 - ln v_c). Those stages all run
+exactly once per image (in the deterministic trunk or the plain pass), so forward hooks on their
+convolutions collect the statistics at the cost of a mean and a variance per feature map.
+
+The score. ``DomainModel`` is a small logistic model over standardised log inputs (some of the
+per-stage terms, the log embedding norm, optionally the log latent variance), fitted by the
+validation study on natural photos against medical images with cross-validation grouped by source
+image, and shipped as JSON coefficients in trust_baseline.json. Its output, the *domain score*, is the
+model's log-odds: higher means less like a natural photo. The trust rule (trust.py) compares a set's
+scores with the natural photos' score distribution stored beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+# Stages whose convolutions are observed (all run once per image whatever the dropout points).
+STAGES: tuple[str, ...] = ("stem", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+                           "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a")
+# Columns of the raw per-image domain inputs that extraction stores (SetStats.per_image["domain_inputs"]).
+RAW_INPUTS: tuple[str, ...] = tuple(f"{t}:{s}" for s in STAGES for t in ("m", "v")) + ("norm",)
+V_FLOOR = 1e-6  # a constant feature map (v = 0) would make ln v infinite
+
+
+class DomainProbe:
+    """Forward hooks on the convolutions of ``STAGES`` that record, per image and stage, the channel
+    means of m² and of (v - 1 - ln v) of the standardised pre-ReLU activation. Use ``active()``
+    around the deterministic forward pass of one batch, then ``take()``. Only the thread that
+    entered ``active()`` is recorded, so a network shared by threads is safe."""
+
+    def __init__(self, net):
+        from .inception import ConvBN
+
+        self._convs = []  # (stage index, conv module, beta)
+        for path, module in net.named_modules():
+            if not isinstance(module, ConvBN):
+                continue
+            stage = path.split(".")[1]  # stages.<stage>[.<block>...]
+            if stage in STAGES:
+                self._convs.append((STAGES.index(stage), module.conv, module.beta))
+        self._channels = np.zeros(len(STAGES))
+        for s, conv, _ in self._convs:
+            self._channels[s] += conv.out_channels
+        self._terms: list = []
+        self._thread: int | None = None
+
+    @contextlib.contextmanager
+    def active(self):
+        handles = [conv.register_forward_hook(self._hook(s, beta)) for s, conv, beta in self._convs]
+        self._thread = threading.get_ident()
+        self._terms = []
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self._thread = None
+
+    def _hook(self, stage: int, beta):
+        def hook(module, inputs, z):
+            if threading.get_ident() != self._thread:
+                return
+            import torch
+
+            n, c = z.shape[:2]
+            # (N, H*W, C) is a view of a channels_last tensor; the sums of z and z^2 over positions as
+            # two batched matrix products with a ones vector (2x faster on CPU than var_mean)
+            flat = z.permute(0, 2, 3, 1).reshape(n, -1, c) if z.is_contiguous(memory_format=torch.channels_last) \
+                else z.reshape(n, c, -1).transpose(1, 2)
+            flat = flat.float()
+            hw = flat.shape[1]
+            ones = torch.full((n, 1, hw), 1.0 / hw, dtype=flat.dtype, device=flat.device)
+            mz = torch.bmm(ones, flat)[:, 0]
+            v = (torch.bmm(ones, flat * flat)[:, 0] - mz * mz).clamp_min(V_FLOOR)
+            m = mz - beta.to(mz.device)
+            self._terms.append((stage, (m * m).sum(dim=1), (v - 1.0 - torch.log(v)).sum(dim=1)))
+        return hook
+
+    def take(self, plain_features) -> np.ndarray:
+        """(N, len(RAW_INPUTS)) float64 for the batch just run: per stage (m, v) terms, then the norm
+        of each image's plain pool3 embedding."""
+        import torch
+
+        if not getattr(self, "_terms", None):
+            raise RuntimeError("no activations were recorded: run the network inside active()")
+        n = len(plain_features)
+        sums = torch.zeros(n, len(STAGES), 2, dtype=torch.float64)
+        for stage, mterm, vterm in self._terms:
+            sums[:, stage, 0] += mterm.double().cpu()
+            sums[:, stage, 1] += vterm.double().cpu()
+        self._terms = []
+        terms = (sums / torch.from_numpy(self._channels)[None, :, None]).reshape(n, -1)
+        norm = torch.linalg.vector_norm(plain_features.double(), dim=1, keepdim=True).cpu()
+        return torch.cat([terms, norm], dim=1).numpy()
+
+
+def model_inputs(raw: np.ndarray, names: list[str] | tuple[str, ...],
+                 latent_variance: np.ndarray | None = None) -> np.ndarray:
+    """The model's inputs from the raw per-image columns (``RAW_INPUTS``): ``log_kl:STAGE`` (log of
+    the stage's mean KL), ``log_m:STAGE`` / ``log_v:STAGE`` (its two terms), ``log_norm`` and
+    ``log_latent_variance``."""
+    raw = np.asarray(raw, np.float64)
+    col = {name: raw[:, i] for i, name in enumerate(RAW_INPUTS)}
+    out = []
+    for name in names:
+        kind, _, stage = name.partition(":")
+        if kind == "log_kl":
+            x = 0.5 * (col[f"m:{stage}"] + col[f"v:{stage}"])
+        elif kind == "log_m":
+            x = col[f"m:{stage}"]
+        elif kind == "log_v":
+            x = col[f"v:{stage}"]
+        elif kind == "log_norm":
+            x = col["norm"]
+        elif kind == "log_latent_variance":
+            if latent_variance is None or len(latent_variance) != len(raw):
+                raise ValueError("this domain model needs the per-image latent variance (at least 2 MC passes)")
+            x = np.asarray(latent_variance, np.float64)
+        else:
+            raise ValueError(f"unknown domain model input {name!r}")
+        out.append(np.log(np.maximum(x, 1e-12)))
+    return np.stack(out, axis=1) if out else np.zeros((len(raw), 0))
+
+
+class DomainModel:
+    """score = intercept + sum_j coef_j (x_j - center_j) / scale_j over the named log inputs."""
+
+    def __init__(self, spec: dict):
+        self.inputs = list(spec["inputs"])
+        self.center = np.asarray(spec["center"], np.float64)
+        self.scale = np.asarray(spec["scale"], np.float64)
+        self.coef = np.asarray(spec["coef"], np.float64)
+        self.intercept = float(spec["intercept"])
+
+    @property
+    def needs_latent_variance(self) -> bool:
+        return "log_latent_variance" in self.inputs
+
+    def score(self, raw: np.ndarray, latent_variance: np.ndarray | None = None) -> np.ndarray:
+        x = model_inputs(raw, self.inputs, latent_variance)
+        return self.intercept + ((x - self.center) / self.scale) @ self.coef
+
+    def describe(self) -> str:
+        return "logistic on " + ", ".join(self.inputs)
