@@ -7,7 +7,7 @@ from trustfid.errors import TrustfidError
 
 
 class AuthError(TrustfidError, code="unauthorized", status=401):
-    """No API key, or one the service does not know."""
+    """No API key, or one the service does not know (answered with ``WWW-Authenticate: Bearer``)."""
 
 
 class NotFoundError(TrustfidError, code="not_found", status=404):
@@ -15,7 +15,8 @@ class NotFoundError(TrustfidError, code="not_found", status=404):
 
 
 class ConflictError(TrustfidError, code="conflict", status=409):
-    """The thing exists but is not in a state that allows this (e.g. a report of a running job)."""
+    """The thing exists but is not in a state that allows this; the code says which (not_ready,
+    job_failed, job_cancelled, report_expired, reference_not_ready)."""
 
 
 class ForbiddenURLError(TrustfidError, code="forbidden_uri", status=422):

@@ -21,12 +21,7 @@ from app.errors import RateLimitError, RequestTimeoutError, UnavailableError
 from app.openapi import BEARER
 from app.settings import Settings
 from app.store import Store, new_id
-from trustfid.errors import (
-    InputError,
-    TooLargeError,
-    TrustfidError,
-    UnsupportedTypeError,
-)
+from trustfid.errors import InputError, TooLargeError, TrustfidError, UnsupportedTypeError
 from trustfid.schemas import validation_message
 
 log = logging.getLogger("trustfid.api")

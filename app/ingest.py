@@ -26,12 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from app.errors import ForbiddenURLError, StorageError
 from app.settings import Settings
-from trustfid.errors import (
-    InputError,
-    TooLargeError,
-    TrustfidError,
-    UnsupportedTypeError,
-)
+from trustfid.errors import InputError, TooLargeError, TrustfidError, UnsupportedTypeError
 from trustfid.inputs import rules
 from trustfid.inputs.array_rules import check_array_file
 from trustfid.inputs.rules import ArchiveBudget, Limits

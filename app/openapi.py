@@ -61,6 +61,13 @@ def errors(*statuses: int, **when: str) -> dict:
     return out
 
 
+def deletion(model, what: str) -> dict:
+    """The responses of a DELETE of a job or reference: 202 with the cancelled record while it runs,
+    204 once a finished one is deleted with ``what``."""
+    return {202: {"model": model, "description": "cancelled; the record"},
+            204: {"description": f"deleted with {what}"}, **errors(401, 404, 422, 503)}
+
+
 def submit_body(json_model: type[BaseModel], set_fields: tuple[str, ...], text_fields: dict[str, dict]) -> dict:
     """``openapi_extra`` of a POST that app/http.py ``submit`` reads itself: JSON ``json_model``, or
     multipart with one part per file in each of ``set_fields`` (or that field as a JSON reference/URI

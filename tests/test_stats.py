@@ -8,14 +8,7 @@ import pytest
 from trustfid.errors import IncompatibleStatsError, InputError
 from trustfid.frechet import frechet_distance
 from trustfid.schemas import ScoreOptions, SkippedFile
-from trustfid.stats import (
-    CHUNK,
-    Moments,
-    SetStats,
-    check_compatible,
-    load_stats,
-    provenance,
-)
+from trustfid.stats import CHUNK, Moments, SetStats, check_compatible, load_stats, provenance
 
 
 def _rows(n, d=16, seed=0, offset=0.0):

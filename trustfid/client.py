@@ -30,14 +30,7 @@ import httpx
 
 from .errors import TrustfidError, UnreachableError
 from .inputs.rules import list_folder
-from .records import (
-    FINAL_STATES,
-    ErrorResponse,
-    JobRecord,
-    ReferenceRecord,
-    Series,
-    SeriesPoint,
-)
+from .records import FINAL_STATES, ErrorResponse, JobRecord, ReferenceRecord, Series, SeriesPoint
 from .schemas import Report, lenient
 
 URI_SCHEMES = ("file://", "http://", "https://", "s3://")

@@ -33,11 +33,13 @@ class TrustfidError(Exception):
 
 
 class InputError(TrustfidError, code="bad_input", status=422):
-    """An input set cannot be used as given (unreadable, too few images, unknown format...)."""
+    """An input set cannot be used as given (unreadable, too few images, unknown format...). Readers
+    often give a more precise code (too_few_images, bad_archive, bad_array, unsafe_archive)."""
 
 
 class TooLargeError(TrustfidError, code="too_large", status=413):
-    """An input exceeds a configured limit (bytes, pixels, images, archive members)."""
+    """An input exceeds a configured limit (bytes, pixels, images, archive members); the message names
+    the TRUSTFID_ setting that sets it."""
 
 
 class UnsupportedTypeError(TrustfidError, code="unsupported_type", status=415):
@@ -45,7 +47,8 @@ class UnsupportedTypeError(TrustfidError, code="unsupported_type", status=415):
 
 
 class IncompatibleStatsError(TrustfidError, code="incompatible_stats", status=409):
-    """Two sets of statistics were made with different weights, preprocessing or MC settings."""
+    """Two sets of statistics were made with different weights, preprocessing or MC settings. The
+    message names each difference: recompute one side, or leave the option out to use the saved one."""
 
 
 class CancelledError(TrustfidError, code="cancelled", status=409):

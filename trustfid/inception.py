@@ -48,6 +48,11 @@ class ConvBN(nn.Module):
         return F.relu(self.conv(x))
 
 
+def _branches(*outputs):
+    """An Inception block's output: its branches' feature maps stacked along the channels."""
+    return torch.cat(outputs, 1)
+
+
 def _avg3(x):
     # TF's SAME-padded 3x3 average pool averages only the real pixels at the border.
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
@@ -65,12 +70,11 @@ class BlockA(nn.Module):  # Mixed_5b, 5c, 5d
         self.branch_pool = ConvBN(cin, pool_features, 1)
 
     def forward(self, x):
-        return torch.cat([
+        return _branches(
             self.branch1x1(x),
             self.branch5x5_2(self.branch5x5_1(x)),
             self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg3(x)),
-        ], 1)
+            self.branch_pool(_avg3(x)))
 
 
 class BlockB(nn.Module):  # Mixed_6a (grid reduction 35 -> 17)
@@ -82,11 +86,10 @@ class BlockB(nn.Module):  # Mixed_6a (grid reduction 35 -> 17)
         self.branch3x3dbl_3 = ConvBN(96, 96, 3, stride=2)
 
     def forward(self, x):
-        return torch.cat([
+        return _branches(
             self.branch3x3(x),
             self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, 3, stride=2),
-        ], 1)
+            F.max_pool2d(x, 3, stride=2))
 
 
 class BlockC(nn.Module):  # Mixed_6b .. 6e (factorised 7x7)
@@ -108,12 +111,11 @@ class BlockC(nn.Module):  # Mixed_6b .. 6e (factorised 7x7)
         for conv in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
                      self.branch7x7dbl_4, self.branch7x7dbl_5):
             d = conv(d)
-        return torch.cat([
+        return _branches(
             self.branch1x1(x),
             self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
             d,
-            self.branch_pool(_avg3(x)),
-        ], 1)
+            self.branch_pool(_avg3(x)))
 
 
 class BlockD(nn.Module):  # Mixed_7a (grid reduction 17 -> 8)
@@ -128,7 +130,7 @@ class BlockD(nn.Module):  # Mixed_7a (grid reduction 17 -> 8)
 
     def forward(self, x):
         b = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b, F.max_pool2d(x, 3, stride=2)], 1)
+        return _branches(self.branch3x3_2(self.branch3x3_1(x)), b, F.max_pool2d(x, 3, stride=2))
 
 
 class BlockE(nn.Module):  # Mixed_7b (average pool), Mixed_7c (max pool: a quirk of the TF graph)
@@ -149,12 +151,11 @@ class BlockE(nn.Module):  # Mixed_7b (average pool), Mixed_7c (max pool: a quirk
         a = self.branch3x3_1(x)
         b = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg3(x)
-        return torch.cat([
+        return _branches(
             self.branch1x1(x),
             self.branch3x3_2a(a), self.branch3x3_2b(a),
             self.branch3x3dbl_3a(b), self.branch3x3dbl_3b(b),
-            self.branch_pool(pooled),
-        ], 1)
+            self.branch_pool(pooled))
 
 
 class Stem(nn.Module):

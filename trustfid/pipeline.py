@@ -28,15 +28,7 @@ from .inputs import open_images
 from .inputs.array_rules import is_stats_npz
 from .mc import SET_TAGS, MCDropout
 from .preprocess import describe, to_model_input
-from .schemas import (
-    InspectImage,
-    InspectReport,
-    ModelInfo,
-    Progress,
-    Report,
-    ScoreOptions,
-    Timing,
-)
+from .schemas import InspectImage, InspectReport, ModelInfo, Progress, Report, ScoreOptions, Timing
 from .settings import EngineSettings, get_engine_settings
 from .stats import Moments, SetStats, check_compatible, load_stats, provenance
 from .weights import Weights

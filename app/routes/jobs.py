@@ -9,16 +9,8 @@ from fastapi.responses import HTMLResponse, Response
 
 from app import jobs
 from app.errors import ConflictError
-from app.http import (
-    Owner,
-    SettingsD,
-    StoreD,
-    cancel_or_delete,
-    record_response,
-    submit,
-    with_notice,
-)
-from app.openapi import errors, job_callbacks, json_text, submit_body
+from app.http import Owner, SettingsD, StoreD, cancel_or_delete, record_response, submit, with_notice
+from app.openapi import deletion, errors, job_callbacks, json_text, submit_body
 from trustfid.records import JobList, JobOptions, JobRecord, JobSubmit
 from trustfid.schemas import Report
 
@@ -75,9 +67,7 @@ def get_report(job_id: str, store: StoreD, owner: Owner,
     return Response(raw, media_type="application/json")
 
 
-@router.delete("/{job_id}", status_code=204,
-               responses={202: {"model": JobRecord, "description": "cancelled; the record"},
-                          204: {"description": "deleted with its report and files"}, **errors(401, 404, 422, 503)},
+@router.delete("/{job_id}", status_code=204, responses=deletion(JobRecord, "its report and files"),
                summary="Cancel a queued/running job (202 with the record) or delete a finished one (204)")
 def delete_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
     return cancel_or_delete(store, settings, owner, job_id, "score")

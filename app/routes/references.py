@@ -8,16 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from app import jobs
-from app.http import (
-    Owner,
-    SettingsD,
-    StoreD,
-    cancel_or_delete,
-    record_response,
-    submit,
-    with_notice,
-)
-from app.openapi import errors, json_text, submit_body
+from app.http import Owner, SettingsD, StoreD, cancel_or_delete, record_response, submit, with_notice
+from app.openapi import deletion, errors, json_text, submit_body
 from trustfid.records import ReferenceList, ReferenceRecord, ReferenceSubmit
 from trustfid.schemas import ScoreOptions
 
@@ -49,9 +41,7 @@ def get_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner)
     return record_response(with_notice(store.get_owned(ref_id, owner, "reference").record, store, settings))
 
 
-@router.delete("/{ref_id}", status_code=204,
-               responses={202: {"model": ReferenceRecord, "description": "cancelled; the record"},
-                          204: {"description": "deleted with its statistics"}, **errors(401, 404, 422, 503)},
+@router.delete("/{ref_id}", status_code=204, responses=deletion(ReferenceRecord, "its statistics"),
                summary="Cancel a reference being computed (202) or delete a finished one (204)")
 def delete_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
     return cancel_or_delete(store, settings, owner, ref_id, "reference")

@@ -36,15 +36,7 @@ from trustfid.schemas import ScoreOptions
 from . import analysis as A
 from . import calibrate, heldout, smallsample
 from . import data as D
-from .grid import (
-    DOMAIN_ONLY,
-    GRID,
-    Features,
-    Setting,
-    first_split,
-    latent_variance,
-    run_setting,
-)
+from .grid import DOMAIN_ONLY, GRID, Features, Setting, first_split, latent_variance, run_setting
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "VALIDATION.md"

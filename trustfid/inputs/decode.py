@@ -37,14 +37,7 @@ import numpy as np
 
 from ..errors import TooLargeError, TrustfidError
 from .events import Event, Skip, Unreadable
-from .rules import (
-    HEAD_BYTES,
-    PIL_FORMATS,
-    check_pixels,
-    first_line,
-    is_dicom,
-    read_head,
-)
+from .rules import HEAD_BYTES, PIL_FORMATS, check_pixels, first_line, is_dicom, read_head
 
 EIGHT_BIT = "8-bit: as stored"
 STRETCH = "wider than 8 bits: each image's own min..max to 0..255"
