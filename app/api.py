@@ -20,7 +20,7 @@ from app import openapi
 from app.http import error_response, log
 from app.routes import jobs, operations, references, series
 from app.settings import Settings, get_settings
-from app.store import Store, connect
+from app.store import Store, connect, connect_async
 from trustfid import __version__
 from trustfid.errors import InputError, TrustfidError
 from trustfid.schemas import validation_message
@@ -37,10 +37,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.store = Store(connect(settings.redis_url), settings) if settings.redis_url else None
+        app.state.store = (Store(connect(settings.redis_url), settings, connect_async(settings.redis_url))
+                           if settings.redis_url else None)
         yield
         if app.state.store is not None:
             app.state.store.r.close()
+            await app.state.store.ar.aclose()
 
     # FastAPIOffline: /docs (Swagger UI) and /redoc load their scripts and styles from the
     # fastapi-offline package, served by this app, so the pages work on a network without internet.

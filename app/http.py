@@ -160,6 +160,14 @@ def with_notice(record, store: Store, settings: Settings):
     return record
 
 
+async def owned_response(store: Store, settings: Settings, record_id: str, owner: str, kind: str) -> Response:
+    """GET of a job or reference: the caller's record (404 for anyone else's), with its notice."""
+    record = (await store.get_owned_async(record_id, owner, kind)).record
+    if record.state == "queued" and not await store.any_worker_alive_async(settings.queue):
+        record = record.model_copy(update={"notice": NO_WORKER})
+    return record_response(record)
+
+
 NO_WORKER = ("no worker is running: the job is queued and kept, and it will run when a worker starts "
              "(GET /readyz shows the workers)")
 

@@ -72,9 +72,18 @@ def connect(url: str, *, retry_s: float = 0.0) -> redis.Redis:
                                 retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
+def connect_async(url: str):
+    """A redis.asyncio client for the API's event loop (fails fast: the API answers 503)."""
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30,
+                                        health_check_interval=15)
+
+
 class Store:
-    def __init__(self, client: redis.Redis, settings: Settings):
+    def __init__(self, client: redis.Redis, settings: Settings, async_client=None):
         self.r = client
+        self.ar = async_client  # redis.asyncio client of the API's event loop (its hot reads), or None
         self.ttl = settings.record_ttl_s
         self.lease_s = settings.lease_s
         self.worker_ttl = 3 * settings.heartbeat_s
@@ -113,11 +122,24 @@ class Store:
     def get_owned(self, id_: str, owner: str, kind: str) -> Stored:
         """The record if it exists, is of this kind and belongs to this owner; else 404 — a caller
         cannot tell another key's record from a missing one."""
-        st = self.get(id_) if _plausible_id(id_) else None
-        if st is None or st.owner != owner or st.record.kind != kind:
-            what = "job" if kind == "score" else "reference"
-            raise NotFoundError(f"no {what} {id_!r} for this API key", code="not_found")
-        return st
+        return _owned(self.get(id_) if _plausible_id(id_) else None, id_, owner, kind)
+
+    async def get_owned_async(self, id_: str, owner: str, kind: str) -> Stored:
+        """``get_owned`` on the API's event loop (redis.asyncio): the hot read of every poll, without
+        a thread-pool hop."""
+        raw = None
+        if _plausible_id(id_):
+            try:
+                raw = await self.ar.get(self._key(id_))
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                raise UnavailableError(f"Redis is not reachable: {e}") from e
+        return _owned(Stored.model_validate_json(raw) if raw else None, id_, owner, kind)
+
+    async def any_worker_alive_async(self, queue: str) -> bool:
+        try:
+            return bool(await self.ar.zcount(f"{P}workers:{queue}", time.time() - self.worker_ttl, "+inf"))
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise UnavailableError(f"Redis is not reachable: {e}") from e
 
     def update(self, id_: str, fn: Callable[[Stored], Stored | None]) -> Stored | None:
         """Read-modify-write under WATCH (redis-py's ``transaction``: retried when another writer got
@@ -381,6 +403,13 @@ def _series_key(owner: str, tag: str) -> str:
 
 def _le(b: float) -> str:
     return "+Inf" if b == float("inf") else str(b)
+
+
+def _owned(st: Stored | None, id_: str, owner: str, kind: str) -> Stored:
+    if st is None or st.owner != owner or st.record.kind != kind:
+        what = "job" if kind == "score" else "reference"
+        raise NotFoundError(f"no {what} {id_!r} for this API key", code="not_found")
+    return st
 
 
 def _plausible_id(id_: str) -> bool:

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from app import jobs
 from app.errors import ConflictError
-from app.http import Owner, SettingsD, StoreD, cancel_or_delete, record_response, submit, with_notice
+from app.http import Owner, SettingsD, StoreD, cancel_or_delete, owned_response, submit
 from app.openapi import deletion, errors, job_callbacks, json_text, submit_body
 from trustfid.records import JobList, JobOptions, JobRecord, JobSubmit
 from trustfid.schemas import Report
@@ -40,8 +40,8 @@ def list_jobs(store: StoreD, owner: Owner, tag: Annotated[list[str], Query()] = 
 
 @router.get("/{job_id}", response_model=JobRecord, summary="State and progress of a job",
             responses=errors(401, 404, 422, 503))
-def get_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
-    return record_response(with_notice(store.get_owned(job_id, owner, "score").record, store, settings))
+async def get_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
+    return await owned_response(store, settings, job_id, owner, "score")
 
 
 @router.get("/{job_id}/report", response_model=Report,

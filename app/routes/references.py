@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from app import jobs
-from app.http import Owner, SettingsD, StoreD, cancel_or_delete, record_response, submit, with_notice
+from app.http import Owner, SettingsD, StoreD, cancel_or_delete, owned_response, submit
 from app.openapi import deletion, errors, json_text, submit_body
 from trustfid.records import ReferenceList, ReferenceRecord, ReferenceSubmit
 from trustfid.schemas import ScoreOptions
@@ -37,8 +37,8 @@ def list_references(store: StoreD, owner: Owner, limit: Annotated[int, Query(ge=
 
 @router.get("/{ref_id}", response_model=ReferenceRecord, summary="State of a reference",
             responses=errors(401, 404, 422, 503))
-def get_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
-    return record_response(with_notice(store.get_owned(ref_id, owner, "reference").record, store, settings))
+async def get_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
+    return await owned_response(store, settings, ref_id, owner, "reference")
 
 
 @router.delete("/{ref_id}", status_code=204, responses=deletion(ReferenceRecord, "its statistics"),
