@@ -32,6 +32,8 @@ def error_response(exc: TrustfidError, headers: dict | None = None) -> JSONRespo
     headers = dict(headers or {})
     if isinstance(exc, RateLimitError):
         headers["Retry-After"] = str(exc.retry_after)
+    elif exc.status == 503:
+        headers["Retry-After"] = "1"  # a server-side fault; Redis restarts within seconds under `trustfid serve`
     if exc.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)

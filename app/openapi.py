@@ -40,12 +40,14 @@ WHEN = {
          "array (`unsupported_type`).",
     422: "A malformed or invalid request; the message names the field (`invalid_request`, `bad_options`, ...).",
     429: "Too many submissions in a minute for this API key (`rate_limited`); `Retry-After` says when to retry.",
-    503: "Redis or the queue cannot be reached (`unavailable`); try again later.",
+    503: "Redis or the queue cannot be reached (`unavailable`), or the staging store cannot be written "
+         "(`storage_unavailable`); `Retry-After` says when to retry.",
     500: "A bug (`internal`); never caused by what the caller sent.",
 }
 HEADERS = {
     401: {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
     429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    503: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
 }
 
 

@@ -73,11 +73,17 @@ def connect(url: str, *, retry_s: float = 0.0) -> redis.Redis:
 
 
 def connect_async(url: str):
-    """A redis.asyncio client for the API's event loop (fails fast: the API answers 503)."""
+    """A redis.asyncio client for the API's event loop. A command that meets a connection dropped by a
+    Redis restart is retried a few times within about a second (a poll right after the restart must
+    not fail on a stale pooled connection); past that the API answers 503 with Retry-After."""
     import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
 
     return redis.asyncio.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30,
-                                        health_check_interval=15)
+                                        health_check_interval=15,
+                                        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+                                        retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
 class Store:

@@ -76,8 +76,15 @@ class Serve:
         return httpx.Client(base_url=self.url, timeout=60)
 
     def job(self, job_id: str) -> dict:
+        """The job record; ``{"state": None}`` while the API answers 503 (Redis restarting), which
+        must come with Retry-After. Any other error fails the test."""
         with self.client() as c:
-            return c.get(f"/v1/jobs/{job_id}").json()
+            r = c.get(f"/v1/jobs/{job_id}")
+        if r.status_code == 503:
+            assert r.json()["error"]["code"] == "unavailable" and r.headers["retry-after"] == "1", r.text
+            return {"state": None}
+        assert r.status_code == 200, r.text
+        return r.json()
 
     def report(self, job_id: str) -> dict:
         with self.client() as c:
