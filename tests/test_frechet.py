@@ -86,3 +86,19 @@ def test_batched_distances_equal_one_by_one():
     pairs.append((_moments(x, 8), _moments(y, 8)))  # a small-set pair in the same call
     batched = frechet_distances(pairs, group=2)
     assert batched == pytest.approx([frechet_distance(a, b) for a, b in pairs], rel=1e-10)
+
+
+def test_small_sets_batched_and_gram_route_equal_the_svd_nuclear_norm():
+    """Two small sets (n <= d): tr sqrt(S1 S2) from the eigenvalues of the cross matrix's Gram
+    matrix, batched over passes, equals the sum of its singular values (an SVD) within 1e-12."""
+    import torch
+
+    from trustfid.frechet import _fid, _t
+
+    pairs = []
+    for seed in range(3):
+        x, y = _sets(256, 90, 120, seed=seed)
+        pairs.append((_moments(x, 32), _moments(y, 32)))
+    svd = [_fid(a, b, float(torch.linalg.svdvals(_t(a.factor()) @ _t(b.factor()).T).sum())) for a, b in pairs]
+    assert frechet_distances(pairs, group=2) == pytest.approx(svd, rel=1e-12)
+    assert [frechet_distance(a, b) for a, b in pairs] == pytest.approx(svd, rel=1e-12)

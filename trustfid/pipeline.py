@@ -276,9 +276,10 @@ def build_report(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor,
     t0 = time.perf_counter()
     if progress:
         progress(Progress(stage="frechet", passes=options.passes))
-    from .frechet import frechet_distance
-    fid = frechet_distance(r.plain.gaussian(), g.plain.gaussian())
-    mc = rep.fid_mc(r, g)
+    from .frechet import CPU, frechet_distance
+    where = device if device.type == "cuda" else CPU  # the float64 linear algebra on the job's GPU
+    fid = frechet_distance(r.plain.gaussian(), g.plain.gaussian(), where)
+    mc = rep.fid_mc(r, g, where)
     if progress:
         progress(Progress(stage="report", passes=options.passes))
     boot, boot_samples = rep.bootstrap(r, g, options.bootstrap_resamples, options.seed)

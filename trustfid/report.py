@@ -43,13 +43,14 @@ def _ci95(samples: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def fid_mc(real: SetStats, generated: SetStats) -> FidMC:
+def fid_mc(real: SetStats, generated: SetStats, device=None) -> FidMC:
+    """The FID of every MC pass; ``device`` (a CUDA GPU) runs the float64 Fréchet step there."""
     passes = min(len(real.mc), len(generated.mc))
     samples = []
     for start in range(0, passes, PASS_GROUP):  # a group's Gaussians at a time: memory stays bounded
         group = range(start, min(start + PASS_GROUP, passes))
         samples += frechet_distances([(real.mc[t].gaussian(), generated.mc[t].gaussian()) for t in group],
-                                     group=PASS_GROUP)
+                                     group=PASS_GROUP, **({"device": device} if device is not None else {}))
     if not samples:
         return FidMC(passes=0)
     s = np.asarray(samples)
