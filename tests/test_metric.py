@@ -103,7 +103,7 @@ def test_images_on_the_gpu_are_scored_there(images):
     got = metric.compute()
     cpu = score(real, gen, ScoreOptions(passes=2, bootstrap_resamples=0, device="cpu"))
     assert got.device.startswith("cuda")
-    assert got.fid == pytest.approx(cpu.fid, rel=1e-3)  # GPU convolutions sum in another order
+    assert got.fid == pytest.approx(cpu.fid, rel=5e-5)  # strict fp32 on the GPU (numerics.py)
 
 
 def test_metric_is_exported_lazily():

@@ -52,6 +52,9 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
                    help="fixed intensity window for images wider than 8 bits (16-bit PNG/TIFF, float, DICOM values "
                         "such as CT Hounsfield units): LOW..HIGH maps to 0..255, clipped. Default: each image's own "
                         "min..max (DICOM: the file's own window). Use one window for both sets; docs/IMAGES.md")
+    g.add_argument("--precision", choices=["fp32", "tf32", "bf16"],
+                   help=f"the network's arithmetic (default {d.precision}: strict float32, the published FID; tf32 and "
+                        "bf16 are faster on a GPU and move the FID, docs/API.md)")
     g.add_argument("--resize", choices=["clean", "legacy_pytorch"],
                    help=f"clean = clean-fid's PIL bicubic; legacy_pytorch = pytorch-fid's bilinear (default {d.resize})")
     o = p.add_argument_group("run")

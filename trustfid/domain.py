@@ -63,9 +63,8 @@ class DomainProbe:
 
     @contextlib.contextmanager
     def active(self):
-        handles = [conv.register_forward_hook(self._hook(s, beta)) for s, conv, beta in self._convs]
-        self._thread = threading.get_ident()
-        self._terms = []
+        handles = [conv.register_forward_hook(self._hook(s, beta, k)) for k, (s, conv, beta) in enumerate(self._convs)]
+        self._thread = threading.get_ident()  # terms gather until take(): one batch may be several calls
         try:
             yield self
         finally:
@@ -73,7 +72,7 @@ class DomainProbe:
                 h.remove()
             self._thread = None
 
-    def _hook(self, stage: int, beta):
+    def _hook(self, stage: int, beta, conv_index: int):
         def hook(module, inputs, z):
             if threading.get_ident() != self._thread:
                 return
@@ -90,21 +89,28 @@ class DomainProbe:
             mz = torch.bmm(ones, flat)[:, 0]
             v = (torch.bmm(ones, flat * flat)[:, 0] - mz * mz).clamp_min(V_FLOOR)
             m = mz - beta.to(mz.device)
-            self._terms.append((stage, (m * m).sum(dim=1), (v - 1.0 - torch.log(v)).sum(dim=1)))
+            self._terms.append((stage, conv_index, (m * m).sum(dim=1), (v - 1.0 - torch.log(v)).sum(dim=1)))
         return hook
 
     def take(self, plain_features) -> np.ndarray:
         """(N, len(RAW_INPUTS)) float64 for the batch just run: per stage (m, v) terms, then the norm
-        of each image's plain pool3 embedding."""
+        of each image's plain pool3 embedding. The batch may have run as several network calls, the
+        last one padded (mc.MCDropout on CUDA): each convolution's rows are joined in call order and
+        cut to the batch's N images."""
         import torch
 
         if not getattr(self, "_terms", None):
             raise RuntimeError("no activations were recorded: run the network inside active()")
         n = len(plain_features)
+        calls: dict[int, tuple[int, list, list]] = {}
+        for stage, conv, mterm, vterm in self._terms:
+            calls.setdefault(conv, (stage, [], []))
+            calls[conv][1].append(mterm)
+            calls[conv][2].append(vterm)
         sums = torch.zeros(n, len(STAGES), 2, dtype=torch.float64)
-        for stage, mterm, vterm in self._terms:
-            sums[:, stage, 0] += mterm.double().cpu()
-            sums[:, stage, 1] += vterm.double().cpu()
+        for stage, mterms, vterms in calls.values():
+            sums[:, stage, 0] += torch.cat(mterms)[:n].double().cpu()
+            sums[:, stage, 1] += torch.cat(vterms)[:n].double().cpu()
         self._terms = []
         terms = (sums / torch.from_numpy(self._channels)[None, :, None]).reshape(n, -1)
         norm = torch.linalg.vector_norm(plain_features.double(), dim=1, keepdim=True).cpu()

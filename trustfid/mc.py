@@ -13,6 +13,13 @@ on the batch size, on the device or on how a job is sharded:
   network θ_t and FID_t compares both sets under the same θ_t.
 - ``per_image``: every image of every pass gets its own mask (classic MC dropout per input).
 ``element`` masks drop single activations (C×H×W); ``channel`` masks drop whole feature maps (C).
+
+On CUDA the network runs in fixed-shape calls of ``gpu_batch`` images (the last padded with zero
+images, whose outputs are dropped; in eval mode an image's features never depend on its
+neighbours), and the T tail passes are stacked into one larger call (up to ``gpu_tail_rows`` rows):
+the masks of passes t..t+k multiply k copies of the trunk output side by side. Shapes then depend
+only on the settings and T, never on ``batch_size`` (numerics.py says why that matters). On a CPU
+the passes run one by one, batch by batch, as before.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import numpy as np
 import torch
 
 from .extractor import Extractor, evaluating
+from .numerics import precision_scope
 from .schemas import ScoreOptions
 
 SET_TAGS = {"real": 0, "generated": 1}
@@ -37,9 +45,19 @@ class MCDropout:
     """Wraps a loaded Extractor with the MC-dropout settings of one job. ``options.dropout_at``
     names stages of the extractor (unknown names: InputError listing the valid ones)."""
 
-    def __init__(self, net: Extractor, options: ScoreOptions, device: torch.device):
+    def __init__(self, net: Extractor, options: ScoreOptions, device: torch.device, settings=None):
+        from .settings import get_engine_settings
+
+        settings = settings or get_engine_settings()
         self.net = net
         self.device = device
+        self.precision = options.precision
+        self.gpu = device.type == "cuda"
+        self.micro = settings.gpu_batch
+        # passes per stacked tail call on CUDA, evened out over the groups (T=20, 20 per call at most: one call)
+        most = max(1, settings.gpu_tail_rows // self.micro)
+        groups = -(-options.passes // most) if options.passes else 1
+        self.stack = -(-options.passes // groups) if self.gpu and options.passes else 1
         self.passes = options.passes
         self.rate = options.dropout_rate
         self.kind = options.dropout_kind
@@ -70,6 +88,10 @@ class MCDropout:
                  for i in range(h.shape[0])]
         return torch.stack(masks).to(self.device)
 
+    def _masks(self, ts: list[int], point: int, h: torch.Tensor, set_tag: int, first_index: int) -> torch.Tensor:
+        """The masks of passes ``ts`` for trunk output ``h`` (N, ...), as (len(ts), 1 or N, ...)."""
+        return torch.stack([self._mask(t, point, h, set_tag, first_index) for t in ts])
+
     # -- forward ----------------------------------------------------------------------------------
     @torch.inference_mode()
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,15 +113,48 @@ class MCDropout:
         return self.net.head(x)
 
     @torch.inference_mode()
+    def tail_stacked(self, h: torch.Tensor, ts: list[int], set_tag: int = 0, first_index: int = 0) -> torch.Tensor:
+        """Features (len(ts), N, d) of passes ``ts`` in one call: the tail runs on len(ts) copies of
+        ``h`` side by side, each multiplied by its own pass's masks."""
+        k, n = len(ts), h.shape[0]
+        stop = len(self.net.stage_names)
+        point_set = set(self.points)
+        x = h.unsqueeze(0).expand(k, *h.shape).flatten(0, 1)
+        start = self.split - 1
+        for i in range(start, stop):
+            if i > start:
+                x = self.net.forward_range(x, i, i + 1)
+            if i in point_set:
+                per_pass = x.unflatten(0, (k, n))
+                x = (per_pass * self._masks(ts, i, per_pass[0], set_tag, first_index)).flatten(0, 1)
+        return self.net.head(x).unflatten(0, (k, n))
+
+    @torch.inference_mode()
     def features(self, x: torch.Tensor, set_tag: int = 0, first_index: int = 0,
                  watch=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
         """(plain (N, d), mc (T, N, d)) for one batch of network inputs, on the CPU. ``watch()`` is entered
         around the deterministic pass (trunk + plain tail), where forward hooks may observe every stage
-        exactly once (extras.Collector's domain probe)."""
-        with evaluating(self.net):
-            with watch():
-                h = self.trunk(x)
-                plain = self.tail(h, None).float().cpu()
-            mc = [self.tail(h, t, set_tag, first_index).float().cpu() for t in range(self.passes)]
-        mc = torch.stack(mc) if mc else torch.empty(0, *plain.shape)
-        return plain, mc
+        exactly once per network call (extras.Collector's domain probe). In ``options.precision``."""
+        with evaluating(self.net), precision_scope(self.precision, self.device):
+            if not self.gpu:
+                return self._features(x, set_tag, first_index, watch)
+            n, parts = x.shape[0], []
+            for start in range(0, n, self.micro):  # fixed-shape calls (module docstring)
+                chunk = x[start:start + self.micro]
+                k = chunk.shape[0]
+                if k < self.micro:
+                    chunk = torch.cat([chunk, chunk.new_zeros((self.micro - k, *chunk.shape[1:]))])
+                plain, mc = self._features(chunk, set_tag, first_index + start, watch)
+                parts.append((plain[:k], mc[:, :k]))
+            return torch.cat([p for p, _ in parts]), torch.cat([m for _, m in parts], dim=1)
+
+    def _features(self, x, set_tag, first_index, watch):
+        with watch():
+            h = self.trunk(x)
+            plain = self.tail(h, None).float().cpu()
+        if self.stack > 1:
+            groups = [list(range(t, min(t + self.stack, self.passes))) for t in range(0, self.passes, self.stack)]
+            mc = [self.tail_stacked(h, ts, set_tag, first_index).float().cpu() for ts in groups]
+            return plain, torch.cat(mc) if mc else torch.empty(0, *plain.shape)
+        mc = [self.tail(h, t, set_tag, first_index).float().cpu() for t in range(self.passes)]
+        return plain, torch.stack(mc) if mc else torch.empty(0, *plain.shape)

@@ -66,7 +66,7 @@ class Metric:
         if self._loaded is None or self._loaded[0] != device:
             t0 = time.perf_counter()
             ex, self.options, _ = load_extractor(self.options, self._given, self._settings, device=device)
-            self._loaded = (device, ex, MCDropout(ex, self.options, device))
+            self._loaded = (device, ex, MCDropout(ex, self.options, device, self._settings))
             self._load_s += time.perf_counter() - t0
         return self._loaded
 

@@ -26,6 +26,7 @@ from .extras import Collector
 from .inception import FIDInceptionV3
 from .inputs import open_images
 from .inputs.array_rules import is_stats_npz
+from .loader import ParallelLoader, worker_count
 from .mc import SET_TAGS, MCDropout
 from .preprocess import describe, to_model_input
 from .schemas import InspectImage, InspectReport, ModelInfo, Progress, Report, ScoreOptions, Timing
@@ -202,30 +203,40 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
 
     settings = settings or get_engine_settings()
     ex, options, device = load_extractor(options, extractor, settings)
-    model = MCDropout(ex, options, device)
-    images = open_images(source, strict=options.strict, max_pixels=settings.max_pixels,
-                         max_images=settings.max_images, max_archive_members=settings.max_archive_members,
-                         max_member_bytes=settings.max_member_bytes, max_expanded_bytes=settings.max_expanded_bytes,
-                         max_compression_ratio=settings.max_compression_ratio, window=options.window)
+    model = MCDropout(ex, options, device, settings)
+    open_kwargs = dict(strict=options.strict, max_pixels=settings.max_pixels, max_images=settings.max_images,
+                       max_archive_members=settings.max_archive_members, max_member_bytes=settings.max_member_bytes,
+                       max_expanded_bytes=settings.max_expanded_bytes,
+                       max_compression_ratio=settings.max_compression_ratio, window=options.window)
+    images = open_images(source, **open_kwargs)
     total = len(images)
     found = SetFeatures(ex.feature_dim, options.passes, Collector(ex, options))
     input_range = ex.input_range_for(options.resize)
 
+    # On CUDA, batches of the fixed network shape (mc.py): batch_size does not change what runs.
+    step = settings.gpu_batch if device.type == "cuda" else options.batch_size
+
     def prepared():
-        for batch in _batches(images, options.batch_size):
+        for batch in _batches(images, step):
             yield [n for n, _ in batch], to_model_input([im for _, im in batch], options.resize, ex.input_size,
                                                         input_range)
 
+    workers = worker_count(settings.decode_workers, device, source, total)
+    batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, options.resize, ex.input_size,
+                                  input_range) if workers else _prefetched(prepared()))
     if progress:
         progress(Progress(stage="extracting", set=set_name, images_done=0, images_total=total))
-    for batch_names, x in _prefetched(prepared()):
-        if should_cancel and should_cancel():
-            raise CancelledError("the job was cancelled")
-        features = model.features(x, SET_TAGS[set_name], first_index + found.n, watch=found.collector.watch)
-        found.add(batch_names, *features, x=x, first_index=first_index + found.n)
-        if progress:
-            progress(Progress(stage="extracting", set=set_name, images_done=found.n, images_total=total,
-                              passes=options.passes))
+    try:
+        for batch_names, x in batches:
+            if should_cancel and should_cancel():
+                raise CancelledError("the job was cancelled")
+            features = model.features(x, SET_TAGS[set_name], first_index + found.n, watch=found.collector.watch)
+            found.add(batch_names, *features, x=x, first_index=first_index + found.n)
+            if progress:
+                progress(Progress(stage="extracting", set=set_name, images_done=found.n, images_total=total,
+                                  passes=options.passes))
+    finally:
+        batches.close()  # stops the decode processes or the prefetch thread
     found.intensity.update(images.intensity)
     return found.stats(set_name, provenance(ex.weights_sha256, options),
                        str(source) if isinstance(source, (str, Path)) else type(source).__name__, images.skipped)

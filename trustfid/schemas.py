@@ -87,6 +87,9 @@ class ScoreOptions(_Strict):
     top_k: int = Field(10, ge=0, le=1000, description="most uncertain images listed per set")
     batch_size: int = Field(32, ge=1, le=4096, description="does not change results")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="the network's arithmetic: fp32 = strict IEEE float32 (TF32 off on CUDA; the published "
+        "FID), tf32 = TensorFloat-32 on CUDA (faster, FID drifts ~1e-4 relative), bf16 = bfloat16 autocast")
     strict: bool = Field(False, description="unreadable files are an error instead of being skipped")
     extractor: str = Field(DEFAULT_EXTRACTOR, pattern=r"^[\w.:+-]{1,100}$",
                            description="the feature network, by registry name (a custom network's name)")

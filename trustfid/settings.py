@@ -33,6 +33,14 @@ class EngineSettings(BaseSettings):
     max_expanded_bytes: int = Field(8 * 2**30, ge=1, description="largest total uncompressed size of one archive")
     max_compression_ratio: float = Field(200.0, gt=1, description="largest uncompressed/compressed ratio of an archive member (zip bombs)")
     threads: int | None = Field(None, description="torch CPU threads; unset = torch's default")
+    gpu_batch: int = Field(128, ge=1, le=4096, description="on CUDA, images per network call: every call has "
+                           "this fixed shape (the last one padded), so a report does not depend on batch_size")
+    gpu_tail_rows: int = Field(2560, ge=1, description="on CUDA, the most rows one stacked call of the MC tail "
+                               "runs (passes x gpu_batch); bounds its memory")
+    decode_workers: int | None = Field(None, ge=0, le=256, description="processes that decode and resize images "
+                                       "while the network runs; 0 = one thread in the worker itself; unset = the "
+                                       "available cores minus one on a GPU job, the thread on a CPU job (there "
+                                       "the network already uses every core)")
 
 
 @lru_cache

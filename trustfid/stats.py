@@ -161,7 +161,7 @@ def _chan(a, b):
 
 # The score options that statistics are computed with: two sets' statistics combine only when these agree.
 STATS_OPTIONS = ("extractor", "resize", "window", "passes", "dropout_rate", "dropout_at", "dropout_kind", "mask_mode",
-                 "seed")
+                 "seed", "precision")
 
 
 def provenance(weights_sha256: str, options) -> dict:
@@ -362,4 +362,6 @@ def _provenance(data: dict, fmt: str) -> dict:
     prov = json.loads(str(data["provenance" if "provenance" in data else "fingerprint"]))
     if fmt in LEGACY_FORMATS:
         prov = {**prov, "format": FORMAT, "extractor": prov.get("extractor", DEFAULT_EXTRACTOR)}
-    return prov
+    # Files written before the precision option: strict float32 (CPU) was the only arithmetic there was
+    # (a CUDA run of those releases used TF32 convolutions: recompute such statistics).
+    return {**prov, "window": prov.get("window"), "precision": prov.get("precision", "fp32")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,11 @@ def _row_to_image(row: np.ndarray, layout: str, name: str, decoding: Decoding) -
     return to_rgb(img)
 
 
+def _row_event(arr, i: int, layout, name: str, decoding: Decoding) -> Iterator:
+    """The unit of one array row: its image, read and mapped only when called."""
+    yield name, _row_to_image(np.asarray(arr[i]), layout, name, decoding)
+
+
 def _row_names(prefix: str, n: int) -> Iterator[str]:
     width = max(5, len(str(max(n - 1, 0))))
     for i in range(n):
@@ -56,9 +62,9 @@ class MemoryArrayReader(Reader):
                              f"{np.nanmin(arr):g}, max {np.nanmax(arr):g}); divide 0..255 data by 255 or pass uint8.")
         self.arr, self.count = arr, arr.shape[0]
 
-    def events(self):
+    def units(self):
         for i, name in enumerate(_row_names(self.prefix, self.count)):
-            yield name, _row_to_image(self.arr[i], self.layout, name, self.decoding)
+            yield partial(_row_event, self.arr, i, self.layout, name, self.decoding)
 
 
 class NpyReader(Reader):
@@ -78,10 +84,10 @@ class NpyReader(Reader):
             raise unreadable(label, ".npy", e) from None
         self.count = shape[0]
 
-    def events(self):
+    def units(self):
         arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
         for i, name in enumerate(_row_names(self.path.name, self.count)):
-            yield name, _row_to_image(np.asarray(arr[i]), self.layout, name, self.decoding)
+            yield partial(_row_event, arr, i, self.layout, name, self.decoding)
 
 
 class NpzReader(Reader):
@@ -105,13 +111,13 @@ class NpzReader(Reader):
         self.layout = check_image_array(shape, self.dtype, label, limits)
         self.shape, self.count = shape, shape[0]
 
-    def events(self):
+    def units(self):
         names = _row_names(f"{self.path.name}:{self.key}" if self.key != "images" else self.path.name, self.count)
         with zipfile.ZipFile(self.path) as zf, zf.open(self.key + ".npy") as fp:
             if self.fortran:  # rare; rows are not contiguous on disk, so load the array whole
                 arr = np.load(fp, allow_pickle=False)
                 for i, name in enumerate(names):
-                    yield name, _row_to_image(arr[i], self.layout, name, self.decoding)
+                    yield partial(_row_event, arr, i, self.layout, name, self.decoding)
                 return
             npy_header(fp)
             row_shape = self.shape[1:]
@@ -120,5 +126,5 @@ class NpzReader(Reader):
                 buf = fp.read(row_bytes)
                 if len(buf) < row_bytes:
                     raise InputError(f"'{self.label}' is truncated: {name} is incomplete.")
-                yield name, _row_to_image(np.frombuffer(buf, self.dtype).reshape(row_shape), self.layout, name,
-                                          self.decoding)
+                yield partial(_row_event, np.frombuffer(buf, self.dtype).reshape(1, *row_shape), 0, self.layout, name,
+                              self.decoding)

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import TrustfidError
 from . import rules
 from .decode import Decoding, decode_events
-from .events import Reader, Skip
+from .events import Reader, Skip, skipped
 from .gzindex import GzIndex, IndexedGzip
 from .rules import ArchiveBudget, Limits, first_line
 
@@ -33,20 +33,17 @@ class FolderReader(Reader):
         self.entries = rules.list_folder(root, label)
         self.count = sum(1 for e in self.entries if e[1] is not None)
 
-    def events(self):
+    def units(self):
         for name, path, reason in self.entries:
-            if path is None:
-                yield Skip(name, reason)
-            else:
-                yield from decode_events(name, path, self.decoding)
+            yield skipped(name, reason) if path is None else partial(decode_events, name, path, self.decoding)
 
 
 class SingleFileReader(Reader):
     def __init__(self, path: Path, label: str, limits: Limits, decoding: Decoding):
         self.label, self.path, self.decoding, self.count = label, path, decoding, 1
 
-    def events(self):
-        yield from decode_events(self.path.name, str(self.path), self.decoding)
+    def units(self):
+        yield partial(decode_events, self.path.name, str(self.path), self.decoding)
 
 
 class _ArchiveReader(Reader):
@@ -71,23 +68,23 @@ class _ArchiveReader(Reader):
         self.plan.sort(key=lambda p: p[0])
         self.count = sum(1 for p in self.plan if p[1] is not None)
 
-    def events(self):
+    def units(self):
         with self._open() as source:
             for name, where, reason in self.plan:
-                if where is None:
-                    yield Skip(name, reason)
-                    continue
-                try:
-                    data = self._read(source, where, name)
-                except TrustfidError:
-                    raise
-                except Exception as e:  # CRC error, unsupported compression, truncated archive
-                    yield Skip(name, f"cannot read archive member: {first_line(e)}")
-                    continue
-                if isinstance(data, Skip):
-                    yield data
-                else:
-                    yield from decode_events(name, data, self.decoding)
+                yield skipped(name, reason) if where is None else partial(self._member, source, where, name)
+
+    def _member(self, source, where, name: str):
+        try:
+            data = self._read(source, where, name)
+        except TrustfidError:
+            raise
+        except Exception as e:  # CRC error, unsupported compression, truncated archive
+            yield Skip(name, f"cannot read archive member: {first_line(e)}")
+            return
+        if isinstance(data, Skip):
+            yield data
+        else:
+            yield from decode_events(name, data, self.decoding)
 
 
 class ZipReader(_ArchiveReader):

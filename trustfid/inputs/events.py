@@ -4,7 +4,7 @@ events into images and a skip list (or an error in strict mode)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -24,12 +24,27 @@ class Unreadable(Exception):
 Event = tuple[str, np.ndarray] | Skip
 
 
+Unit = Callable[[], Iterator[Event]]
+
+
+def skipped(name: str, reason: str) -> Unit:
+    """A unit that yields one Skip."""
+    return lambda: iter((Skip(name, reason),))
+
+
 class Reader:
     """A listed source: ``label`` for messages, ``count`` candidates known before decoding, and
-    ``events()``, which decodes them lazily in a deterministic order."""
+    ``units()``: one zero-argument function per entry, in a deterministic order, each decoding its
+    entry when called (one image, a DICOM file's frames, or a Skip). ``events()`` calls them in
+    order; the parallel loader (loader.py) calls unit u in process u mod N, the same order rebuilt.
+    A unit must be called before the next one is asked for (archives read from an open file)."""
 
     label: str
     count: int
 
-    def events(self) -> Iterator[Event]:  # pragma: no cover - interface
+    def units(self) -> Iterator[Unit]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def events(self) -> Iterator[Event]:
+        for unit in self.units():
+            yield from unit()

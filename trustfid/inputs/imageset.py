@@ -54,10 +54,14 @@ class ImageSet:
         return dict(sorted(self._decoding.used.items()))
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        return self.images_of(self._reader.events())
+
+    def images_of(self, events) -> Iterator[tuple[str, np.ndarray]]:
+        """The images of an event stream (this reader's, or the parallel loader's rebuilt in the same
+        order), held to the set's rules: skips recorded (or an error when strict), the image limit."""
         self.skipped = []
         self.used = 0
         self._decoding.used.clear()
-        events = self._reader.events()
         try:
             for event in events:
                 if isinstance(event, Skip):
