@@ -33,6 +33,9 @@ from .inputs.events import Skip
 from .preprocess import to_model_input
 
 DEPTH = 8  # units queued per process
+# A process costs seconds to start (spawn imports torch): below this many images each, the one
+# thread is as fast. Measured in bench/gpu_bench.py (g5).
+MIN_PER_PROCESS = 64
 
 
 def available_cores() -> int:
@@ -44,11 +47,14 @@ def available_cores() -> int:
 
 def worker_count(setting: int | None, device: torch.device, source, candidates: int) -> int:
     """Decode processes for a set: the setting when given; else the available cores but one on a GPU
-    job and none (the prefetch thread) on a CPU job, whose network already uses every core."""
+    job and none (the prefetch thread) on a CPU job, whose network already uses every core. Never more
+    than one per MIN_PER_PROCESS images unless the setting asks for them."""
     if not isinstance(source, (str, os.PathLike)) or multiprocessing.current_process().daemon:
         return 0
-    n = setting if setting is not None else (max(1, available_cores() - 1) if device.type == "cuda" else 0)
-    return max(0, min(n, candidates))
+    if setting is not None:
+        return max(0, min(setting, candidates))
+    n = max(1, available_cores() - 1) if device.type == "cuda" else 0
+    return min(n, candidates // MIN_PER_PROCESS)
 
 
 def _work(k: int, n: int, source: str, open_kwargs: dict, prep: tuple, out) -> None:

@@ -15,7 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.1"  # 1.1 added: headline, kid, fid_infinity, feature_rows, domain, intensity, model.extractor
+SCHEMA_VERSION = "1.2"  # 1.1 added: headline, kid, fid_infinity, feature_rows, domain, intensity, model.extractor;
+# 1.2 added: config.precision
 
 # The feature network every published FID uses, by its registry name (trustfid/extractor.py).
 DEFAULT_EXTRACTOR = "inception-v3-tf-2015-12-05"
