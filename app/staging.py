@@ -7,8 +7,9 @@ working copies in its own ``data_dir``:
 
 - the API stages and checks an upload locally as before, then ``push`` copies the record's staging
   folder to ``<prefix>/staging/<record id>/`` and removes the local copy, before the record is written;
-- a worker ``pull``s it into its own staging folder before running, and ``discard`` removes both the
-  local folder and the objects once the record is final (the API does the same on cancel and delete);
+- a worker ``pull``s it into its own staging folder before running (retrying a store that is away for
+  ``storage_retry_s``), and ``discard`` removes both the local folder and the objects once the record
+  is final (the API does the same on cancel and delete);
 - a worker ``put_reference``s the statistics it computed as ``<prefix>/references/<id>.npz``; a job on
   the reference ``get_reference``s them into its own staging folder; deleting the reference removes them.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -88,6 +90,25 @@ def _remote_reference(settings: Settings, ref_id: str) -> str:
     return f"{_root(settings)}/references/{_checked(ref_id)}.npz"
 
 
+def _worker_side(settings: Settings, action: str, fn) -> None:
+    """A worker's store operation, retried with backoff (1 s doubling to 10 s) for up to
+    ``storage_retry_s``, so that a store restarting does not fail the jobs running meanwhile. A missing
+    object is not retried."""
+    deadline = time.monotonic() + settings.storage_retry_s
+    wait = 1.0
+    while True:
+        try:
+            return fn(filesystem(settings))
+        except (StorageError, FileNotFoundError):
+            raise
+        except Exception as e:
+            if time.monotonic() + wait > deadline:
+                raise _store_error(action, e) from None
+            log.warning("object store: %s failed (%r); trying again in %g s", action, e, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
+
+
 def _store_error(action: str, e: Exception) -> StorageError:
     log.warning("object store: %s failed: %r", action, e)
     return StorageError(f"the object store cannot {action} right now ({type(e).__name__}); try again later or "
@@ -117,12 +138,13 @@ def pull(settings: Settings, record_id: str) -> Path:
     is configured); returns the folder."""
     dest = local_dir(settings, record_id)
     if enabled(settings):
+        remote = f"{_remote(settings, record_id)}/"
         try:
-            filesystem(settings).get(f"{_remote(settings, record_id)}/", f"{dest}/", recursive=True)
-        except StorageError:
-            raise
-        except Exception as e:
-            raise _store_error("hand out the job's staged inputs", e) from None
+            _worker_side(settings, "hand out the job's staged inputs",
+                         lambda fs: fs.get(remote, f"{dest}/", recursive=True))
+        except FileNotFoundError:
+            raise StorageError("the job's staged inputs are not in the object store (removed, or this worker's "
+                               "TRUSTFID_STAGING_URL differs from the API's?)") from None
     return dest
 
 
@@ -151,10 +173,8 @@ def put_reference(settings: Settings, ref_id: str, path: Path) -> None:
     removed) when one is configured; else they stay where every process reads them."""
     if not enabled(settings):
         return
-    try:
-        filesystem(settings).put_file(str(path), _remote_reference(settings, ref_id))
-    except Exception as e:
-        raise _store_error("store the reference statistics", e) from None
+    remote = _remote_reference(settings, ref_id)
+    _worker_side(settings, "store the reference statistics", lambda fs: fs.put_file(str(path), remote))
     path.unlink(missing_ok=True)
 
 
@@ -163,13 +183,12 @@ def get_reference(settings: Settings, ref_id: str, dest: Path) -> Path:
     if not enabled(settings):
         return local_reference(settings, ref_id)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remote = _remote_reference(settings, ref_id)
     try:
-        filesystem(settings).get_file(_remote_reference(settings, ref_id), str(dest))
+        _worker_side(settings, "hand out the reference statistics", lambda fs: fs.get_file(remote, str(dest)))
     except FileNotFoundError:
         raise StorageError(f"the statistics of reference {ref_id} are not in the object store (was it "
                            "deleted?)") from None
-    except Exception as e:
-        raise _store_error("hand out the reference statistics", e) from None
     return dest
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 import uuid
 
 import boto3
@@ -170,15 +171,40 @@ def test_an_unreachable_store_refuses_uploads_with_503_and_keeps_nothing(make_st
     assert folder_empty(s.data_dir / "staging")
 
 
-def test_a_worker_that_cannot_reach_the_store_fails_the_job_with_storage_error(make_stack, image_sets, s3_endpoint):
+def test_a_worker_rides_out_a_store_restart_and_fails_a_job_whose_inputs_are_gone(make_stack, image_sets, s3_endpoint):
+    from moto.server import ThreadedMotoServer
+
+    # The worker reaches the store through a second moto server (same buckets) that we start and stop.
+    port = free_port()
     s = make_stack(**store_env(s3_endpoint))
     s.start_api()
-    worker = s.start_worker(TRUSTFID_DATA_DIR=str(s.tmp / "worker-data"),
-                            TRUSTFID_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    worker = s.start_worker(TRUSTFID_DATA_DIR=str(s.tmp / "worker-data"), TRUSTFID_STORAGE_RETRY_S="30",
+                            TRUSTFID_S3_ENDPOINT_URL=f"http://127.0.0.1:{port}")
     s.wait_ready()
+    sets = pngs(image_sets["real"]), pngs(image_sets["generated"])
+
+    def store_away_then_back(job: str, meanwhile=lambda: None) -> dict:
+        deadline = time.monotonic() + 60
+        while not any("trying again" in line and job in line for line in s.log("worker1.log").splitlines()):
+            assert time.monotonic() < deadline, s.log("worker1.log")
+            time.sleep(0.1)
+        meanwhile()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            return s.wait_job(job)
+        finally:
+            server.stop()
+
     with s.client(KEY_A) as c:
-        job = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS).json()["id"]
-    rec = s.wait_job(job)
-    assert rec["state"] == "failed" and rec["error"]["code"] == "storage_error", rec
-    assert "object store" in rec["error"]["message"]
+        back = upload(c, *sets, FAST_OPTIONS).json()["id"]
+        assert store_away_then_back(back)["state"] == "succeeded"
+        assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/{back}") == []
+
+        gone = upload(c, *sets, FAST_OPTIONS).json()["id"]
+        remove = lambda: [client(s3_endpoint).delete_object(Bucket=BUCKET, Key=k)  # noqa: E731
+                          for k in keys(s3_endpoint, prefix=f"{PREFIX}/staging/{gone}/")]
+        rec = store_away_then_back(gone, remove)
+        assert rec["state"] == "failed" and rec["error"]["code"] == "storage_error", rec
+        assert "not in the object store" in rec["error"]["message"]
     assert worker.poll() is None
