@@ -82,17 +82,13 @@ def test_an_upload_goes_through_the_store_and_scores_as_on_a_shared_volume(split
         assert rec["state"] == "succeeded", rec
         stored = c.get(f"/v1/jobs/{job}/report").json()
     with stack.client() as c:  # the same job on the shared-volume stack, no object store
-        plain = c.post("/v1/jobs", files=upload_files(real, gen), data={"options": json.dumps(FAST_OPTIONS)}).json()["id"]
+        plain = upload(c, real, gen, FAST_OPTIONS).json()["id"]
         assert stack.wait_job(plain)["state"] == "succeeded"
         shared = c.get(f"/v1/jobs/{plain}/report").json()
     assert strip_timing(stored) == strip_timing(shared)
     # Final: the staged objects and the worker's working copy are gone.
     assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/") == []
     assert folder_empty(split_stack.worker_data / "staging")
-
-
-def upload_files(real, gen):
-    return [(f, (p.name, p.read_bytes(), "image/png")) for f, ps in (("real", real), ("generated", gen)) for p in ps]
 
 
 def test_a_reference_computed_by_one_worker_is_read_from_the_store(split_stack, image_sets, s3_endpoint):
@@ -151,8 +147,9 @@ def test_s3_uris_are_read_from_the_operators_store(split_stack, image_sets, s3_e
                           "s3://169.254.169.254:80/latest.tar.gz", "s3://user@bucket/x.tar.gz"):
             err(c.post("/v1/jobs", json={"real": {"uri": forbidden}, "generated": {"uri": forbidden}}),
                 422, "forbidden_uri")
-        err(c.post("/v1/jobs", json={"real": {"uri": f"s3://{data}/sets/"}, "generated": {"uri": f"s3://{data}/a.txt"}}),
-            415, "unsupported_type")
+        for not_one_object in (f"s3://{data}/sets/", f"s3://{data}/notes.txt"):
+            err(c.post("/v1/jobs", json={"real": {"uri": not_one_object}, "generated": {"uri": not_one_object}}),
+                415, "unsupported_type")
     assert split_stack.workers[0].poll() is None  # no bad URI took the worker down
 
 
