@@ -60,7 +60,8 @@ def filesystem(settings: Settings):
         "key": settings.s3_access_key_id or None,
         "secret": secret.get_secret_value() if secret else None,
         "client_kwargs": {"region_name": settings.s3_region} if settings.s3_region else {},
-        # Fail in seconds, not minutes, when the store is away: the API answers 503, a worker fails the job.
+        # Give up in seconds, not minutes, when the store is away: the API answers 503 at once; a worker
+        # retries for storage_retry_s (_worker_side) before it fails the job.
         "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}},
         "use_listings_cache": False,
     }
