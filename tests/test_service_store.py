@@ -153,6 +153,18 @@ def test_s3_uris_are_read_from_the_operators_store(split_stack, image_sets, s3_e
     assert split_stack.workers[0].poll() is None  # no bad URI took the worker down
 
 
+def test_a_queued_upload_waits_in_the_store_and_cancelling_removes_it(make_stack, image_sets, s3_endpoint):
+    s = make_stack(**store_env(s3_endpoint))
+    s.start_api()  # no worker: the job stays queued
+    with s.client() as c:
+        job = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS).json()["id"]
+        staged = keys(s3_endpoint, prefix=f"{PREFIX}/staging/{job}/")
+        assert sorted(k.rsplit("/", 2)[-2] for k in staged) == ["generated"] * 4 + ["real"] * 4, staged
+        assert folder_empty(s.data_dir / "staging")
+        assert c.delete(f"/v1/jobs/{job}").json()["state"] == "cancelled"
+    assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/{job}/") == []
+
+
 @pytest.mark.parametrize("where", ["store down", "no such bucket"])
 def test_an_unreachable_store_refuses_uploads_with_503_and_keeps_nothing(make_stack, image_sets, s3_endpoint, where):
     endpoint = f"http://127.0.0.1:{free_port()}" if where == "store down" else s3_endpoint
