@@ -40,4 +40,5 @@ class RequestTimeoutError(TrustfidError, code="request_timeout", status=408):
 
 
 class StorageError(TrustfidError, code="storage_unavailable", status=503):
-    """The service cannot write its own staging or data folder: a server fault, not the caller's."""
+    """The service cannot write its own staging or data folder, or reach its object store
+    (TRUSTFID_STAGING_URL): a server fault, not the caller's."""

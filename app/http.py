@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app import ingest, jobs
+from app import ingest, jobs, staging
 from app.auth import authenticate
 from app.errors import RateLimitError, RequestTimeoutError, UnavailableError
 from app.openapi import BEARER
@@ -111,7 +111,7 @@ async def stage(request: Request, settings: Settings, record_id: str, set_fields
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_upload_bytes:
         raise TooLargeError(f"upload larger than {settings.max_upload_bytes} bytes", code="upload_too_large")
-    dest = jobs.staging_dir(settings, record_id)
+    dest = staging.local_dir(settings, record_id)
     stager = ingest.MultipartStager(request.headers.get("content-type", ""), dest, settings,
                                     set_fields=set_fields, text_fields=text_fields)
     try:
@@ -150,7 +150,8 @@ async def submit(request: Request, settings: Settings, store: Store, owner: str,
         try:
             rec = await run_in_threadpool(from_upload, store, settings, owner, record_id, stager)
         except BaseException:
-            ingest.remove_tree(jobs.staging_dir(settings, record_id))
+            # The local copy; jobs.py removes what reached the object store before a later step failed.
+            ingest.remove_tree(staging.local_dir(settings, record_id))
             raise
     return record_response(with_notice(rec, store, settings), 202, f"/v1/{collection}/{rec.id}")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from app import staging
 from app.errors import ForbiddenURLError, StorageError
 from app.settings import Settings
 from trustfid.errors import InputError, TooLargeError, TrustfidError, UnsupportedTypeError
@@ -406,16 +407,37 @@ def check_uri(uri: str, settings: Settings, what: str) -> None:
         if rules.kind_of(_basename(unquote(parts.path))) is None:
             raise UnsupportedTypeError(f"{what}: the URL path must end in an image, archive or .npy/.npz suffix")
     elif scheme == "s3":
-        if not settings.s3_enabled:
-            raise ForbiddenURLError(f"{what}: s3:// inputs are disabled (TRUSTFID_S3_ENABLED)")
-        try:
-            import fsspec  # noqa: F401
-            import s3fs  # noqa: F401
-        except ImportError:
-            raise ForbiddenURLError(f"{what}: s3:// needs the s3 extra (pip install 'trustfid[s3]')") from None
+        _check_s3(uri, parts, settings, what)
     else:
         raise ForbiddenURLError(f"{what}: scheme {scheme or '(none)'!r} is not accepted; use file://, "
                                 "http(s):// or s3://")
+
+
+# S3's bucket naming rules: no host names, addresses or anything else a URL could smuggle in.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _check_s3(uri: str, parts, settings: Settings, what: str) -> None:
+    """s3:// inputs are read from the operator's store (TRUSTFID_S3_ENDPOINT_URL and its credentials):
+    a URI names a bucket and a key there, never an endpoint, so the address checks of http(s) do not
+    apply; the service's own staging bucket is never readable this way."""
+    if not settings.s3_enabled:
+        raise ForbiddenURLError(f"{what}: s3:// inputs are disabled (TRUSTFID_S3_ENABLED)")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        raise ForbiddenURLError(f"{what}: s3:// needs the s3 extra (pip install 'trustfid[s3]')") from None
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not _BUCKET.match(bucket) or parts.username or parts.port or parts.query or parts.fragment:
+        raise ForbiddenURLError(f"{what}: {uri!r} is not s3://<bucket>/<key> with a valid bucket name")
+    if not key or "::" in uri:
+        raise ForbiddenURLError(f"{what}: {uri!r} names no object (s3://<bucket>/<key>)")
+    if key.endswith("/") or rules.kind_of(_basename(unquote(key))) is None:
+        raise UnsupportedTypeError(f"{what}: an s3:// input is one object whose key ends in an image, archive or "
+                                   ".npy/.npz suffix (a prefix of many objects: pack them as one archive)")
+    if bucket == staging.staging_bucket(settings):
+        raise ForbiddenURLError(f"{what}: bucket {bucket!r} holds the service's own staging and is not readable "
+                                "as an input")
 
 
 def file_path(uri: str, settings: Settings, what: str) -> Path:
@@ -478,15 +500,18 @@ def _fetch_http(uri: str, target: Path, settings: Settings, what: str) -> None:
 
 
 def _fetch_s3(uri: str, target: Path, settings: Settings, what: str) -> None:
-    import fsspec
-
+    parts = urlsplit(uri)
     try:
-        with fsspec.open(uri, "rb") as fp:
+        # The store's filesystem object, not fsspec.open(uri): a URI is one bucket and key, never a chain
+        # of protocols ("::") or a glob.
+        with staging.filesystem(settings).open(f"{parts.netloc}{parts.path}", "rb") as fp:
             _copy_limited(iter(lambda: fp.read(2**20), b""), target, settings, what)
     except TrustfidError:
         raise
+    except FileNotFoundError:
+        raise InputError(f"{what}: {uri} does not exist (no such bucket or object)", code="fetch_failed") from None
     except Exception as e:
-        raise InputError(f"{what}: cannot read {uri} ({e})", code="fetch_failed") from None
+        raise InputError(f"{what}: cannot read {uri} ({type(e).__name__}: {e})", code="fetch_failed") from None
 
 
 def _copy_limited(chunks, target: Path, settings: Settings, what: str) -> None:

@@ -8,11 +8,10 @@ import base64
 import binascii
 import json
 import time
-from pathlib import Path
 
 from pydantic import ValidationError
 
-from app import ingest
+from app import ingest, staging
 from app.errors import ConflictError, NotFoundError
 from app.queue import TASK_REFERENCE, TASK_SCORE, enqueue
 from app.settings import Settings
@@ -32,14 +31,6 @@ from trustfid.records import (
 )
 from trustfid.schemas import ScoreOptions, validation_message
 from trustfid.stats import merge_options
-
-
-def staging_dir(settings: Settings, record_id: str) -> Path:
-    return Path(settings.data_dir).resolve() / "staging" / record_id
-
-
-def reference_stats_path(settings: Settings, ref_id: str) -> Path:
-    return Path(settings.data_dir).resolve() / "references" / f"{ref_id}.npz"
 
 
 def parse_options(raw: dict, model=JobOptions):
@@ -64,14 +55,17 @@ def _resolve_ref(store: Store, settings: Settings, owner: str, side: str, ref: I
             raise ConflictError(f"{side}: reference {ref.reference_id!r} is {st.record.state}, not ready",
                                 code="reference_not_ready")
         info = InputInfo(kind="reference", reference_id=ref.reference_id, files=st.record.images)
-        return info, st.paths["stats"], st.record.options
+        return info, "reference:" + ref.reference_id, st.record.options
     ingest.check_uri(ref.uri, settings, side)
     return InputInfo(kind="uri", uri=ref.uri), "uri:" + ref.uri, None
 
 
-def _uploaded(staged: ingest.StagedSet, settings: Settings, side: str):
+def _uploaded(staged: ingest.StagedSet, settings: Settings, side: str, root):
+    """A checked upload, and its place for the worker: ``staged:`` + its path in the record's staging
+    folder, which the worker finds in its own data_dir (pulled from the object store when there is one)."""
     path = ingest.check_set(staged, settings, side)
-    return InputInfo(kind="upload", files=len(staged.files), bytes=staged.bytes), str(path)
+    rel = path.relative_to(root).as_posix()
+    return InputInfo(kind="upload", files=len(staged.files), bytes=staged.bytes), "staged:" + rel
 
 
 def _check_callback(options: JobOptions, settings: Settings) -> None:
@@ -85,13 +79,20 @@ def _check_callback(options: JobOptions, settings: Settings) -> None:
 def _store_and_enqueue(store: Store, settings: Settings, st: Stored, task: str):
     """Accept a submission: take its rate-limit slot, write the record, then queue its task. A record
     whose task could not be queued is removed and its slot given back, so an accepted (202) record
-    always has a task that will end it, and only accepted submissions count against the limit."""
+    always has a task that will end it, and only accepted submissions count against the limit. Staged
+    uploads go to the object store (when there is one) before the record exists: a store that cannot take
+    them refuses the submission (503) with nothing accepted."""
     token = store.reserve_submission(st.owner, settings.rate_limit_per_minute)
-    store.create(st)
+    created = False
     try:
+        staging.push(settings, st.record.id)
+        store.create(st)
+        created = True
         enqueue(settings, task, st.record.id)
     except Exception:
-        store.delete(st)
+        if created:
+            store.delete(st)
+        staging.discard(settings, st.record.id)
         store.refund_submission(st.owner, token)
         raise
     return st.record
@@ -145,7 +146,7 @@ def _form_side(store: Store, settings: Settings, owner: str, stager: ingest.Mult
     if text is not None and staged is not None:
         raise InputError(f"{side}: send files or a reference, not both", code="bad_field")
     if staged is not None:
-        return (*_uploaded(staged, settings, side), None)
+        return (*_uploaded(staged, settings, side, stager.dest), None)
     if text is None:
         raise InputError(f"the form has no field {side!r}", code="missing_field")
     try:
@@ -168,12 +169,12 @@ def cancel_or_delete(store: Store, settings: Settings, owner: str, record_id: st
         store.request_cancel(record_id)
         new = store.update(record_id, finish("cancelled", error=None))
         if new is not None and new.record.state == "cancelled" and st.record.state == "queued":
-            ingest.remove_tree(staging_dir(settings, record_id))
+            staging.discard(settings, record_id)
         return new
     store.delete(st)
-    ingest.remove_tree(staging_dir(settings, record_id))
+    staging.discard(settings, record_id)
     if kind == "reference":
-        reference_stats_path(settings, record_id).unlink(missing_ok=True)
+        staging.remove_reference(settings, record_id)
     return None
 
 
@@ -183,8 +184,7 @@ def cancel_or_delete(store: Store, settings: Settings, owner: str, record_id: st
 def _create_reference(store: Store, settings: Settings, owner: str, ref_id: str, info: InputInfo,
                       path: str, name: str | None, options: ScoreOptions) -> ReferenceRecord:
     rec = ReferenceRecord(id=ref_id, created_at=time.time(), name=name, source=info, options=options)
-    paths = {"source": path, "stats": str(reference_stats_path(settings, ref_id))}
-    return _store_and_enqueue(store, settings, Stored(owner=owner, paths=paths, record=rec), TASK_REFERENCE)
+    return _store_and_enqueue(store, settings, Stored(owner=owner, paths={"source": path}, record=rec), TASK_REFERENCE)
 
 
 def submit_reference_json(store: Store, settings: Settings, owner: str, body: ReferenceSubmit) -> ReferenceRecord:

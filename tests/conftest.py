@@ -103,11 +103,12 @@ class Stack:
         self._n = 0
 
     # processes
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, **env) -> subprocess.Popen:
+        """A worker; ``env`` on top of the stack's (e.g. its own TRUSTFID_DATA_DIR, as on another machine)."""
         self._n += 1
         log = open(self.logs / f"worker{self._n}.log", "ab")
         cmd = worker_command(self.settings, pool="solo", concurrency=1, name=f"w{self._n}-{uuid.uuid4().hex[:6]}@%h")
-        p = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(cmd, env={**self.env, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.workers.append(p)
         return p

@@ -40,15 +40,29 @@ def test_compose_file_is_valid_against_the_compose_spec():
         raise AssertionError("the compose schema accepted a broken file")
 
 
-def test_compose_wires_redis_aof_shared_staging_and_a_gpu():
+def test_compose_wires_redis_aof_object_store_staging_and_a_gpu():
     doc = compose()
     svc = doc["services"]
     assert "--appendonly" in svc["redis"]["command"] and "yes" in svc["redis"]["command"]
     assert any(v.startswith("redis-data:") for v in svc["redis"]["volumes"])
-    data_dirs = {name: svc[name]["environment"]["TRUSTFID_DATA_DIR"] for name in ("api", "worker")}
     for name in ("api", "worker"):
-        assert f"staging:{data_dirs[name]}" in svc[name]["volumes"]
-        assert svc[name]["environment"]["TRUSTFID_REDIS_URL"].startswith("redis://redis:")
+        env = svc[name]["environment"]
+        assert env["TRUSTFID_REDIS_URL"].startswith("redis://redis:")
+        # Staging through MinIO, whose bucket the one-shot service creates, with the store's credentials.
+        assert env["TRUSTFID_STAGING_URL"] == "s3://trustfid" and env["TRUSTFID_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert "TRUSTFID_S3_ACCESS_KEY_ID" in env["TRUSTFID_S3_ACCESS_KEY_ID"]
+        assert "TRUSTFID_S3_SECRET_ACCESS_KEY" in env["TRUSTFID_S3_SECRET_ACCESS_KEY"]
+        assert any(v.endswith(":" + env["TRUSTFID_DATA_DIR"]) for v in svc[name]["volumes"])
+    # The API and the workers share no volume: they may run on different machines.
+    volumes = {name: {v.split(":")[0] for v in svc[name].get("volumes", [])} for name in ("api", "worker")}
+    assert volumes["api"] and volumes["worker"] and not volumes["api"] & volumes["worker"]
+    assert re.fullmatch(r"minio/minio:RELEASE\.[0-9T-]+Z", svc["minio"]["image"])
+    assert re.fullmatch(r"minio/mc:RELEASE\.[0-9T-]+Z", svc["minio-bucket"]["image"])
+    assert "mc mb --ignore-existing store/trustfid" in svc["minio-bucket"]["command"][0]
+    assert svc["api"]["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+    assert svc["minio"]["environment"]["MINIO_ROOT_USER"] == svc["api"]["environment"]["TRUSTFID_S3_ACCESS_KEY_ID"]
+    assert (svc["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
+            == svc["api"]["environment"]["TRUSTFID_S3_SECRET_ACCESS_KEY"])
     gpus = svc["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpus[0]["capabilities"] == ["gpu"]
     assert "TRUSTFID_API_KEYS" in svc["api"]["environment"]

@@ -25,9 +25,9 @@ import redis
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app import ingest, jobs
+from app import ingest, staging
 from app.callback import CallbackFailed, deliver
-from app.errors import UnavailableError
+from app.errors import StorageError, UnavailableError
 from app.queue import TASK_CALLBACK, TASK_REFERENCE, TASK_SCORE, enqueue
 from app.settings import Settings, get_settings
 from app.store import Store, Stored, connect, finish
@@ -181,9 +181,23 @@ class _Callbacks:
 
 
 def _input_path(spec: str, record_id: str, side: str, settings: Settings) -> Path:
+    """Where the engine reads one input: ``staged:<path>`` in the record's staging folder (pulled from
+    the object store first, when there is one), ``reference:<id>`` statistics, or ``uri:`` fetched.
+    (Records written before staged inputs were named this way hold absolute paths.)"""
+    work = staging.local_dir(settings, record_id)
     if spec.startswith("uri:"):
-        return ingest.fetch(spec[4:], jobs.staging_dir(settings, record_id) / f"{side}-fetched", settings, side)
+        return ingest.fetch(spec[4:], work / f"{side}-fetched", settings, side)
+    if spec.startswith("staged:"):
+        return work / spec[7:]
+    if spec.startswith("reference:"):
+        return staging.get_reference(settings, spec[10:], work / f"{side}-reference.npz")
     return Path(spec)
+
+
+def _inputs(st: Stored, settings: Settings, sides: tuple[str, ...]) -> list[Path]:
+    if any(st.paths[side].startswith("staged:") for side in sides):
+        staging.pull(settings, st.record.id)
+    return [_input_path(st.paths[side], st.record.id, side, settings) for side in sides]
 
 
 def run_record(store: Store, settings: Settings, record_id: str, worker_id: str) -> str:
@@ -193,7 +207,7 @@ def run_record(store: Store, settings: Settings, record_id: str, worker_id: str)
     if st is None:
         return "gone"  # deleted or expired
     if st.record.state in FINAL_STATES:
-        ingest.remove_tree(jobs.staging_dir(settings, record_id))
+        staging.discard(settings, record_id)
         return st.record.state
     lease = store.lease(record_id)
     if not lease.acquire(token=worker_id):
@@ -238,6 +252,8 @@ def _run_leased(store: Store, settings: Settings, record_id: str) -> str:
             outcome = _fail(e.code, e.message)  # a no-op when the API already marked it cancelled
     except SoftTimeLimitExceeded:
         outcome = _fail("time_limit", f"the job ran longer than {settings.soft_time_limit_s} s")
+    except StorageError as e:  # the object store, not the user's input
+        outcome = _fail("storage_error", e.message)
     except TrustfidError as e:
         outcome = _fail(e.code, _public(e.message, settings, record_id))
     except MemoryError:
@@ -255,17 +271,16 @@ def _run_leased(store: Store, settings: Settings, record_id: str) -> str:
 def _public(message: str, settings: Settings, record_id: str) -> str:
     """A message fit for the caller: the service's own folders never appear in it. Staged inputs are
     named by their field (``real/x.png``), anything else under the data folder by its place in it."""
-    staging = str(jobs.staging_dir(settings, record_id))
+    work = str(staging.local_dir(settings, record_id))
     data = str(Path(settings.data_dir).resolve())
-    return message.replace(staging + os.sep, "").replace(staging, "").replace(data + os.sep, "").replace(data, "")
+    return message.replace(work + os.sep, "").replace(work, "").replace(data + os.sep, "").replace(data, "")
 
 
 def _score(store: Store, st: Stored, settings: Settings, cb: _Callbacks):
     from trustfid import score
 
     rec = st.record
-    real = _input_path(st.paths["real"], rec.id, "real", settings)
-    gen = _input_path(st.paths["generated"], rec.id, "generated", settings)
+    real, gen = _inputs(st, settings, ("real", "generated"))
     report = score(real, gen, rec.options.score_options(), progress=cb.progress, should_cancel=cb.should_cancel)
     store.save_report(rec.id, report.model_dump_json())
     images = report.counts.real.used + report.counts.generated.used
@@ -279,14 +294,15 @@ def _reference(st: Stored, settings: Settings, cb: _Callbacks):
     from trustfid import compute_stats
 
     rec = st.record
-    source = _input_path(st.paths["source"], rec.id, "source", settings)
+    (source,) = _inputs(st, settings, ("source",))
     stats = compute_stats(source, rec.options, progress=cb.progress, should_cancel=cb.should_cancel)
-    out = Path(st.paths["stats"])
+    out = staging.local_reference(settings, rec.id)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
     stats.save(tmp)
     os.replace(tmp, out)
     fingerprint = hashlib.sha256(out.read_bytes()).hexdigest()
+    staging.put_reference(settings, rec.id, out)  # to the object store, when there is one
     return finish("succeeded", fingerprint=fingerprint, images=stats.n,
                   progress=Progress(stage="done", images_done=stats.n, images_total=stats.n))
 
@@ -295,9 +311,9 @@ def _finish(store: Store, settings: Settings, st: Stored | None) -> str:
     """After the final state: drop staged inputs, send the callback."""
     if st is None:
         return "gone"
-    ingest.remove_tree(jobs.staging_dir(settings, st.record.id))
-    if st.record.kind == "reference" and st.record.state != "succeeded" and st.paths.get("stats"):
-        Path(st.paths["stats"]).unlink(missing_ok=True)
+    staging.discard(settings, st.record.id)
+    if st.record.kind == "reference" and st.record.state != "succeeded":
+        staging.remove_reference(settings, st.record.id)
     if getattr(st.record.options, "callback_url", None) and st.record.state in FINAL_STATES:
         try:
             enqueue(settings, TASK_CALLBACK, st.record.id)

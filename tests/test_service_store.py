@@ -1,0 +1,219 @@
+"""Staging in an object store (TRUSTFID_STAGING_URL), for an API and workers on different machines: the
+real API and real Celery workers, each with its own data directory (nothing can pass through a shared
+folder), against a real S3-compatible server. moto's server mode stands in for S3 or MinIO (third
+parties we cannot run here as such); the service talks to it over HTTP through s3fs, as it would to
+MinIO in docker-compose.yml.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+import uuid
+
+import boto3
+import pytest
+
+from app.serve import free_port
+from tests.conftest import FAST_OPTIONS, KEY_A, Stack, pngs, strip_timing, upload
+from tests.test_api_errors import err
+
+BUCKET = "trustfid-staging"
+PREFIX = "svc"
+CREDS = {"TRUSTFID_S3_ACCESS_KEY_ID": "test-access", "TRUSTFID_S3_SECRET_ACCESS_KEY": "test-secret",
+         "TRUSTFID_S3_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    client(url).create_bucket(Bucket=BUCKET)
+    yield url
+    server.stop()
+
+
+def client(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test-access",
+                        aws_secret_access_key="test-secret", region_name="us-east-1")
+
+
+def keys(endpoint: str, bucket: str = BUCKET, prefix: str = "") -> list[str]:
+    out = client(endpoint).list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for o in out.get("Contents", [])]
+
+
+def store_env(endpoint: str, **more) -> dict:
+    return {"TRUSTFID_STAGING_URL": f"s3://{BUCKET}/{PREFIX}", "TRUSTFID_S3_ENDPOINT_URL": endpoint, **CREDS, **more}
+
+
+@pytest.fixture(scope="module")
+def split_stack(redis_url, tmp_path_factory, s3_endpoint):
+    """The API and one worker as if on two machines: their own data directories, staging in the store."""
+    tmp = tmp_path_factory.mktemp("split")
+    s = Stack(redis_url, tmp, **store_env(s3_endpoint))
+    s.worker_data = tmp / "worker-data"
+    s.start_api()
+    s.start_worker(TRUSTFID_DATA_DIR=str(s.worker_data))
+    s.wait_ready()
+    yield s
+    s.close()
+
+
+def folder_empty(path) -> bool:
+    return not path.exists() or not any(path.iterdir())
+
+
+def test_an_upload_goes_through_the_store_and_scores_as_on_a_shared_volume(split_stack, stack, image_sets, s3_endpoint):
+    real, gen = pngs(image_sets["real"]), pngs(image_sets["generated"])
+    with split_stack.client() as c:
+        r = upload(c, real, gen, FAST_OPTIONS)
+        assert r.status_code == 202, r.text
+        job = r.json()["id"]
+        # Accepted means in the store, and gone from the API's disk.
+        assert folder_empty(split_stack.data_dir / "staging")
+        rec = split_stack.wait_job(job)
+        assert rec["state"] == "succeeded", rec
+        stored = c.get(f"/v1/jobs/{job}/report").json()
+    with stack.client() as c:  # the same job on the shared-volume stack, no object store
+        plain = upload(c, real, gen, FAST_OPTIONS).json()["id"]
+        assert stack.wait_job(plain)["state"] == "succeeded"
+        shared = c.get(f"/v1/jobs/{plain}/report").json()
+    assert strip_timing(stored) == strip_timing(shared)
+    # Final: the staged objects and the worker's working copy are gone.
+    assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/") == []
+    assert folder_empty(split_stack.worker_data / "staging")
+
+
+def test_a_reference_computed_by_one_worker_is_read_from_the_store(split_stack, image_sets, s3_endpoint):
+    real, gen = pngs(image_sets["real"]), pngs(image_sets["generated"])
+    with split_stack.client() as c:
+        r = c.post("/v1/references", files=[("source", (p.name, p.read_bytes(), "image/png")) for p in real],
+                   data={"options": json.dumps(FAST_OPTIONS), "name": "real set"})
+        assert r.status_code == 202, r.text
+        ref = r.json()["id"]
+        assert split_stack.wait_job(ref, path="/v1/references/")["state"] == "succeeded"
+        assert keys(s3_endpoint, prefix=f"{PREFIX}/references/") == [f"{PREFIX}/references/{ref}.npz"]
+        assert not (split_stack.worker_data / "references" / f"{ref}.npz").exists()  # the store's copy only
+
+        on_ref = c.post("/v1/jobs", files=[("generated", (p.name, p.read_bytes(), "image/png")) for p in gen],
+                        data={"real": json.dumps({"reference_id": ref})}).json()["id"]
+        direct = upload(c, real, gen, FAST_OPTIONS).json()["id"]
+        assert split_stack.wait_job(on_ref)["state"] == "succeeded"
+        assert split_stack.wait_job(direct)["state"] == "succeeded"
+        fids = [c.get(f"/v1/jobs/{j}/report").json()["fid"] for j in (on_ref, direct)]
+        assert fids[0] == pytest.approx(fids[1], rel=1e-9)
+
+        assert c.delete(f"/v1/references/{ref}").status_code == 204
+    assert keys(s3_endpoint, prefix=f"{PREFIX}/references/") == []
+    assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/") == []
+
+
+def tgz(files) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for p in files:
+            tf.add(p, arcname=p.name)
+    return buf.getvalue()
+
+
+def test_s3_uris_are_read_from_the_operators_store(split_stack, image_sets, s3_endpoint):
+    data = f"datasets-{uuid.uuid4().hex[:8]}"
+    s3 = client(s3_endpoint)
+    s3.create_bucket(Bucket=data)
+    s3.put_object(Bucket=data, Key="sets/real.tar.gz", Body=tgz(pngs(image_sets["real"])))
+    s3.put_object(Bucket=data, Key="sets/gen.tar.gz", Body=tgz(pngs(image_sets["generated"])))
+    with split_stack.client() as c:
+        def job(real: str, gen: str) -> dict:
+            r = c.post("/v1/jobs", json={"real": {"uri": real}, "generated": {"uri": gen}, "options": FAST_OPTIONS})
+            assert r.status_code == 202, r.text
+            return split_stack.wait_job(r.json()["id"])
+
+        ok = job(f"s3://{data}/sets/real.tar.gz", f"s3://{data}/sets/gen.tar.gz")
+        assert ok["state"] == "succeeded", ok
+        assert ok["real"]["uri"] == f"s3://{data}/sets/real.tar.gz" and ok["fid"] > 0
+        for missing in (f"s3://{data}/sets/nope.tar.gz", "s3://no-such-bucket-here/real.tar.gz"):
+            bad = job(f"s3://{data}/sets/real.tar.gz", missing)
+            assert bad["state"] == "failed", bad
+            assert bad["error"]["code"] == "fetch_failed" and missing in bad["error"]["message"], bad
+        # The service's own bucket is not an input, nor a chain of fsspec protocols or an odd bucket name.
+        for forbidden in (f"s3://{BUCKET}/{PREFIX}/references/x.npz", f"s3://{data}/sets/real.tar.gz::http://x/y",
+                          "s3://169.254.169.254:80/latest.tar.gz", "s3://user@bucket/x.tar.gz"):
+            err(c.post("/v1/jobs", json={"real": {"uri": forbidden}, "generated": {"uri": forbidden}}),
+                422, "forbidden_uri")
+        for not_one_object in (f"s3://{data}/sets/", f"s3://{data}/notes.txt"):
+            err(c.post("/v1/jobs", json={"real": {"uri": not_one_object}, "generated": {"uri": not_one_object}}),
+                415, "unsupported_type")
+    assert split_stack.workers[0].poll() is None  # no bad URI took the worker down
+
+
+def test_a_queued_upload_waits_in_the_store_and_cancelling_removes_it(make_stack, image_sets, s3_endpoint):
+    s = make_stack(**store_env(s3_endpoint))
+    s.start_api()  # no worker: the job stays queued
+    with s.client() as c:
+        job = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS).json()["id"]
+        staged = keys(s3_endpoint, prefix=f"{PREFIX}/staging/{job}/")
+        assert sorted(k.rsplit("/", 2)[-2] for k in staged) == ["generated"] * 4 + ["real"] * 4, staged
+        assert folder_empty(s.data_dir / "staging")
+        assert c.delete(f"/v1/jobs/{job}").json()["state"] == "cancelled"
+    assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/{job}/") == []
+
+
+@pytest.mark.parametrize("where", ["store down", "no such bucket"])
+def test_an_unreachable_store_refuses_uploads_with_503_and_keeps_nothing(make_stack, image_sets, s3_endpoint, where):
+    endpoint = f"http://127.0.0.1:{free_port()}" if where == "store down" else s3_endpoint
+    key = f"key-{uuid.uuid4().hex[:8]}"
+    s = make_stack(**store_env(endpoint, TRUSTFID_STAGING_URL=f"s3://missing-{uuid.uuid4().hex[:8]}/x"),
+                   TRUSTFID_API_KEYS=key)
+    s.start_api()
+    with s.client(key) as c:
+        e = err(upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS),
+                503, "storage_unavailable")
+        assert "object store" in e["message"]
+        assert c.get("/v1/jobs").json()["jobs"] == []  # nothing half-accepted
+    assert folder_empty(s.data_dir / "staging")
+
+
+def test_a_worker_rides_out_a_store_restart_and_fails_a_job_whose_inputs_are_gone(make_stack, image_sets, s3_endpoint):
+    from moto.server import ThreadedMotoServer
+
+    # The worker reaches the store through a second moto server (same buckets) that we start and stop.
+    port = free_port()
+    s = make_stack(**store_env(s3_endpoint))
+    s.start_api()
+    worker = s.start_worker(TRUSTFID_DATA_DIR=str(s.tmp / "worker-data"), TRUSTFID_STORAGE_RETRY_S="30",
+                            TRUSTFID_S3_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    s.wait_ready()
+    sets = pngs(image_sets["real"]), pngs(image_sets["generated"])
+
+    def store_away_then_back(job: str, meanwhile=lambda: None) -> dict:
+        deadline = time.monotonic() + 60
+        while not any("trying again" in line and job in line for line in s.log("worker1.log").splitlines()):
+            assert time.monotonic() < deadline, s.log("worker1.log")
+            time.sleep(0.1)
+        meanwhile()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            return s.wait_job(job)
+        finally:
+            server.stop()
+
+    with s.client(KEY_A) as c:
+        back = upload(c, *sets, FAST_OPTIONS).json()["id"]
+        assert store_away_then_back(back)["state"] == "succeeded"
+        assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/{back}") == []
+
+        gone = upload(c, *sets, FAST_OPTIONS).json()["id"]
+        remove = lambda: [client(s3_endpoint).delete_object(Bucket=BUCKET, Key=k)  # noqa: E731
+                          for k in keys(s3_endpoint, prefix=f"{PREFIX}/staging/{gone}/")]
+        rec = store_away_then_back(gone, remove)
+        assert rec["state"] == "failed" and rec["error"]["code"] == "storage_error", rec
+        assert "not in the object store" in rec["error"]["message"]
+    assert worker.poll() is None
