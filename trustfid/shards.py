@@ -39,6 +39,14 @@ def plan(count: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, count)) for a in range(0, count, size)] or [(0, 0)]
 
 
+def is_image_source(source) -> bool:
+    """Whether a source holds images to shard (not saved statistics, which ``extract`` just reads)."""
+    from .pipeline import _is_stats_file
+
+    return not isinstance(source, SetStats) and not (
+        isinstance(source, (str, Path)) and str(source).endswith(".npz") and _is_stats_file(Path(source)))
+
+
 def count_candidates(source, options: ScoreOptions, settings: EngineSettings | None = None) -> int:
     """The number of candidate images of a source, from its listing (nothing is decoded). The limits
     on the listing (image count, archive members and sizes) apply here as in ``pipeline.extract``."""

@@ -28,12 +28,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 from app import ingest, jobs
 from app.callback import CallbackFailed, deliver
 from app.errors import UnavailableError
-from app.queue import TASK_CALLBACK, TASK_REFERENCE, TASK_SCORE, enqueue
+from app.queue import TASK_CALLBACK, TASK_MERGE, TASK_REFERENCE, TASK_SCORE, TASK_SHARD, enqueue
 from app.settings import Settings, get_settings
 from app.store import Store, Stored, connect, finish
 from trustfid.errors import CancelledError, TrustfidError
 from trustfid.records import FINAL_STATES, JobError
 from trustfid.schemas import Progress
+from worker import shards
 from worker.celery_app import app
 
 log = logging.getLogger("trustfid.worker")
@@ -157,16 +158,18 @@ class _Callbacks:
         if step == self._last_stage and not edge and now - self._last_write < 0.5:
             return
         self._last_stage, self._last_write = step, now
+        try:
+            self._write(p)
+        except UnavailableError as e:  # progress is best effort: never fail a job for it
+            log.warning("job %s: progress not written (%s)", self.id, e)
 
+    def _write(self, p: Progress) -> None:
         def f(s: Stored):
             if s.record.state != "running":
                 return None
             s.record.progress = p
             return s
-        try:
-            self.store.update(self.id, f)
-        except UnavailableError as e:  # progress is best effort: never fail a job for it
-            log.warning("job %s: progress not written (%s)", self.id, e)
+        self.store.update(self.id, f)
 
     def should_cancel(self) -> bool:
         now = time.monotonic()
@@ -178,6 +181,41 @@ class _Callbacks:
             with contextlib.suppress(UnavailableError):  # Redis away: ask again next batch
                 self._cancel = self.store.cancel_requested(self.id)
         return self._cancel
+
+
+class _ShardCallbacks(_Callbacks):
+    """A shard's hooks: the job's cancel flag; its progress summed over the job's shards (shards.py)."""
+
+    def __init__(self, store: Store, job_id: str, settings: Settings, shard: str):
+        super().__init__(store, job_id, settings)
+        self.shard = shard
+
+    def _write(self, p: Progress) -> None:
+        if p.stage == "extracting":
+            shards.record_progress(self.store, self.id, self.shard, p.images_done, p.passes)
+
+
+class _MergeCallbacks(_Callbacks):
+    """The merge's hooks: its stages keep showing every image done (the sum over the shards)."""
+
+    def __init__(self, store: Store, job_id: str, settings: Settings, images: int):
+        super().__init__(store, job_id, settings)
+        self.images = images
+
+    def _write(self, p: Progress) -> None:
+        super()._write(p.model_copy(update={"images_done": self.images, "images_total": self.images}))
+
+
+@contextlib.contextmanager
+def _holding(lease):
+    """The heartbeat renews ``lease`` while the block runs; released after it."""
+    PROC.lease = lease
+    try:
+        yield lease
+    finally:
+        PROC.lease = None
+        with contextlib.suppress(redis.exceptions.LockError, redis.RedisError):
+            lease.release()
 
 
 def _input_path(spec: str, record_id: str, side: str, settings: Settings) -> Path:
@@ -198,13 +236,14 @@ def run_record(store: Store, settings: Settings, record_id: str, worker_id: str)
     lease = store.lease(record_id)
     if not lease.acquire(token=worker_id):
         raise LeaseHeld(store.lease_holder(record_id))
-    PROC.lease = lease
-    try:
+    with _holding(lease):
+        if st.record.kind == "score" and shards.planned(store, record_id):
+            # a sharded job queued again (a shard's or the merge's worker died, or a delivery repeated):
+            # send the shards not done yet and the merge; not a new attempt of the job
+            log.warning("job %s: sending its shards again", record_id)
+            _send_shards(record_id, shards.pending(store, settings, record_id))
+            return "running"
         return _run_leased(store, settings, record_id)
-    finally:
-        PROC.lease = None
-        with contextlib.suppress(redis.exceptions.LockError, redis.RedisError):
-            lease.release()
 
 
 def _run_leased(store: Store, settings: Settings, record_id: str) -> str:
@@ -231,25 +270,31 @@ def _run_leased(store: Store, settings: Settings, record_id: str) -> str:
             outcome = _score(store, st, settings, cb)
         else:
             outcome = _reference(st, settings, cb)
-    except CancelledError as e:
-        if cb.timed_out:
-            outcome = _fail("time_limit", f"the job ran longer than {settings.soft_time_limit_s} s")
-        else:
-            outcome = _fail(e.code, e.message)  # a no-op when the API already marked it cancelled
-    except SoftTimeLimitExceeded:
-        outcome = _fail("time_limit", f"the job ran longer than {settings.soft_time_limit_s} s")
-    except TrustfidError as e:
-        outcome = _fail(e.code, _public(e.message, settings, record_id))
-    except MemoryError:
-        outcome = _fail("out_of_memory", "the worker ran out of memory on this job; send fewer or smaller images")
-    except OSError as e:  # the service's own storage (staging, reference statistics), not the user's input
-        log.exception("job %s: storage error", record_id)
-        outcome = _fail("storage_error", f"the service could not read or write its own storage "
-                                         f"({e.strerror or type(e).__name__}); tell the operator")
     except Exception as e:
-        log.exception("job %s failed", record_id)
-        outcome = _fail("internal", _public(f"worker error ({type(e).__name__}: {e})", settings, record_id))
+        error = _error_of(e, cb, settings, record_id)
+        outcome = _fail(error.code, error.message)  # cancelled: a no-op, the API marked it so already
+    if outcome is None:
+        return "running"  # sharded: its shards and their merge run it now
     return _finish(store, settings, store.update(record_id, outcome))
+
+
+def _error_of(e: Exception, cb: _Callbacks, settings: Settings, record_id: str) -> JobError:
+    """What a job (or one of its shards) that raised ``e`` failed with, in words for the caller."""
+    if isinstance(e, CancelledError) and not cb.timed_out:
+        return JobError(code=e.code, message=e.message)
+    if isinstance(e, (CancelledError, SoftTimeLimitExceeded)):
+        return JobError(code="time_limit", message=f"the job ran longer than {settings.soft_time_limit_s} s")
+    if isinstance(e, TrustfidError):
+        return JobError(code=e.code, message=_public(e.message, settings, record_id))
+    if isinstance(e, MemoryError):
+        return JobError(code="out_of_memory",
+                        message="the worker ran out of memory on this job; send fewer or smaller images")
+    if isinstance(e, OSError):  # the service's own storage (staging, reference statistics), not the user's input
+        log.exception("job %s: storage error", record_id)
+        return JobError(code="storage_error", message=f"the service could not read or write its own storage "
+                                                      f"({e.strerror or type(e).__name__}); tell the operator")
+    log.exception("job %s failed", record_id)
+    return JobError(code="internal", message=_public(f"worker error ({type(e).__name__}: {e})", settings, record_id))
 
 
 def _public(message: str, settings: Settings, record_id: str) -> str:
@@ -266,8 +311,16 @@ def _score(store: Store, st: Stored, settings: Settings, cb: _Callbacks):
     rec = st.record
     real = _input_path(st.paths["real"], rec.id, "real", settings)
     gen = _input_path(st.paths["generated"], rec.id, "generated", settings)
+    if rec.options.shard_size:
+        _send_shards(rec.id, shards.plan_job(store, settings, st, {"real": real, "generated": gen}))
+        return None
     report = score(real, gen, rec.options.score_options(), progress=cb.progress, should_cancel=cb.should_cancel)
-    store.save_report(rec.id, report.model_dump_json())
+    return _succeeded(store, rec.id, report)
+
+
+def _succeeded(store: Store, job_id: str, report):
+    """Save a job's report; the updater that ends its record succeeded (sharded or not)."""
+    store.save_report(job_id, report.model_dump_json())
     images = report.counts.real.used + report.counts.generated.used
     return finish("succeeded", fid=report.fid, fid_mc_std=report.fid_mc.std, trust_level=report.trust.level,
                   headline=report.headline,
@@ -296,6 +349,8 @@ def _finish(store: Store, settings: Settings, st: Stored | None) -> str:
     if st is None:
         return "gone"
     ingest.remove_tree(jobs.staging_dir(settings, st.record.id))
+    with contextlib.suppress(UnavailableError):
+        store.forget_shards(st.record.id)
     if st.record.kind == "reference" and st.record.state != "succeeded" and st.paths.get("stats"):
         Path(st.paths["stats"]).unlink(missing_ok=True)
     if getattr(st.record.options, "callback_url", None) and st.record.state in FINAL_STATES:
@@ -328,6 +383,75 @@ def score_job(self, job_id: str) -> str:
 @app.task(name=TASK_REFERENCE, bind=True)
 def compute_reference(self, ref_id: str) -> str:
     return _task(self, ref_id)
+
+
+def _send_shards(job_id: str, todo: list[str]) -> None:
+    """A Celery chord: the shards as a group, the merge as its callback (the shards store their results
+    in the result backend, which counts them for the chord). With no shard to run, the merge alone."""
+    from celery import chord
+
+    if todo:
+        chord([score_shard.si(job_id, shard) for shard in todo], merge_shards.si(job_id)).apply_async()
+    else:
+        merge_shards.si(job_id).apply_async()
+
+
+@app.task(name=TASK_SHARD, bind=True, ignore_result=False)
+def score_shard(self, job_id: str, shard: str) -> str:
+    """One shard of a sharded job (shards.run_shard). Never raises for the job's sake: an error is
+    recorded for the merge, which fails the job with it."""
+    proc = PROC.ensure()
+    cb = _ShardCallbacks(proc.store, job_id, proc.settings, shard)
+    try:
+        state = shards.run_shard(proc.store, proc.settings, job_id, shard, proc.worker_id, cb, _holding)
+    except (UnavailableError, redis.RedisError) as e:
+        log.warning("job %s shard %s: Redis unavailable (%s); retrying", job_id, shard, e)
+        raise self.retry(countdown=5, max_retries=None) from None
+    except Exception as e:
+        error = _error_of(e, cb, proc.settings, job_id)
+        with contextlib.suppress(UnavailableError, redis.RedisError):
+            shards.shard_failed(proc.store, job_id, shard, None if error.code == "cancelled" else error)
+        state = "stopped" if error.code == "cancelled" else "failed"  # stopped part-way by a cancel
+    log.info("job %s: shard %s %s on worker %s", job_id, shard, state, proc.worker_id)
+    return state
+
+
+@app.task(name=TASK_MERGE, bind=True)
+def merge_shards(self, job_id: str) -> str:
+    """The chord's callback: merge a sharded job's shards into its report and end the job."""
+    proc = PROC.ensure()
+    store, settings = proc.store, proc.settings
+    try:
+        lease = store.lease(job_id)
+        if not lease.acquire(token=proc.worker_id):
+            return "elsewhere"  # another merge (of another chord of this job) runs
+        with _holding(lease):
+            st = store.get(job_id)
+            if st is None:
+                return "gone"
+            if not shards.planned(store, job_id):
+                return st.record.state  # ended and cleaned up by another merge
+            if st.record.state in FINAL_STATES:  # cancelled while its shards ran
+                return _finish(store, settings, st)
+            store.set_shards(job_id, {"merge": "started"})
+            ready, error = shards.outcome(store, settings, job_id)
+            if ready == "waiting":  # a shard runs under another chord, whose merge follows it
+                store.set_shards(job_id, {"merge": ""})
+                return "waiting"
+            if error is not None:
+                outcome = _fail(error.code, error.message)
+            else:
+                progress = st.record.progress
+                cb = _MergeCallbacks(store, job_id, settings, progress.images_total or 0 if progress else 0)
+                try:
+                    outcome = _succeeded(store, job_id, shards.build_report(store, settings, st, cb))
+                except Exception as e:
+                    error = _error_of(e, cb, settings, job_id)
+                    outcome = _fail(error.code, error.message)
+            return _finish(store, settings, store.update(job_id, outcome))
+    except (UnavailableError, redis.RedisError) as e:
+        log.warning("job %s: merge: Redis unavailable (%s); retrying", job_id, e)
+        raise self.retry(countdown=5, max_retries=None) from None
 
 
 _SETTINGS = get_settings()
