@@ -31,7 +31,7 @@ def test_compose_file_is_valid_against_the_compose_spec():
     jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)
     # ...and the schema does reject a broken file, so the check above means something.
     broken = json.loads(json.dumps(doc))
-    broken["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"] = "all the gpus"
+    broken["services"]["worker-gpu0"]["deploy"]["resources"]["reservations"]["devices"] = "all the gpus"
     try:
         jsonschema.validate(broken, schema, cls=jsonschema.Draft7Validator)
     except jsonschema.ValidationError:
@@ -40,17 +40,26 @@ def test_compose_file_is_valid_against_the_compose_spec():
         raise AssertionError("the compose schema accepted a broken file")
 
 
-def test_compose_wires_redis_aof_shared_staging_and_a_gpu():
+def test_compose_wires_redis_aof_shared_staging_and_one_gpu_per_worker():
     doc = compose()
     svc = doc["services"]
     assert "--appendonly" in svc["redis"]["command"] and "yes" in svc["redis"]["command"]
     assert any(v.startswith("redis-data:") for v in svc["redis"]["volumes"])
-    data_dirs = {name: svc[name]["environment"]["TRUSTFID_DATA_DIR"] for name in ("api", "worker")}
-    for name in ("api", "worker"):
+    workers = sorted(name for name in svc if name.startswith("worker"))
+    assert workers == ["worker-gpu0", "worker-gpu1"]
+    data_dirs = {name: svc[name]["environment"]["TRUSTFID_DATA_DIR"] for name in ("api", *workers)}
+    for name in ("api", *workers):
         assert f"staging:{data_dirs[name]}" in svc[name]["volumes"]
         assert svc[name]["environment"]["TRUSTFID_REDIS_URL"].startswith("redis://redis:")
-    gpus = svc["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert gpus[0]["capabilities"] == ["gpu"]
+    # one GPU per worker, each its own: device_ids (never count, which compose gives every replica alike)
+    gpu_ids = []
+    for name in workers:
+        (gpu,) = svc[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia" and "count" not in gpu
+        assert gpu["device_ids"] == [name.removeprefix("worker-gpu")]
+        gpu_ids += gpu["device_ids"]
+        assert svc[name]["command"] == ["trustfid", "worker", "--pool", "solo"]
+    assert len(set(gpu_ids)) == len(workers)
     assert "TRUSTFID_API_KEYS" in svc["api"]["environment"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "AS api" in dockerfile and "AS worker" in dockerfile and "engine" in dockerfile
