@@ -4,6 +4,7 @@ Celery chord) and its report equals the unsharded job's; a cancel stops every sh
 from __future__ import annotations
 
 import re
+import signal
 import time
 
 import httpx
@@ -105,3 +106,30 @@ def test_cancel_stops_every_shard_of_a_job(two_workers, sets):
     # a shard running at the cancel stopped part-way; at most one other had just finished
     assert after["stopped"] - before["stopped"] >= 1, s.log("worker1.log") + s.log("worker2.log")
     assert after["done"] - before["done"] <= 1
+
+
+def test_a_shard_whose_worker_dies_runs_again_and_the_report_is_unchanged(make_stack, sets):
+    s = make_stack()
+    s.start_api()
+    first = s.start_worker()
+    s.wait_ready()
+    slow = {**SHARDED, "batch_size": 1, "shard_size": 4}  # 2 + 2 shards of a few seconds each
+    with s.client() as c:
+        job = upload(c, *sets, slow).json()["id"]
+        deadline = time.monotonic() + 120
+        while not ((p := c.get(f"/v1/jobs/{job}").json().get("progress") or {}).get("stage") == "extracting"
+                   and p.get("images_done", 0) >= 1):
+            assert time.monotonic() < deadline, s.log("worker1.log")
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)  # mid-shard
+        first.wait()
+        s.start_worker()
+        rec = s.wait_job(job)
+        assert rec["state"] == "succeeded", rec
+        assert rec["attempts"] == 1  # the job was not started again: its lost shard was
+        sharded = c.get(f"/v1/jobs/{job}/report").json()
+        plain = upload(c, *sets, {**slow, "shard_size": None}).json()["id"]
+        assert s.wait_job(plain)["state"] == "succeeded"
+        unsharded = c.get(f"/v1/jobs/{plain}/report").json()
+    assert "sending its shards again" in s.log("worker2.log")
+    assert strip_timing(sharded) == strip_timing(unsharded)
