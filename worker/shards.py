@@ -67,12 +67,14 @@ def planned(store: Store, job_id: str) -> bool:
 
 
 def pending(store: Store, settings: Settings, job_id: str) -> list[str]:
-    """The shards of a planned job whose statistics are not saved yet (to send again), marked queued."""
+    """The shards of a planned job whose statistics are not saved yet, to send again; those not running
+    under a live lease are marked queued (one that is gets a message too, which leaves it to its worker)."""
     h = store.shards(job_id)
     layout = json.loads(h["plan"])
     todo = [f"{s}:{k}" for s in SETS for k in range(len(layout[s]["shards"]))
             if not shard_path(settings, job_id, f"{s}:{k}").exists()]
-    store.set_shards(job_id, {"merge": "", **{shard: "queued" for shard in todo}})
+    lost = [shard for shard in todo if h.get(shard) != "running" or not store.lease_holder(f"{job_id}:{shard}")]
+    store.set_shards(job_id, {"merge": "", **{shard: "queued" for shard in lost}})
     return todo
 
 
@@ -124,8 +126,11 @@ def shard_failed(store: Store, job_id: str, shard: str, error: JobError | None) 
 def record_progress(store: Store, job_id: str, shard: str, images_done: int, passes: int) -> None:
     """One shard's images done into the hash, and the sum over every shard into the job record (never
     lower than what the record showed: a shard delivered again starts from zero)."""
-    store.set_shards(job_id, {f"{shard}:done": images_done})
     h = store.shards(job_id)
+    if "plan" not in h:
+        return  # the job ended and was cleaned up meanwhile
+    store.set_shards(job_id, {f"{shard}:done": images_done})
+    h[f"{shard}:done"] = str(images_done)
     layout = json.loads(h["plan"])
     total = sum(b - a for s in SETS for a, b in layout[s]["shards"])
     done = sum(int(v) for k, v in h.items() if k.endswith(":done"))
