@@ -67,28 +67,22 @@ def extract_shard(source, set_name: str, options: ScoreOptions, start: int, stop
                    min_images=0)
 
 
-def _index_matters(options: ScoreOptions, n: int) -> bool:
-    return options.mask_mode == "per_image" or n > options.max_feature_rows
-
-
 def merge_set(source, set_name: str, options: ScoreOptions, shards: list[tuple[int, int]],
               load: Callable[[int], SetStats], *, extractor=None, should_cancel: CancelFn | None = None) -> SetStats:
     """The whole set's statistics from its shards' (``load(k)`` gives shard k's, extracted with
-    ``first_index`` = its start), in shard order. A shard whose images have other indices in the whole
-    set (files skipped or multi-frame before it) is extracted again here when that changes the numbers."""
-    parts = [load(k) for k in range(len(shards))]
-    total = sum(p.n for p in parts)
-    before = 0
-    for k, ((start, stop), part) in enumerate(zip(shards, parts)):
-        # overlapping indices (multi-frame files before it) always matter; a gap (skipped files) only
-        # for per-image masks and capped rows
-        if start < before or (start > before and _index_matters(options, total)):
-            parts[k] = extract_shard(source, set_name, options, start, stop, extractor=extractor, first_index=before,
-                                     should_cancel=should_cancel)
+    ``first_index`` = its start), merged in shard order, one shard in memory besides the sum. A shard
+    whose images have other indices in the whole set (files skipped or multi-frame before it) is
+    extracted again here when that changes the numbers: overlapping indices always, a gap for per-image
+    masks or when the set may be capped (more candidates than ``max_feature_rows``)."""
+    index_matters = options.mask_mode == "per_image" or shards[-1][1] > options.max_feature_rows
+    merged, before = None, 0
+    for k, (start, stop) in enumerate(shards):
+        part = load(k)
+        if start < before or (start > before and index_matters):
+            part = extract_shard(source, set_name, options, start, stop, extractor=extractor, first_index=before,
+                                 should_cancel=should_cancel)
         before += part.n
-    merged = parts[0]
-    for part in parts[1:]:
-        merged = merged.merge(part)
+        merged = part if merged is None else merged.merge(part)
     require_images(set_name, merged.n, merged.skipped)
     merged.top_thumbnails(options.thumbnails)
     merged.source = str(source) if isinstance(source, (str, Path)) else type(source).__name__
