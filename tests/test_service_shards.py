@@ -86,7 +86,9 @@ def test_a_sharded_job_over_two_workers_equals_the_unsharded_job(two_workers, se
 def test_cancel_stops_every_shard_of_a_job(two_workers, sets):
     s = two_workers
     before = {state: sum(len(v) for v in _shard_lines(s, state).values()) for state in ("done", "stopped")}
-    slow = {**SHARDED, "batch_size": 1, "shard_size": 4}  # 2 + 2 shards, a cancel check before every image
+    # one shard per set, on either worker, a cancel check before every image: once the record shows an
+    # image done (progress is written at most every 0.5 s), a shard is part-way with several to go
+    slow = {**SHARDED, "batch_size": 1, "shard_size": 8}
     with s.client() as c:
         job = upload(c, *sets, slow).json()["id"]
         deadline = time.monotonic() + 120

@@ -6,6 +6,9 @@ worker is running (its lease is fresh) is retried later; a record whose worker d
 its staged inputs (same seed ⇒ same report) until ``max_attempts`` deliveries, after which it fails
 with code ``worker_lost``. Whatever happens, an accepted job ends succeeded, failed with a reason, or
 cancelled. Nothing a user sent can raise out of a task and take the worker down.
+
+A job with ``shard_size`` is planned by the worker that picks it up and run as a Celery chord: one
+``score_shard`` task per shard, then ``merge_shards`` (worker/shards.py describes its guarantees).
 """
 
 from __future__ import annotations
@@ -385,6 +388,59 @@ def compute_reference(self, ref_id: str) -> str:
     return _task(self, ref_id)
 
 
+# --- sharded jobs (worker/shards.py has the plan, the shards' bookkeeping and the merge) ----------
+
+
+def run_shard_record(store: Store, settings: Settings, job_id: str, shard: str, worker_id: str) -> str:
+    """Run one shard (shards.run_shard) to its end. An error is recorded for the merge, which fails
+    the job with it, never raised: the chord must see every shard return. Redis errors propagate (the
+    task retries)."""
+    cb = _ShardCallbacks(store, job_id, settings, shard)
+    try:
+        state = shards.run_shard(store, settings, job_id, shard, worker_id, cb, _holding)
+    except (UnavailableError, redis.RedisError):
+        raise
+    except Exception as e:
+        error = _error_of(e, cb, settings, job_id)
+        with contextlib.suppress(UnavailableError, redis.RedisError):
+            shards.shard_failed(store, job_id, shard, None if error.code == "cancelled" else error)
+        state = "stopped" if error.code == "cancelled" else "failed"  # stopped part-way by a cancel
+    log.info("job %s: shard %s %s on worker %s", job_id, shard, state, worker_id)
+    return state
+
+
+def merge_record(store: Store, settings: Settings, job_id: str, worker_id: str) -> str:
+    """Merge a sharded job's shards into its report and end it, under the job's lease; a job ended
+    already (cancelled) is cleaned up; one with a shard still to come is left to that shard's chord."""
+    lease = store.lease(job_id)
+    if not lease.acquire(token=worker_id):
+        return "elsewhere"  # another merge (of another chord of this job) runs
+    with _holding(lease):
+        st = store.get(job_id)
+        if st is None:
+            return "gone"
+        if not shards.planned(store, job_id):
+            return st.record.state  # ended and cleaned up by another merge
+        if st.record.state in FINAL_STATES:  # cancelled while its shards ran
+            return _finish(store, settings, st)
+        store.set_shards(job_id, {"merge": "started"})
+        ready, error = shards.outcome(store, settings, job_id)
+        if ready == "waiting":  # a shard runs under another chord, whose merge follows it
+            store.set_shards(job_id, {"merge": ""})
+            return "waiting"
+        if error is not None:
+            outcome = _fail(error.code, error.message)
+        else:
+            total = st.record.progress.images_total if st.record.progress else None
+            cb = _MergeCallbacks(store, job_id, settings, total or 0)
+            try:
+                outcome = _succeeded(store, job_id, shards.build_report(store, settings, st, cb))
+            except Exception as e:
+                error = _error_of(e, cb, settings, job_id)
+                outcome = _fail(error.code, error.message)
+        return _finish(store, settings, store.update(job_id, outcome))
+
+
 def _send_shards(job_id: str, todo: list[str]) -> None:
     """A Celery chord: the shards as a group, the merge as its callback (the shards store their results
     in the result backend, which counts them for the chord). With no shard to run, the merge alone."""
@@ -398,57 +454,21 @@ def _send_shards(job_id: str, todo: list[str]) -> None:
 
 @app.task(name=TASK_SHARD, bind=True, ignore_result=False)
 def score_shard(self, job_id: str, shard: str) -> str:
-    """One shard of a sharded job (shards.run_shard). Never raises for the job's sake: an error is
-    recorded for the merge, which fails the job with it."""
+    """One shard of a sharded job (a chord's header task; its result counts for the chord)."""
     proc = PROC.ensure()
-    cb = _ShardCallbacks(proc.store, job_id, proc.settings, shard)
     try:
-        state = shards.run_shard(proc.store, proc.settings, job_id, shard, proc.worker_id, cb, _holding)
+        return run_shard_record(proc.store, proc.settings, job_id, shard, proc.worker_id)
     except (UnavailableError, redis.RedisError) as e:
         log.warning("job %s shard %s: Redis unavailable (%s); retrying", job_id, shard, e)
         raise self.retry(countdown=5, max_retries=None) from None
-    except Exception as e:
-        error = _error_of(e, cb, proc.settings, job_id)
-        with contextlib.suppress(UnavailableError, redis.RedisError):
-            shards.shard_failed(proc.store, job_id, shard, None if error.code == "cancelled" else error)
-        state = "stopped" if error.code == "cancelled" else "failed"  # stopped part-way by a cancel
-    log.info("job %s: shard %s %s on worker %s", job_id, shard, state, proc.worker_id)
-    return state
 
 
 @app.task(name=TASK_MERGE, bind=True)
 def merge_shards(self, job_id: str) -> str:
     """The chord's callback: merge a sharded job's shards into its report and end the job."""
     proc = PROC.ensure()
-    store, settings = proc.store, proc.settings
     try:
-        lease = store.lease(job_id)
-        if not lease.acquire(token=proc.worker_id):
-            return "elsewhere"  # another merge (of another chord of this job) runs
-        with _holding(lease):
-            st = store.get(job_id)
-            if st is None:
-                return "gone"
-            if not shards.planned(store, job_id):
-                return st.record.state  # ended and cleaned up by another merge
-            if st.record.state in FINAL_STATES:  # cancelled while its shards ran
-                return _finish(store, settings, st)
-            store.set_shards(job_id, {"merge": "started"})
-            ready, error = shards.outcome(store, settings, job_id)
-            if ready == "waiting":  # a shard runs under another chord, whose merge follows it
-                store.set_shards(job_id, {"merge": ""})
-                return "waiting"
-            if error is not None:
-                outcome = _fail(error.code, error.message)
-            else:
-                progress = st.record.progress
-                cb = _MergeCallbacks(store, job_id, settings, progress.images_total or 0 if progress else 0)
-                try:
-                    outcome = _succeeded(store, job_id, shards.build_report(store, settings, st, cb))
-                except Exception as e:
-                    error = _error_of(e, cb, settings, job_id)
-                    outcome = _fail(error.code, error.message)
-            return _finish(store, settings, store.update(job_id, outcome))
+        return merge_record(proc.store, proc.settings, job_id, proc.worker_id)
     except (UnavailableError, redis.RedisError) as e:
         log.warning("job %s: merge: Redis unavailable (%s); retrying", job_id, e)
         raise self.retry(countdown=5, max_retries=None) from None
