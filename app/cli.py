@@ -1,7 +1,8 @@
 """The installed `trustfid` command: the library's commands (score, stats, inspect; trustfid/cli.py)
 plus the service's:
 
-    trustfid serve [--host 127.0.0.1] [--port 8000]    embedded Redis + one worker + the API
+    trustfid serve [--host 127.0.0.1] [--port 8000] [--workers 1]
+                                                       embedded Redis + workers (one per GPU) + the API
     trustfid api [--host 127.0.0.1] [--port 8000]      the API alone, against TRUSTFID_REDIS_URL
     trustfid worker [--pool solo] [--concurrency 1]    a worker against TRUSTFID_REDIS_URL
     trustfid submit REAL GENERATED [--wait]            send a job to a running service
@@ -19,7 +20,7 @@ import sys
 def cmd_serve(args) -> int:
     from app.serve import run_embedded
 
-    return run_embedded(args.host, args.port, log_level=args.log_level)
+    return run_embedded(args.host, args.port, log_level=args.log_level, workers=args.workers)
 
 
 def cmd_api(args) -> int:
@@ -115,6 +116,9 @@ def add_service_commands(sub) -> None:
 
     p = sub.add_parser("serve", help="run the service on this machine: embedded Redis, one worker and the API")
     listen_options(p)
+    p.add_argument("--workers", type=int, default=1, help="worker processes, each restarted when it dies "
+                   "(default 1); on a machine with several CUDA GPUs each gets its own (CUDA_VISIBLE_DEVICES), "
+                   "so --workers 4 on a machine with 4 GPUs uses all of them, e.g. for jobs with shard_size")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("api", help="run the HTTP API alone against TRUSTFID_REDIS_URL (containers, more replicas)")

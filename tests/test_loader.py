@@ -46,6 +46,15 @@ def test_three_processes_equal_one_thread_on_a_folder_and_a_zip(folder, tmp_path
     _same(_stats(archive, 2), _stats(archive, 0))
 
 
+def test_processes_read_one_shard_of_a_set_as_one_thread_does(folder):
+    from trustfid.inputs import SetShard
+
+    shard = SetShard(folder, 2, 6)
+    one = extract(shard, "real", FAST, settings=EngineSettings(decode_workers=0), first_index=2, min_images=0)
+    assert one.n == 4
+    _same(extract(shard, "real", FAST, settings=EngineSettings(decode_workers=2), first_index=2, min_images=0), one)
+
+
 def test_errors_from_a_decode_process_reach_the_caller_as_the_same_error(folder):
     with pytest.raises(InputError, match="broken.png"):  # strict: the skip is an error
         _stats(folder, 2, strict=True)

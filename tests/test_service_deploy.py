@@ -31,7 +31,7 @@ def test_compose_file_is_valid_against_the_compose_spec():
     jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)
     # ...and the schema does reject a broken file, so the check above means something.
     broken = json.loads(json.dumps(doc))
-    broken["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"] = "all the gpus"
+    broken["services"]["worker-gpu0"]["deploy"]["resources"]["reservations"]["devices"] = "all the gpus"
     try:
         jsonschema.validate(broken, schema, cls=jsonschema.Draft7Validator)
     except jsonschema.ValidationError:
@@ -40,12 +40,14 @@ def test_compose_file_is_valid_against_the_compose_spec():
         raise AssertionError("the compose schema accepted a broken file")
 
 
-def test_compose_wires_redis_aof_object_store_staging_and_a_gpu():
+def test_compose_wires_redis_aof_object_store_staging_and_one_gpu_per_worker():
     doc = compose()
     svc = doc["services"]
     assert "--appendonly" in svc["redis"]["command"] and "yes" in svc["redis"]["command"]
     assert any(v.startswith("redis-data:") for v in svc["redis"]["volumes"])
-    for name in ("api", "worker"):
+    workers = sorted(name for name in svc if name.startswith("worker"))
+    assert workers == ["worker-gpu0", "worker-gpu1"]
+    for name in ("api", *workers):
         env = svc[name]["environment"]
         assert env["TRUSTFID_REDIS_URL"].startswith("redis://redis:")
         # Staging through MinIO, whose bucket the one-shot service creates, with the store's credentials.
@@ -54,8 +56,8 @@ def test_compose_wires_redis_aof_object_store_staging_and_a_gpu():
         assert "TRUSTFID_S3_SECRET_ACCESS_KEY" in env["TRUSTFID_S3_SECRET_ACCESS_KEY"]
         assert any(v.endswith(":" + env["TRUSTFID_DATA_DIR"]) for v in svc[name]["volumes"])
     # The API and the workers share no volume: they may run on different machines.
-    volumes = {name: {v.split(":")[0] for v in svc[name].get("volumes", [])} for name in ("api", "worker")}
-    assert volumes["api"] and volumes["worker"] and not volumes["api"] & volumes["worker"]
+    volumes = {name: {v.split(":")[0] for v in svc[name].get("volumes", [])} for name in ("api", *workers)}
+    assert volumes["api"] and all(volumes[w] and not volumes["api"] & volumes[w] for w in workers)
     assert re.fullmatch(r"minio/minio:RELEASE\.[0-9T-]+Z", svc["minio"]["image"])
     assert re.fullmatch(r"minio/mc:RELEASE\.[0-9T-]+Z", svc["minio-bucket"]["image"])
     assert "mc mb --ignore-existing store/trustfid" in svc["minio-bucket"]["command"][0]
@@ -63,8 +65,15 @@ def test_compose_wires_redis_aof_object_store_staging_and_a_gpu():
     assert svc["minio"]["environment"]["MINIO_ROOT_USER"] == svc["api"]["environment"]["TRUSTFID_S3_ACCESS_KEY_ID"]
     assert (svc["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
             == svc["api"]["environment"]["TRUSTFID_S3_SECRET_ACCESS_KEY"])
-    gpus = svc["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert gpus[0]["capabilities"] == ["gpu"]
+    # one GPU per worker, each its own: device_ids (never count, which compose gives every replica alike)
+    gpu_ids = []
+    for name in workers:
+        (gpu,) = svc[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia" and "count" not in gpu
+        assert gpu["device_ids"] == [name.removeprefix("worker-gpu")]
+        gpu_ids += gpu["device_ids"]
+        assert svc[name]["command"] == ["trustfid", "worker", "--pool", "solo"]
+    assert len(set(gpu_ids)) == len(workers)
     assert "TRUSTFID_API_KEYS" in svc["api"]["environment"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "AS api" in dockerfile and "AS worker" in dockerfile and "engine" in dockerfile

@@ -106,3 +106,62 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path):
                         str(free_port())], cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "TRUSTFID_API_KEYS" in r.stderr
     assert not (tmp_path / ".trustfid").exists()
+
+
+def test_serve_workers_runs_one_supervised_worker_per_gpu(tmp_path):
+    """`serve --workers 2` on a machine showing two GPUs: two workers, one GPU each, each restarted when
+    it dies. (On a machine without CUDA the workers run on the CPU; CUDA_VISIBLE_DEVICES is still set.)"""
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
+                            cwd=tmp_path, env=clean_env(CUDA_VISIBLE_DEVICES="0,1"), stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def workers_alive(n):
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(url + "/readyz", timeout=2).json().get("workers") == n:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.3)
+
+    def gpu_of(pid):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            return None
+        return next((e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"CUDA_VISIBLE_DEVICES=")), None)
+
+    def is_worker(pid):
+        try:
+            return b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes() and alive(pid)
+        except OSError:
+            return False
+
+    try:
+        workers_alive(2)
+        workers = {pid: gpu_of(pid) for pid in children_of(proc.pid) if is_worker(pid)}
+        assert sorted(workers.values()) == ["0", "1"], (workers, (tmp_path / "serve.log").read_text())
+        victim = next(pid for pid, gpu in workers.items() if gpu == "1")
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not any(p != victim and is_worker(p) and gpu_of(p) == "1" for p in children_of(proc.pid)):
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
+        workers_alive(2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    out = (tmp_path / "serve.log").read_text()
+    assert code == 0, out
+    assert "2 workers on GPUs 0, 1" in out and "worker2 exited" in out and "worker2 restarted" in out

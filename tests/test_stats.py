@@ -166,3 +166,30 @@ def test_kept_rows_and_per_image_arrays_survive_the_npz_and_a_cap_never_fakes_th
     # 16 kept rows of 40 images are a sample, not the covariance's factor: mu/sigma come from the file
     g, g0 = back.plain.gaussian(), s.plain.gaussian()
     assert back.n == 40 and np.allclose(g.covariance(), g0.covariance(), rtol=1e-10, atol=1e-12)
+
+
+def test_shards_past_a_chunk_and_the_dimension_merge_through_their_npz_as_one_pass(tmp_path):
+    """Shards with more rows than dimensions are saved as mean and covariance (not rows) and merged with
+    Chan's formula: the merged statistics equal one pass over all rows within round-off (the sharded
+    job's 1e-9 guarantee for sets past 2048 images rests on this)."""
+    n, size, d = 3 * CHUNK + 40, CHUNK + 60, 16
+    plain, mc = _rows(n, d, seed=1, offset=3.0), [_rows(n, d, seed=10 + t) for t in range(3)]
+
+    def stats(a, b):
+        return SetStats(plain=_feed(plain[a:b], 64), mc=[_feed(x[a:b], 64) for x in mc],
+                        names=[str(i) for i in range(a, b)], latent_variance=np.arange(a, b, dtype=np.float64),
+                        provenance=provenance("abc", ScoreOptions(passes=3)))
+
+    whole, merged = stats(0, n), None
+    for k, a in enumerate(range(0, n, size)):
+        b = min(a + size, n)
+        stats(a, b).save(tmp_path / f"{k}.npz", thumbnails=True)
+        part = load_stats(tmp_path / f"{k}.npz")
+        assert (part.plain.gaussian().sigma is not None) == (b - a > d + CHUNK)  # mean and covariance, else rows
+        merged = part if merged is None else merged.merge(part)
+    assert merged.n == n and merged.names == whole.names
+    assert np.array_equal(merged.latent_variance, whole.latent_variance)
+    ref = _rows(n, d, seed=99)
+    other = _feed(ref, 64).gaussian()
+    for a, b in zip([merged.plain, *merged.mc], [whole.plain, *whole.mc]):
+        assert frechet_distance(a.gaussian(), other) == pytest.approx(frechet_distance(b.gaussian(), other), rel=1e-9)

@@ -9,7 +9,7 @@ order, and holds them to the set's rules (skips, strict mode, the image limit) e
 single-process path does. Each process has a queue of at most ``DEPTH`` units: memory stays bounded
 however far the decoders run ahead of the network.
 
-Used for sets given as a path (folder, archive, array file). An in-memory array, a process that may
+Used for sets given as a path (folder, archive, array file), or one shard of such a set. An in-memory array, a process that may
 not start children (a daemonic one, e.g. Celery's prefork pool) or ``decode_workers`` 0 keep the one
 prefetch thread of pipeline.py. Processes are started with ``spawn`` (never ``fork``: the parent may
 hold CUDA and threads) and stopped when the set is done, cancelled or fails.
@@ -22,13 +22,12 @@ import os
 import queue
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import TrustfidError
-from .inputs import open_images
+from .inputs import SetShard, open_images
 from .inputs.events import Skip
 from .preprocess import to_model_input
 
@@ -49,7 +48,8 @@ def worker_count(setting: int | None, device: torch.device, source, candidates: 
     """Decode processes for a set: the setting when given; else the available cores but one on a GPU
     job and none (the prefetch thread) on a CPU job, whose network already uses every core. Never more
     than one per MIN_PER_PROCESS images unless the setting asks for them."""
-    if not isinstance(source, (str, os.PathLike)) or multiprocessing.current_process().daemon:
+    path = source.source if isinstance(source, SetShard) else source
+    if not isinstance(path, (str, os.PathLike)) or multiprocessing.current_process().daemon:
         return 0
     if setting is not None:
         return max(0, min(setting, candidates))
@@ -57,7 +57,7 @@ def worker_count(setting: int | None, device: torch.device, source, candidates: 
     return min(n, candidates // MIN_PER_PROCESS)
 
 
-def _work(k: int, n: int, source: str, open_kwargs: dict, prep: tuple, out) -> None:
+def _work(k: int, n: int, source, open_kwargs: dict, prep: tuple, out) -> None:
     """Process k: decode and resize units k, k + n, k + 2n, ... of the set; then report the intensity
     tally. A limit or input error is sent back to be raised in the job; anything else is a bug, sent
     back too with its type and message."""
@@ -95,13 +95,15 @@ class ParallelLoader:
     docstring). ``images`` is the set as opened in this process: its listing checks have run, and it
     applies the set's rules and keeps ``skipped``, ``used`` and ``intensity`` as a plain pass would."""
 
-    def __init__(self, images, source: str | Path, open_kwargs: dict, workers: int, step: int,
+    def __init__(self, images, source, open_kwargs: dict, workers: int, step: int,
                  mode: str, size: tuple[int, int], input_range: tuple[float, float]):
         self.images, self.step, self.n = images, step, workers
         ctx = multiprocessing.get_context("spawn")
         self.queues = [ctx.Queue(maxsize=DEPTH) for _ in range(workers)]
         prep = (mode, tuple(size), tuple(input_range))
-        self.procs = [ctx.Process(target=_work, args=(k, workers, str(source), open_kwargs, prep, self.queues[k]),
+        if not isinstance(source, SetShard):
+            source = str(source)  # a path; a shard (a path and its candidates) travels as it is
+        self.procs = [ctx.Process(target=_work, args=(k, workers, source, open_kwargs, prep, self.queues[k]),
                                   daemon=True, name=f"trustfid-decode-{k}") for k in range(workers)]
         for p in self.procs:
             p.start()

@@ -106,6 +106,14 @@ def load_extractor(options: ScoreOptions | dict | None, extractor=None, settings
     return ex, ex.options_for(options), device
 
 
+def input_rules(options: ScoreOptions, settings: EngineSettings) -> dict:
+    """``open_images`` keyword arguments: the settings' limits and the options' reading rules."""
+    return dict(strict=options.strict, max_pixels=settings.max_pixels, max_images=settings.max_images,
+                max_archive_members=settings.max_archive_members, max_member_bytes=settings.max_member_bytes,
+                max_expanded_bytes=settings.max_expanded_bytes, max_compression_ratio=settings.max_compression_ratio,
+                window=options.window)
+
+
 class SetFeatures:
     """One set's statistics as its feature batches arrive: the plain pass, the T MC passes, each
     image's latent variance, and what the collector keeps (extras.py: a capped sample of feature rows
@@ -136,16 +144,21 @@ class SetFeatures:
             self._variances.append(mc.double().var(dim=0, unbiased=True).mean(dim=1).numpy())
         self.names.extend(names)
 
-    def stats(self, set_name: str, provenance: dict, source: str, skipped=()) -> SetStats:
-        if self.n < MIN_IMAGES:
-            why = "; ".join(f"{s.name}: {s.reason}" for s in list(skipped)[:5])
-            raise InputError(f"the {set_name} set has {self.n} usable image(s); at least {MIN_IMAGES} are "
-                             f"needed (and a few hundred for a stable FID)" + (f". Skipped: {why}" if why else ""),
-                             code="too_few_images")
+    def stats(self, set_name: str, provenance: dict, source: str, skipped=(), min_images: int = MIN_IMAGES) -> SetStats:
+        require_images(set_name, self.n, skipped, min_images)
         return SetStats(plain=self.plain, mc=self.mc, names=list(self.names),
                         latent_variance=np.concatenate(self._variances) if self._variances else np.zeros(0),
                         skipped=list(skipped), provenance=provenance, source=source,
                         intensity=dict(sorted(self.intensity.items())), **self.collector.finish())
+
+
+def require_images(set_name: str, n: int, skipped=(), min_images: int = MIN_IMAGES) -> None:
+    """InputError ``too_few_images`` when a set has fewer than ``min_images`` usable images."""
+    if n < min_images:
+        why = "; ".join(f"{s.name}: {s.reason}" for s in list(skipped)[:5])
+        raise InputError(f"the {set_name} set has {n} usable image(s); at least {min_images} are "
+                         f"needed (and a few hundred for a stable FID)" + (f". Skipped: {why}" if why else ""),
+                         code="too_few_images")
 
 
 def _batches(images, batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
@@ -193,9 +206,10 @@ def _prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
 
 def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extractor=None, progress: ProgressFn | None = None,
             should_cancel: CancelFn | None = None, settings: EngineSettings | None = None,
-            first_index: int = 0) -> SetStats:
+            first_index: int = 0, min_images: int = MIN_IMAGES) -> SetStats:
     """Statistics of one set: plain pass plus T MC passes, per-image latent variance.
-    ``first_index`` offsets image indices when a set is sharded (per-image masks depend on it)."""
+    ``first_index`` offsets image indices when a set is sharded (per-image masks depend on it); a
+    shard (inputs.SetShard) may hold fewer than MIN_IMAGES (``min_images=0``), the merged set may not."""
     if isinstance(source, SetStats):
         return source
     if isinstance(source, (str, Path)) and str(source).endswith(".npz") and _is_stats_file(Path(source)):
@@ -204,10 +218,7 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
     settings = settings or get_engine_settings()
     ex, options, device = load_extractor(options, extractor, settings)
     model = MCDropout(ex, options, device, settings)
-    open_kwargs = dict(strict=options.strict, max_pixels=settings.max_pixels, max_images=settings.max_images,
-                       max_archive_members=settings.max_archive_members, max_member_bytes=settings.max_member_bytes,
-                       max_expanded_bytes=settings.max_expanded_bytes,
-                       max_compression_ratio=settings.max_compression_ratio, window=options.window)
+    open_kwargs = input_rules(options, settings)
     images = open_images(source, **open_kwargs)
     total = len(images)
     found = SetFeatures(ex.feature_dim, options.passes, Collector(ex, options))
@@ -239,7 +250,8 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
         batches.close()  # stops the decode processes or the prefetch thread
     found.intensity.update(images.intensity)
     return found.stats(set_name, provenance(ex.weights_sha256, options),
-                       str(source) if isinstance(source, (str, Path)) else type(source).__name__, images.skipped)
+                       str(source) if isinstance(source, (str, Path)) else type(source).__name__, images.skipped,
+                       min_images)
 
 
 def _is_stats_file(path: Path) -> bool:

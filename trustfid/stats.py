@@ -228,7 +228,7 @@ class SetStats:
     intensity: dict[str, int] = field(default_factory=dict)  # images per intensity mapping (inputs/decode.py)
     # Kept by extras.Collector: per-image arrays in image order (merged by concatenation), e.g. the
     # raw domain inputs; a bounded sample of plain feature rows; thumbnails (name, domain score,
-    # uint8 image) of the most atypical images (not saved to .npz).
+    # uint8 image) of the most atypical images (saved to .npz only for a shard: save(thumbnails=True)).
     per_image: dict[str, np.ndarray] = field(default_factory=dict)
     rows: KeptRows | None = None
     thumbnails: list = field(default_factory=list)
@@ -256,15 +256,22 @@ class SetStats:
             provenance=self.provenance,
             source=f"{self.source}+{other.source}",
             intensity=dict(sorted((Counter(self.intensity) + Counter(other.intensity)).items())),
-            per_image={k: np.concatenate([v, other.per_image[k]]) for k, v in self.per_image.items()
-                       if k in other.per_image},
+            # a shard with no usable image has no per-image arrays
+            per_image={k: np.concatenate([a.per_image[k] for a in (self, other) if k in a.per_image])
+                       for k in {**self.per_image, **other.per_image}},
             rows=self.rows.merge(other.rows) if self.rows is not None and other.rows is not None else None,
-            thumbnails=sorted(self.thumbnails + other.thumbnails, key=lambda t: -t[1])[
-                :max(len(self.thumbnails), len(other.thumbnails))],
+            # highest domain score first, ties in image order, as the collector keeps them; how many the
+            # report shows (options.thumbnails) is the caller's cut: ``top_thumbnails``
+            thumbnails=sorted(self.thumbnails + other.thumbnails, key=lambda t: -t[1]),
         )
 
+    def top_thumbnails(self, k: int) -> None:
+        """Keep the ``k`` thumbnails of the highest domain scores (after merging shards)."""
+        self.thumbnails = self.thumbnails[:k]
+
     # -- persistence --------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, *, thumbnails: bool = False) -> None:
+        """``thumbnails``: save them too (a shard's statistics, merged into a report later)."""
         plain = self.plain.gaussian()
         arrays = {
             "format": np.array(FORMAT),
@@ -286,6 +293,10 @@ class SetStats:
                 arrays["features_cap"] = np.array([self.rows.cap, self.rows.seed], np.uint64)
         for key, value in self.per_image.items():
             arrays[f"per_image_{key}"] = np.asarray(value)
+        if thumbnails and self.thumbnails:
+            arrays["thumbnail_names"] = np.array([t[0] for t in self.thumbnails], dtype=str)
+            arrays["thumbnail_scores"] = np.array([t[1] for t in self.thumbnails], np.float64)
+            arrays["thumbnail_images"] = np.stack([t[2] for t in self.thumbnails])
         if self.mc:
             gs = [m.gaussian() for m in self.mc]
             arrays["mc_mu"] = np.stack([g.mu for g in gs])
@@ -355,7 +366,9 @@ def load_stats(path: str | Path) -> SetStats:
                     provenance=_provenance(data, fmt), source=path.name,
                     intensity=json.loads(str(data["intensity"])) if "intensity" in data else {},
                     per_image={k.removeprefix("per_image_"): v for k, v in data.items() if k.startswith("per_image_")},
-                    rows=kept)
+                    rows=kept, thumbnails=[(str(name), float(score), im) for name, score, im in zip(
+                        data.get("thumbnail_names", ()), data.get("thumbnail_scores", ()),
+                        data.get("thumbnail_images", ()))])
 
 
 def _provenance(data: dict, fmt: str) -> dict:

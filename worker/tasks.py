@@ -6,6 +6,9 @@ worker is running (its lease is fresh) is retried later; a record whose worker d
 its staged inputs (same seed ⇒ same report) until ``max_attempts`` deliveries, after which it fails
 with code ``worker_lost``. Whatever happens, an accepted job ends succeeded, failed with a reason, or
 cancelled. Nothing a user sent can raise out of a task and take the worker down.
+
+A job with ``shard_size`` is planned by the worker that picks it up and run as a Celery chord: one
+``score_shard`` task per shard, then ``merge_shards`` (worker/shards.py describes its guarantees).
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 from app import ingest, staging
 from app.callback import CallbackFailed, deliver
 from app.errors import StorageError, UnavailableError
-from app.queue import TASK_CALLBACK, TASK_REFERENCE, TASK_SCORE, enqueue
+from app.queue import TASK_CALLBACK, TASK_MERGE, TASK_REFERENCE, TASK_SCORE, TASK_SHARD, enqueue
 from app.settings import Settings, get_settings
 from app.store import Store, Stored, connect, finish
 from trustfid.errors import CancelledError, TrustfidError
 from trustfid.records import FINAL_STATES, JobError
 from trustfid.schemas import Progress
+from worker import shards
 from worker.celery_app import app
 
 log = logging.getLogger("trustfid.worker")
@@ -157,16 +161,18 @@ class _Callbacks:
         if step == self._last_stage and not edge and now - self._last_write < 0.5:
             return
         self._last_stage, self._last_write = step, now
+        try:
+            self._write(p)
+        except UnavailableError as e:  # progress is best effort: never fail a job for it
+            log.warning("job %s: progress not written (%s)", self.id, e)
 
+    def _write(self, p: Progress) -> None:
         def f(s: Stored):
             if s.record.state != "running":
                 return None
             s.record.progress = p
             return s
-        try:
-            self.store.update(self.id, f)
-        except UnavailableError as e:  # progress is best effort: never fail a job for it
-            log.warning("job %s: progress not written (%s)", self.id, e)
+        self.store.update(self.id, f)
 
     def should_cancel(self) -> bool:
         now = time.monotonic()
@@ -178,6 +184,41 @@ class _Callbacks:
             with contextlib.suppress(UnavailableError):  # Redis away: ask again next batch
                 self._cancel = self.store.cancel_requested(self.id)
         return self._cancel
+
+
+class _ShardCallbacks(_Callbacks):
+    """A shard's hooks: the job's cancel flag; its progress summed over the job's shards (shards.py)."""
+
+    def __init__(self, store: Store, job_id: str, settings: Settings, shard: str):
+        super().__init__(store, job_id, settings)
+        self.shard = shard
+
+    def _write(self, p: Progress) -> None:
+        if p.stage == "extracting":
+            shards.record_progress(self.store, self.id, self.shard, p.images_done, p.passes)
+
+
+class _MergeCallbacks(_Callbacks):
+    """The merge's hooks: its stages keep showing every image done (the sum over the shards)."""
+
+    def __init__(self, store: Store, job_id: str, settings: Settings, images: int):
+        super().__init__(store, job_id, settings)
+        self.images = images
+
+    def _write(self, p: Progress) -> None:
+        super()._write(p.model_copy(update={"images_done": self.images, "images_total": self.images}))
+
+
+@contextlib.contextmanager
+def _holding(lease):
+    """The heartbeat renews ``lease`` while the block runs; released after it."""
+    PROC.lease = lease
+    try:
+        yield lease
+    finally:
+        PROC.lease = None
+        with contextlib.suppress(redis.exceptions.LockError, redis.RedisError):
+            lease.release()
 
 
 def _input_path(spec: str, record_id: str, side: str, settings: Settings) -> Path:
@@ -212,13 +253,14 @@ def run_record(store: Store, settings: Settings, record_id: str, worker_id: str)
     lease = store.lease(record_id)
     if not lease.acquire(token=worker_id):
         raise LeaseHeld(store.lease_holder(record_id))
-    PROC.lease = lease
-    try:
+    with _holding(lease):
+        if st.record.kind == "score" and shards.planned(store, record_id):
+            # a sharded job queued again (a shard's or the merge's worker died, or a delivery repeated):
+            # send the shards not done yet and the merge; not a new attempt of the job
+            log.warning("job %s: sending its shards again", record_id)
+            _send_shards(record_id, shards.pending(store, settings, record_id))
+            return "running"
         return _run_leased(store, settings, record_id)
-    finally:
-        PROC.lease = None
-        with contextlib.suppress(redis.exceptions.LockError, redis.RedisError):
-            lease.release()
 
 
 def _run_leased(store: Store, settings: Settings, record_id: str) -> str:
@@ -245,27 +287,33 @@ def _run_leased(store: Store, settings: Settings, record_id: str) -> str:
             outcome = _score(store, st, settings, cb)
         else:
             outcome = _reference(st, settings, cb)
-    except CancelledError as e:
-        if cb.timed_out:
-            outcome = _fail("time_limit", f"the job ran longer than {settings.soft_time_limit_s} s")
-        else:
-            outcome = _fail(e.code, e.message)  # a no-op when the API already marked it cancelled
-    except SoftTimeLimitExceeded:
-        outcome = _fail("time_limit", f"the job ran longer than {settings.soft_time_limit_s} s")
-    except StorageError as e:  # the object store, not the user's input
-        outcome = _fail("storage_error", e.message)
-    except TrustfidError as e:
-        outcome = _fail(e.code, _public(e.message, settings, record_id))
-    except MemoryError:
-        outcome = _fail("out_of_memory", "the worker ran out of memory on this job; send fewer or smaller images")
-    except OSError as e:  # the service's own storage (staging, reference statistics), not the user's input
-        log.exception("job %s: storage error", record_id)
-        outcome = _fail("storage_error", f"the service could not read or write its own storage "
-                                         f"({e.strerror or type(e).__name__}); tell the operator")
     except Exception as e:
-        log.exception("job %s failed", record_id)
-        outcome = _fail("internal", _public(f"worker error ({type(e).__name__}: {e})", settings, record_id))
+        error = _error_of(e, cb, settings, record_id)
+        outcome = _fail(error.code, error.message)  # cancelled: a no-op, the API marked it so already
+    if outcome is None:
+        return "running"  # sharded: its shards and their merge run it now
     return _finish(store, settings, store.update(record_id, outcome))
+
+
+def _error_of(e: Exception, cb: _Callbacks, settings: Settings, record_id: str) -> JobError:
+    """What a job (or one of its shards) that raised ``e`` failed with, in words for the caller."""
+    if isinstance(e, CancelledError) and not cb.timed_out:
+        return JobError(code=e.code, message=e.message)
+    if isinstance(e, (CancelledError, SoftTimeLimitExceeded)):
+        return JobError(code="time_limit", message=f"the job ran longer than {settings.soft_time_limit_s} s")
+    if isinstance(e, StorageError):  # the object store, not the user's input
+        return JobError(code="storage_error", message=e.message)
+    if isinstance(e, TrustfidError):
+        return JobError(code=e.code, message=_public(e.message, settings, record_id))
+    if isinstance(e, MemoryError):
+        return JobError(code="out_of_memory",
+                        message="the worker ran out of memory on this job; send fewer or smaller images")
+    if isinstance(e, OSError):  # the service's own storage (staging, reference statistics), not the user's input
+        log.exception("job %s: storage error", record_id)
+        return JobError(code="storage_error", message=f"the service could not read or write its own storage "
+                                                      f"({e.strerror or type(e).__name__}); tell the operator")
+    log.exception("job %s failed", record_id)
+    return JobError(code="internal", message=_public(f"worker error ({type(e).__name__}: {e})", settings, record_id))
 
 
 def _public(message: str, settings: Settings, record_id: str) -> str:
@@ -281,8 +329,16 @@ def _score(store: Store, st: Stored, settings: Settings, cb: _Callbacks):
 
     rec = st.record
     real, gen = _inputs(st, settings, ("real", "generated"))
+    if rec.options.shard_size:
+        _send_shards(rec.id, shards.plan_job(store, settings, st, {"real": real, "generated": gen}))
+        return None
     report = score(real, gen, rec.options.score_options(), progress=cb.progress, should_cancel=cb.should_cancel)
-    store.save_report(rec.id, report.model_dump_json())
+    return _succeeded(store, rec.id, report)
+
+
+def _succeeded(store: Store, job_id: str, report):
+    """Save a job's report; the updater that ends its record succeeded (sharded or not)."""
+    store.save_report(job_id, report.model_dump_json())
     images = report.counts.real.used + report.counts.generated.used
     return finish("succeeded", fid=report.fid, fid_mc_std=report.fid_mc.std, trust_level=report.trust.level,
                   headline=report.headline,
@@ -312,6 +368,8 @@ def _finish(store: Store, settings: Settings, st: Stored | None) -> str:
     if st is None:
         return "gone"
     staging.discard(settings, st.record.id)
+    with contextlib.suppress(UnavailableError):
+        store.forget_shards(st.record.id)
     if st.record.kind == "reference" and st.record.state != "succeeded":
         staging.remove_reference(settings, st.record.id)
     if getattr(st.record.options, "callback_url", None) and st.record.state in FINAL_STATES:
@@ -344,6 +402,92 @@ def score_job(self, job_id: str) -> str:
 @app.task(name=TASK_REFERENCE, bind=True)
 def compute_reference(self, ref_id: str) -> str:
     return _task(self, ref_id)
+
+
+# --- sharded jobs (worker/shards.py has the plan, the shards' bookkeeping and the merge) ----------
+
+
+def run_shard_record(store: Store, settings: Settings, job_id: str, shard: str, worker_id: str) -> str:
+    """Run one shard (shards.run_shard) to its end. An error is recorded for the merge, which fails
+    the job with it, never raised: the chord must see every shard return. Redis errors propagate (the
+    task retries)."""
+    cb = _ShardCallbacks(store, job_id, settings, shard)
+    try:
+        state = shards.run_shard(store, settings, job_id, shard, worker_id, cb, _holding)
+    except (UnavailableError, redis.RedisError):
+        raise
+    except Exception as e:
+        error = _error_of(e, cb, settings, job_id)
+        with contextlib.suppress(UnavailableError, redis.RedisError):
+            shards.shard_failed(store, job_id, shard, None if error.code == "cancelled" else error)
+        state = "stopped" if error.code == "cancelled" else "failed"  # stopped part-way by a cancel
+    log.info("job %s: shard %s %s on worker %s", job_id, shard, state, worker_id)
+    return state
+
+
+def merge_record(store: Store, settings: Settings, job_id: str, worker_id: str) -> str:
+    """Merge a sharded job's shards into its report and end it, under the job's lease; a job ended
+    already (cancelled) is cleaned up; one with a shard still to come is left to that shard's chord."""
+    lease = store.lease(job_id)
+    if not lease.acquire(token=worker_id):
+        return "elsewhere"  # another merge (of another chord of this job) runs
+    with _holding(lease):
+        st = store.get(job_id)
+        if st is None:
+            return "gone"
+        if not shards.planned(store, job_id):
+            return st.record.state  # ended and cleaned up by another merge
+        if st.record.state in FINAL_STATES:  # cancelled while its shards ran
+            return _finish(store, settings, st)
+        store.set_shards(job_id, {"merge": "started"})
+        ready, error = shards.outcome(store, settings, job_id)
+        if ready == "waiting":  # a shard runs under another chord, whose merge follows it
+            store.set_shards(job_id, {"merge": ""})
+            return "waiting"
+        if error is not None:
+            outcome = _fail(error.code, error.message)
+        else:
+            total = st.record.progress.images_total if st.record.progress else None
+            cb = _MergeCallbacks(store, job_id, settings, total or 0)
+            try:
+                outcome = _succeeded(store, job_id, shards.build_report(store, settings, st, cb))
+            except Exception as e:
+                error = _error_of(e, cb, settings, job_id)
+                outcome = _fail(error.code, error.message)
+        return _finish(store, settings, store.update(job_id, outcome))
+
+
+def _send_shards(job_id: str, todo: list[str]) -> None:
+    """A Celery chord: the shards as a group, the merge as its callback (the shards store their results
+    in the result backend, which counts them for the chord). With no shard to run, the merge alone."""
+    from celery import chord
+
+    if todo:
+        chord([score_shard.si(job_id, shard) for shard in todo], merge_shards.si(job_id)).apply_async()
+    else:
+        merge_shards.si(job_id).apply_async()
+
+
+@app.task(name=TASK_SHARD, bind=True, ignore_result=False)
+def score_shard(self, job_id: str, shard: str) -> str:
+    """One shard of a sharded job (a chord's header task; its result counts for the chord)."""
+    proc = PROC.ensure()
+    try:
+        return run_shard_record(proc.store, proc.settings, job_id, shard, proc.worker_id)
+    except (UnavailableError, redis.RedisError) as e:
+        log.warning("job %s shard %s: Redis unavailable (%s); retrying", job_id, shard, e)
+        raise self.retry(countdown=5, max_retries=None) from None
+
+
+@app.task(name=TASK_MERGE, bind=True)
+def merge_shards(self, job_id: str) -> str:
+    """The chord's callback: merge a sharded job's shards into its report and end the job."""
+    proc = PROC.ensure()
+    try:
+        return merge_record(proc.store, proc.settings, job_id, proc.worker_id)
+    except (UnavailableError, redis.RedisError) as e:
+        log.warning("job %s: merge: Redis unavailable (%s); retrying", job_id, e)
+        raise self.retry(countdown=5, max_retries=None) from None
 
 
 _SETTINGS = get_settings()

@@ -6,7 +6,8 @@ Everything the engine scores comes through :func:`open_images`, which returns an
 - ``rules``, ``array_rules``: the input-safety rules shared with the service's upload checks and the
   client (which files are images, unsafe archive members, pickles, layouts, size limits); standard
   library only, so the client imports them without numpy;
-- ``imageset``: ``open_images`` and ``ImageSet`` (strict mode, the image-count limit);
+- ``imageset``: ``open_images`` and ``ImageSet`` (strict mode, the image-count limit), ``SetShard``
+  (a slice of a set, for sharded jobs);
 - ``containers``: folder, single file, zip and tar readers; ``gzindex``: seeking inside a .tar.gz;
 - ``arrays``: .npy, .npz and in-memory numpy arrays / torch tensors;
 - ``decode``: one file through Pillow (or OpenCV for 16-bit colour) and the intensity mapping;
@@ -16,7 +17,7 @@ docs/IMAGES.md describes the behaviour for users. Importing this package is chea
 numpy) load when ``open_images`` or ``ImageSet`` is first used.
 """
 
-_EXPORTS = {"open_images": "imageset", "ImageSet": "imageset", "ACCEPTED_INPUTS": "rules"}
+_EXPORTS = {"open_images": "imageset", "ImageSet": "imageset", "SetShard": "imageset", "ACCEPTED_INPUTS": "rules"}
 __all__ = list(_EXPORTS)
 
 

@@ -45,10 +45,12 @@ def _row_event(arr, i: int, layout, name: str, decoding: Decoding) -> Iterator:
     yield name, _row_to_image(np.asarray(arr[i]), layout, name, decoding)
 
 
-def _row_names(prefix: str, n: int) -> Iterator[str]:
+def _row_names(prefix: str, reader: Reader) -> Iterator[tuple[int, str]]:
+    """(row, name) of the rows the reader yields; names are numbered in the whole array (select)."""
+    n = reader.total if reader.total is not None else reader.count
     width = max(5, len(str(max(n - 1, 0))))
-    for i in range(n):
-        yield f"{prefix}[{i:0{width}d}]"
+    for i in reader.rows():
+        yield i, f"{prefix}[{i:0{width}d}]"
 
 
 class MemoryArrayReader(Reader):
@@ -63,7 +65,7 @@ class MemoryArrayReader(Reader):
         self.arr, self.count = arr, arr.shape[0]
 
     def units(self):
-        for i, name in enumerate(_row_names(self.prefix, self.count)):
+        for i, name in _row_names(self.prefix, self):
             yield partial(_row_event, self.arr, i, self.layout, name, self.decoding)
 
 
@@ -86,7 +88,7 @@ class NpyReader(Reader):
 
     def units(self):
         arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        for i, name in enumerate(_row_names(self.path.name, self.count)):
+        for i, name in _row_names(self.path.name, self):
             yield partial(_row_event, arr, i, self.layout, name, self.decoding)
 
 
@@ -112,17 +114,19 @@ class NpzReader(Reader):
         self.shape, self.count = shape, shape[0]
 
     def units(self):
-        names = _row_names(f"{self.path.name}:{self.key}" if self.key != "images" else self.path.name, self.count)
+        names = _row_names(f"{self.path.name}:{self.key}" if self.key != "images" else self.path.name, self)
         with zipfile.ZipFile(self.path) as zf, zf.open(self.key + ".npy") as fp:
             if self.fortran:  # rare; rows are not contiguous on disk, so load the array whole
                 arr = np.load(fp, allow_pickle=False)
-                for i, name in enumerate(names):
+                for i, name in names:
                     yield partial(_row_event, arr, i, self.layout, name, self.decoding)
                 return
             npy_header(fp)
             row_shape = self.shape[1:]
             row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
-            for name in names:
+            if self.first:
+                fp.seek(self.first * row_bytes, 1)  # the rows before this shard
+            for _, name in names:
                 buf = fp.read(row_bytes)
                 if len(buf) < row_bytes:
                     raise InputError(f"'{self.label}' is truncated: {name} is incomplete.")

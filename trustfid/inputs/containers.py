@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import TrustfidError
 from . import rules
 from .decode import Decoding, decode_events
-from .events import Reader, Skip, skipped
+from .events import Reader, Skip, select_listed, skipped
 from .gzindex import GzIndex, IndexedGzip
 from .rules import ArchiveBudget, Limits, first_line
 
@@ -32,6 +32,10 @@ class FolderReader(Reader):
         self.label, self.decoding = label, decoding
         self.entries = rules.list_folder(root, label)
         self.count = sum(1 for e in self.entries if e[1] is not None)
+
+    def select(self, start: int, stop: int) -> None:
+        self.entries = select_listed(self.entries, start, stop)
+        super().select(start, stop)
 
     def units(self):
         for name, path, reason in self.entries:
@@ -67,6 +71,10 @@ class _ArchiveReader(Reader):
     def _finish(self) -> None:
         self.plan.sort(key=lambda p: p[0])
         self.count = sum(1 for p in self.plan if p[1] is not None)
+
+    def select(self, start: int, stop: int) -> None:
+        self.plan = select_listed(self.plan, start, stop)
+        super().select(start, stop)
 
     def units(self):
         with self._open() as source:

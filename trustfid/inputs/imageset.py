@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,6 +22,16 @@ from .containers import FolderReader, SingleFileReader, TarReader, ZipReader
 from .decode import Decoding
 from .events import Reader, Skip
 from .rules import ACCEPTED_INPUTS, Limits, check_image_count, kind_of, read_head
+
+
+class SetShard(NamedTuple):
+    """Candidates ``start`` .. ``stop - 1`` of an image source: one shard of a set, read on its own
+    (a worker of a sharded job). Files the listing skip-lists go with the shard of the candidate after
+    them, so the shards' skip lists, in shard order, are the whole set's."""
+
+    source: object
+    start: int
+    stop: int
 
 
 class ImageSet:
@@ -90,13 +101,22 @@ def open_images(source, *, strict: bool = False, max_pixels: int = 2**26, max_im
     ``max_expanded_bytes`` and ``max_compression_ratio`` (None: unchecked) hold the candidate
     members of an archive to the same limits as an upload. ``window`` (LOW, HIGH) maps images wider than
     8 bits from that fixed range instead of each image's own min..max (decode.py).
+
+    ``source`` may be a :class:`SetShard`: only candidates start..stop-1 of its set are read (the
+    image-count limit still applies to the whole set) and ``len()`` is the shard's number of candidates.
     """
     limits = Limits(max_pixels=max_pixels, max_images=max_images, max_archive_members=max_archive_members,
                     max_member_bytes=max_member_bytes, max_expanded_bytes=max_expanded_bytes,
                     max_compression_ratio=max_compression_ratio)
     decoding = Decoding(max_pixels=max_pixels, window=tuple(window) if window is not None else None)
-    reader = _make_reader(source, limits, decoding)
+    shard = source if isinstance(source, SetShard) else None
+    reader = _make_reader(shard.source if shard else source, limits, decoding)
     check_image_count(reader.label, reader.count, max_images)
+    if shard is not None:
+        stop = min(shard.stop, reader.count)
+        if not 0 <= shard.start <= stop:
+            raise InputError(f"{reader.label}: no candidates {shard.start}..{shard.stop - 1} in a set of {reader.count}")
+        reader.select(shard.start, stop)
     return ImageSet(reader, decoding, strict=strict, max_images=max_images)
 
 

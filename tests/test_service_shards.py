@@ -1,0 +1,137 @@
+"""Sharded jobs (option shard_size) on real processes: two Celery workers share one job's shards (a
+Celery chord) and its report equals the unsharded job's; a cancel stops every shard."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, write_images
+
+OPTIONS = {**FAST_OPTIONS, "top_k": 10}  # top_k >= set size: the report lists every image's latent variance
+SHARDED = {**OPTIONS, "shard_size": 3}
+
+
+@pytest.fixture(scope="module")
+def two_workers(redis_url, tmp_path_factory):
+    from tests.conftest import Stack
+
+    s = Stack(redis_url, tmp_path_factory.mktemp("shards"))
+    s.start_api()
+    s.start_worker()
+    s.start_worker()
+    deadline = time.monotonic() + 180
+    while httpx.get(s.url + "/readyz", timeout=5).json().get("workers") != 2:
+        assert time.monotonic() < deadline, s.log("worker1.log") + s.log("worker2.log")
+        time.sleep(0.2)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sets")
+    return pngs(write_images(d / "real", 8, seed=21)), pngs(write_images(d / "gen", 7, seed=22, shift=0.15))
+
+
+def _shard_lines(s, state: str) -> dict[str, list[str]]:
+    """Per worker log, the shards it ended in ``state`` (Celery logs each task's return value)."""
+    out = {}
+    for n in (1, 2):
+        text = (s.logs / f"worker{n}.log").read_text(errors="replace")
+        out[f"worker{n}"] = re.findall(rf"trustfid\.score_shard\[[^\]]+\] succeeded in [\d.e-]+s: '{state}'", text)
+    return out
+
+
+def test_a_sharded_job_over_two_workers_equals_the_unsharded_job(two_workers, sets):
+    s = two_workers
+    with s.client() as c:
+        job = upload(c, *sets, SHARDED).json()["id"]
+        seen = []
+        while (rec := c.get(f"/v1/jobs/{job}").json())["state"] not in ("succeeded", "failed", "cancelled"):
+            if rec.get("progress"):
+                seen.append(rec["progress"])
+            time.sleep(0.05)
+        assert rec["state"] == "succeeded", rec
+        sharded = c.get(f"/v1/jobs/{job}/report").json()
+        plain = upload(c, *sets, OPTIONS).json()["id"]
+        assert s.wait_job(plain)["state"] == "succeeded"
+        unsharded = c.get(f"/v1/jobs/{plain}/report").json()
+
+    # the same report: FID, every MC sample, every image's latent variance, everything bar timing
+    assert sharded["fid"] == pytest.approx(unsharded["fid"], rel=1e-9)
+    assert sharded["fid_mc"]["samples"] == pytest.approx(unsharded["fid_mc"]["samples"], rel=1e-9)
+    for side in ("real", "generated"):
+        per_image = sharded["latent_variance"][side]["most_uncertain"]
+        assert len(per_image) == len(sets[0] if side == "real" else sets[1])
+        assert per_image == unsharded["latent_variance"][side]["most_uncertain"]
+    assert strip_timing(sharded) == strip_timing(unsharded)
+    assert "shard_size" not in sharded["config"]
+
+    # the shards ran as separate tasks, on both workers: 3 + 3 shards of at most 3 images
+    done = _shard_lines(s, "done")
+    assert sum(len(v) for v in done.values()) >= 6 and all(done.values()), done
+    # progress: the images done summed over the shards, never going back, up to every image
+    extracting = [p["images_done"] for p in seen if p["stage"] == "extracting"]
+    assert extracting == sorted(extracting) and max(extracting) > 3, seen
+    assert rec["progress"]["images_done"] == rec["progress"]["images_total"] == 15
+    assert rec["attempts"] == 1
+    assert not (s.data_dir / "staging" / job).exists()
+
+
+def test_cancel_stops_every_shard_of_a_job(two_workers, sets):
+    s = two_workers
+    before = {state: sum(len(v) for v in _shard_lines(s, state).values()) for state in ("done", "stopped")}
+    # one shard per set, on either worker, a cancel check before every image: once the record shows an
+    # image done (progress is written at most every 0.5 s), a shard is part-way with several to go
+    slow = {**SHARDED, "batch_size": 1, "shard_size": 8}
+    with s.client() as c:
+        job = upload(c, *sets, slow).json()["id"]
+        deadline = time.monotonic() + 120
+        while not ((p := c.get(f"/v1/jobs/{job}").json().get("progress") or {}).get("stage") == "extracting"
+                   and p.get("images_done", 0) >= 1):
+            assert time.monotonic() < deadline, s.log("worker1.log")
+            time.sleep(0.05)
+        assert c.delete(f"/v1/jobs/{job}").json()["state"] == "cancelled"
+        # every shard returns (the chord's merge then removes the staged inputs): none runs on
+        deadline = time.monotonic() + 60
+        while (s.data_dir / "staging" / job).exists():
+            assert time.monotonic() < deadline, "shards still running:\n" + s.log("worker1.log") + s.log("worker2.log")
+            time.sleep(0.1)
+        rec = c.get(f"/v1/jobs/{job}").json()
+        assert rec["state"] == "cancelled" and rec["fid"] is None
+    after = {state: sum(len(v) for v in _shard_lines(s, state).values()) for state in ("done", "stopped")}
+    # a shard running at the cancel stopped part-way; at most one other had just finished
+    assert after["stopped"] - before["stopped"] >= 1, s.log("worker1.log") + s.log("worker2.log")
+    assert after["done"] - before["done"] <= 1
+
+
+def test_a_shard_whose_worker_dies_runs_again_and_the_report_is_unchanged(make_stack, sets):
+    s = make_stack()
+    s.start_api()
+    first = s.start_worker()
+    s.wait_ready()
+    slow = {**SHARDED, "batch_size": 1, "shard_size": 4}  # 2 + 2 shards of a few seconds each
+    with s.client() as c:
+        job = upload(c, *sets, slow).json()["id"]
+        deadline = time.monotonic() + 120
+        while not ((p := c.get(f"/v1/jobs/{job}").json().get("progress") or {}).get("stage") == "extracting"
+                   and p.get("images_done", 0) >= 1):
+            assert time.monotonic() < deadline, s.log("worker1.log")
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)  # mid-shard
+        first.wait()
+        s.start_worker()
+        rec = s.wait_job(job)
+        assert rec["state"] == "succeeded", rec
+        assert rec["attempts"] == 1  # the job was not started again: its lost shard was
+        sharded = c.get(f"/v1/jobs/{job}/report").json()
+        plain = upload(c, *sets, {**slow, "shard_size": None}).json()["id"]
+        assert s.wait_job(plain)["state"] == "succeeded"
+        unsharded = c.get(f"/v1/jobs/{plain}/report").json()
+    assert "sending its shards again" in (s.logs / "worker2.log").read_text(errors="replace")
+    assert strip_timing(sharded) == strip_timing(unsharded)

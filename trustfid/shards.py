@@ -1,0 +1,84 @@
+"""Sharded extraction: one set split into shards of consecutive candidates, each extracted on its own
+(by another process, another GPU or another machine) and merged, in shard order, into the statistics
+one pass over the whole set gives.
+
+    plan(count, size)                    -> [(start, stop), ...]
+    extract_shard(source, ..., start, stop) -> SetStats of candidates start..stop-1 (first_index=start)
+    merge_set([...], ...)                -> SetStats of the whole set
+
+Why the merge is exact: the dropout masks of ``shared`` mode depend only on (seed, pass); those of
+``per_image`` mode and the choice of the capped feature rows (rows.py) depend on the image's index in
+its set, which each shard is given as ``first_index``; the streaming moments, the per-image arrays,
+the kept rows and the thumbnails all merge in order (stats.SetStats.merge). The index a shard is given
+is its first *candidate*'s; when a file is skipped (unreadable) or one file holds several images
+(multi-frame DICOM), the images after it have another index in the whole set. ``merge_set`` finds
+that from the shards' image counts and extracts the shards it concerns again with the right index
+when the numbers depend on it (per-image masks, capped rows, or overlapping indices), so the result is
+still the unsharded one.
+
+The service (worker/shards.py) runs the shards as Celery tasks and merges them in a chord callback;
+this module is the engine's part and needs no service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .inputs import SetShard, open_images
+from .pipeline import CancelFn, ProgressFn, extract, input_rules, require_images
+from .schemas import ScoreOptions
+from .settings import EngineSettings, get_engine_settings
+from .stats import SetStats
+
+
+def plan(count: int, size: int) -> list[tuple[int, int]]:
+    """Shards of ``size`` consecutive candidates covering ``count`` (at least one shard, maybe empty)."""
+    if size < 1:
+        raise ValueError("shard size must be >= 1")
+    return [(a, min(a + size, count)) for a in range(0, count, size)] or [(0, 0)]
+
+
+def is_image_source(source) -> bool:
+    """Whether a source holds images to shard (not saved statistics, which ``extract`` just reads)."""
+    from .pipeline import _is_stats_file
+
+    return not isinstance(source, SetStats) and not (
+        isinstance(source, (str, Path)) and str(source).endswith(".npz") and _is_stats_file(Path(source)))
+
+
+def count_candidates(source, options: ScoreOptions, settings: EngineSettings | None = None) -> int:
+    """The number of candidate images of a source, from its listing (nothing is decoded). The limits
+    on the listing (image count, archive members and sizes) apply here as in ``pipeline.extract``."""
+    return len(open_images(source, **input_rules(options, settings or get_engine_settings())))
+
+
+def extract_shard(source, set_name: str, options: ScoreOptions, start: int, stop: int, *, extractor=None,
+                  first_index: int | None = None, progress: ProgressFn | None = None,
+                  should_cancel: CancelFn | None = None) -> SetStats:
+    """Statistics of candidates start..stop-1 of a set (may hold fewer than 2 images, even none)."""
+    return extract(SetShard(source, start, stop), set_name, options, extractor=extractor, progress=progress,
+                   should_cancel=should_cancel, first_index=start if first_index is None else first_index,
+                   min_images=0)
+
+
+def merge_set(source, set_name: str, options: ScoreOptions, shards: list[tuple[int, int]],
+              load: Callable[[int], SetStats], *, extractor=None, should_cancel: CancelFn | None = None) -> SetStats:
+    """The whole set's statistics from its shards' (``load(k)`` gives shard k's, extracted with
+    ``first_index`` = its start), merged in shard order, one shard in memory besides the sum. A shard
+    whose images have other indices in the whole set (files skipped or multi-frame before it) is
+    extracted again here when that changes the numbers: overlapping indices always, a gap for per-image
+    masks or when the set may be capped (more candidates than ``max_feature_rows``)."""
+    index_matters = options.mask_mode == "per_image" or shards[-1][1] > options.max_feature_rows
+    merged, before = None, 0
+    for k, (start, stop) in enumerate(shards):
+        part = load(k)
+        if start < before or (start > before and index_matters):
+            part = extract_shard(source, set_name, options, start, stop, extractor=extractor, first_index=before,
+                                 should_cancel=should_cancel)
+        before += part.n
+        merged = part if merged is None else merged.merge(part)
+    require_images(set_name, merged.n, merged.skipped)
+    merged.top_thumbnails(options.thumbnails)
+    merged.source = str(source) if isinstance(source, (str, Path)) else type(source).__name__
+    return merged
