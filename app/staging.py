@@ -20,10 +20,13 @@ the callers' ``s3://`` inputs (ingest.py), which may never name the staging buck
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import shutil
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -134,19 +137,87 @@ def push(settings: Settings, record_id: str) -> None:
     shutil.rmtree(src, ignore_errors=True)
 
 
+PULLED = ".pulled"  # marks a complete local copy of a record's staged inputs
+SHARDS = "shards"  # a sharded job's per-shard statistics (worker/shards.py), never pulled in bulk
+
+
 def pull(settings: Settings, record_id: str) -> Path:
     """The record's staged inputs in this process's staging folder (downloaded from the store when one
-    is configured); returns the folder."""
+    is configured, once per folder: several workers of one machine may share it); returns the folder.
+    The download goes to a temporary folder whose entries are then renamed into place, so a worker
+    never reads a half-written file another one is still downloading."""
     dest = local_dir(settings, record_id)
-    if enabled(settings):
-        remote = f"{_remote(settings, record_id)}/"
-        try:
-            _worker_side(settings, "hand out the job's staged inputs",
-                         lambda fs: fs.get(remote, f"{dest}/", recursive=True))
-        except FileNotFoundError:
-            raise StorageError("the job's staged inputs are not in the object store (removed, or this worker's "
-                               "TRUSTFID_STAGING_URL differs from the API's?)") from None
+    if not enabled(settings) or (dest / PULLED).exists():
+        return dest
+    remote = _remote(settings, record_id)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}")
+
+    def get(fs):
+        keys = [k for k in fs.find(remote) if not k[len(remote) + 1:].startswith(SHARDS + "/")]
+        if not keys:
+            raise FileNotFoundError(remote)
+        fs.get(keys, [str(tmp / k[len(remote) + 1:]) for k in keys])
+
+    try:
+        _worker_side(settings, "hand out the job's staged inputs", get)
+    except FileNotFoundError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StorageError("the job's staged inputs are not in the object store (removed, or this worker's "
+                           "TRUSTFID_STAGING_URL differs from the API's?)") from None
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in tmp.iterdir():
+        if not (dest / entry.name).exists():
+            with contextlib.suppress(OSError):  # another worker put the same entry there first
+                os.rename(entry, dest / entry.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    (dest / PULLED).touch()
     return dest
+
+
+def share(settings: Settings, record_id: str, path: Path) -> None:
+    """Publish a file or folder this worker made in the record's staging folder (a fetched input, a
+    reference's statistics, a shard's statistics) for workers on other machines; without a store the
+    staging folder is shared already."""
+    if not enabled(settings):
+        return
+    remote = f"{_remote(settings, record_id)}/{path.relative_to(local_dir(settings, record_id)).as_posix()}"
+    if path.is_dir():
+        _worker_side(settings, "store a job's input", lambda fs: fs.put(f"{path}/", remote, recursive=True))
+    else:
+        _worker_side(settings, "store a job's file", lambda fs: fs.put_file(str(path), remote))
+
+
+def shared(settings: Settings, record_id: str, path: Path) -> bool:
+    """Whether a file of the record's staging folder exists here or, published by another machine's
+    worker (``share``), in the store."""
+    if path.exists() or not enabled(settings):
+        return path.exists()
+    remote = f"{_remote(settings, record_id)}/{path.relative_to(local_dir(settings, record_id)).as_posix()}"
+    return bool(_worker_side(settings, "look up a job's file", lambda fs: fs.exists(remote)))
+
+
+def fetch(settings: Settings, record_id: str, path: Path) -> Path:
+    """A file of the record's staging folder as a local file: here already, or copied from the store."""
+    if path.exists() or not enabled(settings):
+        return path
+    remote = f"{_remote(settings, record_id)}/{path.relative_to(local_dir(settings, record_id)).as_posix()}"
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _worker_side(settings, "hand out a job's file", lambda fs: fs.get_file(remote, str(tmp)))
+    os.replace(tmp, path)
+    return path
+
+
+def sweep(settings: Settings, is_over) -> None:
+    """A worker's staging folders of records that ``is_over(record_id)`` says are over: with a store,
+    the worker that ends a job removes only its own copy, and a sharded job's other workers keep
+    theirs until this finds them."""
+    root = Path(settings.data_dir).resolve() / "staging"
+    if not enabled(settings) or not root.is_dir():
+        return
+    for folder in root.iterdir():
+        if folder.is_dir() and _ID.match(folder.name) and is_over(folder.name, folder.stat().st_mtime):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def discard(settings: Settings, record_id: str) -> None:

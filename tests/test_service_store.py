@@ -14,6 +14,7 @@ import time
 import uuid
 
 import boto3
+import httpx
 import pytest
 
 from app.serve import free_port
@@ -217,3 +218,51 @@ def test_a_worker_rides_out_a_store_restart_and_fails_a_job_whose_inputs_are_gon
         assert rec["state"] == "failed" and rec["error"]["code"] == "storage_error", rec
         assert "not in the object store" in rec["error"]["message"]
     assert worker.poll() is None
+
+
+def test_a_sharded_job_over_workers_on_two_machines_equals_the_unsharded_job(
+        redis_url, tmp_path_factory, image_sets, s3_endpoint):
+    """Two workers with their own data folders (two machines): one uploaded set and one s3:// set, split
+    into shards that both workers run; the merge reads shards the other machine made from the store."""
+    from tests.test_service_shards import _shard_lines
+
+    tmp = tmp_path_factory.mktemp("two-machines")
+    s = Stack(redis_url, tmp, **store_env(s3_endpoint))
+    machines = [tmp / "machine-1", tmp / "machine-2"]
+    try:
+        s.start_api()
+        for data in machines:  # a sweep of ended jobs' copies every 20 heartbeats: every 5 s here
+            s.start_worker(TRUSTFID_DATA_DIR=str(data), TRUSTFID_HEARTBEAT_S="0.25")
+        deadline = time.monotonic() + 180
+        while httpx.get(s.url + "/readyz", timeout=5).json().get("workers") != 2:
+            assert time.monotonic() < deadline, s.log("worker1.log") + s.log("worker2.log")
+            time.sleep(0.2)
+        data = f"datasets-{uuid.uuid4().hex[:8]}"
+        client(s3_endpoint).create_bucket(Bucket=data)
+        client(s3_endpoint).put_object(Bucket=data, Key="gen.tar.gz", Body=tgz(pngs(image_sets["generated"])))
+        real = pngs(image_sets["real"])
+        files = [("real", (p.name, p.read_bytes(), "image/png")) for p in real]
+        with s.client() as c:
+            def job(options: dict) -> str:
+                r = c.post("/v1/jobs", files=files, data={"generated": json.dumps({"uri": f"s3://{data}/gen.tar.gz"}),
+                                                          "options": json.dumps(options)})
+                assert r.status_code == 202, r.text
+                return r.json()["id"]
+
+            sharded, plain = job({**FAST_OPTIONS, "shard_size": 1}), job(FAST_OPTIONS)
+            for j in (sharded, plain):
+                assert s.wait_job(j)["state"] == "succeeded", s.log("worker1.log") + s.log("worker2.log")
+            reports = [c.get(f"/v1/jobs/{j}/report").json() for j in (sharded, plain)]
+        assert reports[0]["fid"] == pytest.approx(reports[1]["fid"], rel=1e-9)
+        assert reports[0]["fid_mc"]["samples"] == pytest.approx(reports[1]["fid_mc"]["samples"], rel=1e-9)
+        assert strip_timing(reports[0]) == strip_timing(reports[1])
+        done = _shard_lines(s, "done")
+        assert sum(len(v) for v in done.values()) >= 8 and all(done.values()), done  # 4 + 4 shards, both machines
+        assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/") == []
+        # each machine drops its copies of the ended jobs' inputs and shards
+        deadline = time.monotonic() + 60
+        while not all(folder_empty(m / "staging") for m in machines):
+            assert time.monotonic() < deadline, [list((m / "staging").iterdir()) for m in machines]
+            time.sleep(0.5)
+    finally:
+        s.close()

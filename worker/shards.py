@@ -8,6 +8,11 @@ extracts its candidates with ``first_index`` = its start (trustfid/shards.py) an
 as a pickle-free .npz in the job's staging folder; the callback (``build_report``) merges them in shard
 order and builds the report as the unsharded job would.
 
+Workers on different machines (object-store staging, app/staging.py): the plan names each set by its
+place in the job's staging folder; a shard's worker pulls the staged inputs into its own folder (the
+planner publishes fetched inputs and a reference's statistics there too), publishes its statistics to
+the store, and the merge reads them from there. Without a store the workers share that folder.
+
 Guarantees, as for a job:
 - Idempotent: a shard whose .npz exists is not computed again; one whose lease another live worker
   holds is left to it; the merge runs under the job's lease, so two merges never race, and a merge
@@ -31,7 +36,6 @@ import time
 from pathlib import Path
 
 from app import staging
-from app.errors import StorageError
 from app.settings import Settings
 from app.store import Store, Stored
 from trustfid.records import FINAL_STATES, JobError
@@ -53,14 +57,28 @@ def plan_job(store: Store, settings: Settings, st: Stored, sources: dict[str, Pa
 
     options = st.record.options.score_options()
     size = st.record.options.shard_size
+    work = staging.local_dir(settings, st.record.id)
     layout = {}
     for set_name in SETS:
         source = sources[set_name]
         shards = plan(count_candidates(source, options), size) if is_image_source(source) else []
         layout[set_name] = {"path": str(source), "shards": shards}
+        if source.is_relative_to(work):  # where every worker finds it in its own staging folder
+            layout[set_name]["relative"] = source.relative_to(work).as_posix()
+            if not st.paths[set_name].startswith("staged:"):  # fetched or a reference: publish it
+                staging.share(settings, st.record.id, work / source.relative_to(work).parts[0])
     todo = [f"{s}:{k}" for s in SETS for k in range(len(layout[s]["shards"]))]
     store.set_shards(st.record.id, {"plan": json.dumps(layout), **{shard: "queued" for shard in todo}})
     return todo
+
+
+def local_source(settings: Settings, job_id: str, info: dict) -> Path:
+    """One set's input on this worker: in its own staging folder (pulled from the object store when the
+    planning worker was another machine), or the planner's path where the set is not in a staging
+    folder (a record of an older release)."""
+    if "relative" not in info:
+        return Path(info["path"])
+    return staging.pull(settings, job_id) / info["relative"]
 
 
 def planned(store: Store, job_id: str) -> bool:
@@ -73,7 +91,7 @@ def pending(store: Store, settings: Settings, job_id: str) -> list[str]:
     h = store.shards(job_id)
     layout = json.loads(h["plan"])
     todo = [f"{s}:{k}" for s in SETS for k in range(len(layout[s]["shards"]))
-            if not shard_path(settings, job_id, f"{s}:{k}").exists()]
+            if not staging.shared(settings, job_id, shard_path(settings, job_id, f"{s}:{k}"))]
     lost = [shard for shard in todo if h.get(shard) != "running" or not store.lease_holder(f"{job_id}:{shard}")]
     store.set_shards(job_id, {"merge": "", **{shard: "queued" for shard in lost}})
     return todo
@@ -92,7 +110,7 @@ def run_shard(store: Store, settings: Settings, job_id: str, shard: str, worker_
     if st.record.state in FINAL_STATES:
         return st.record.state
     out = shard_path(settings, job_id, shard)
-    if out.exists():
+    if staging.shared(settings, job_id, out):
         return "done"
     lease = store.shard_lease(job_id, shard)
     if not lease.acquire(token=worker_id):
@@ -107,16 +125,14 @@ def run_shard(store: Store, settings: Settings, job_id: str, shard: str, worker_
         set_name, k = shard.split(":")
         layout = json.loads(store.shards(job_id)["plan"])[set_name]
         start, stop = layout["shards"][int(k)]
-        if not Path(layout["path"]).exists():
-            raise StorageError("this shard's inputs are not on this worker: the workers of a sharded job must share "
-                               "TRUSTFID_DATA_DIR (one machine, or one shared volume); tell the operator")
         ex, options, _ = load_extractor(st.record.options.score_options())
-        stats = extract_shard(layout["path"], set_name, options, start, stop, extractor=ex, progress=cb.progress,
+        stats = extract_shard(local_source(settings, job_id, layout), set_name, options, start, stop, extractor=ex, progress=cb.progress,
                               should_cancel=cb.should_cancel)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         stats.save(tmp, thumbnails=True)
         os.replace(tmp, out)  # a shard's statistics appear whole or not at all
+        staging.share(settings, job_id, out)  # for a merge on another machine
         store.set_shards(job_id, {shard: "done", f"{shard}:done": stop - start})
     return "done"
 
@@ -159,7 +175,7 @@ def outcome(store: Store, settings: Settings, job_id: str) -> tuple[str, JobErro
     for shard in shards:
         if h.get(shard) == "failed" and f"{shard}:error" in h:
             return "failed", JobError.model_validate_json(h[f"{shard}:error"])
-    if all(shard_path(settings, job_id, shard).exists() for shard in shards):
+    if all(staging.shared(settings, job_id, shard_path(settings, job_id, shard)) for shard in shards):
         return "ready", None
     return "waiting", None
 
@@ -179,12 +195,14 @@ def build_report(store: Store, settings: Settings, st: Stored, cb) -> Report:
     sides = {}
     for set_name in SETS:
         info = layout[set_name]
+        source = local_source(settings, st.record.id, info)
         if not info["shards"]:  # saved statistics: read as the unsharded job reads them
-            sides[set_name] = extract(info["path"], set_name, options, extractor=ex)
+            sides[set_name] = extract(source, set_name, options, extractor=ex)
             continue
         sides[set_name] = merge_set(
-            info["path"], set_name, options, [tuple(s) for s in info["shards"]],
-            lambda k, s=set_name: load_stats(shard_path(settings, st.record.id, f"{s}:{k}")),
+            source, set_name, options, [tuple(s) for s in info["shards"]],
+            lambda k, s=set_name: load_stats(staging.fetch(settings, st.record.id,
+                                                           shard_path(settings, st.record.id, f"{s}:{k}"))),
             extractor=ex, should_cancel=cb.should_cancel)
     expected = provenance(ex.weights_sha256, options)
     for stats in sides.values():

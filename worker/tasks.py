@@ -43,6 +43,9 @@ from worker.celery_app import app
 log = logging.getLogger("trustfid.worker")
 
 
+SWEEP_HEARTBEATS = 20  # every this many heartbeats a worker looks for staging copies of ended records
+
+
 class LeaseHeld(Exception):
     """Another live worker runs this record; try the delivery again later."""
 
@@ -75,6 +78,7 @@ class _Process:
         within ``lease_s`` + ``heartbeat_s`` of a worker being alive, whatever the broker's visibility
         timeout."""
         s = self.settings
+        swept = time.monotonic()
         while not self.stop.is_set():
             try:
                 self.store.heartbeat(s.queue, self.worker_id)
@@ -84,9 +88,18 @@ class _Process:
                 for kind, record_id in self.store.orphans():
                     log.warning("%s %s lost its worker; queueing it again", kind, record_id)
                     enqueue(s, TASK_SCORE if kind == "score" else TASK_REFERENCE, record_id)
+                if time.monotonic() - swept > SWEEP_HEARTBEATS * s.heartbeat_s:
+                    swept = time.monotonic()
+                    staging.sweep(s, self._over)
             except Exception as e:  # Redis away for a moment, or a lease lost to a lapse: keep going
                 log.warning("heartbeat: %s", e)
             self.stop.wait(min(s.heartbeat_s, s.lease_s / 3))
+
+    def _over(self, record_id: str, mtime: float) -> bool:
+        """Whether this worker's staging copy of a record can go: the record ended, or it is gone and the
+        copy is older than an hour (never a folder the API of this machine is still filling)."""
+        st = self.store.get(record_id)
+        return st.record.state in FINAL_STATES if st is not None else time.time() - mtime > 3600
 
     def shutdown(self):
         if self.pid == os.getpid():
