@@ -15,7 +15,8 @@
      2 x 1,000 at T=20: <= 0.5 s.
 
 (g5) The input pipeline alone (decode + clean resize to network inputs, no network): one prefetch
-     thread against 1, 2, 4, ... decode processes up to the machine's cores, img/s. Meaningful on a
+     thread against 1, 2, 4, ... decode processes up to the machine's cores, img/s once the processes
+     run (a worker starts them once), and the first set's time, start-up included. Meaningful on a
      CPU machine too (``--only decode``): it shows what the processes add and cost there.
 
 Runs on a CPU too (``--quick``, tiny sizes), to check the script; the numbers that count come from a
@@ -162,8 +163,14 @@ def decode_speed(folder, n: int, rounds: int) -> dict:
 
     counts = sorted({1, 2, *range(4, available_cores() + 1, 4), available_cores()})
     variants = {"thread": thread, **{f"{k}_processes": processes(k) for k in counts}}
+    first = {name: time.perf_counter() for name in variants}
+    for name, fn in variants.items():  # the first set also starts the processes (once per worker)
+        t0 = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - t0
     times = interleaved(variants, rounds, warmup=0)
-    return {name: {"images_per_s": n / float(np.median(t["wall"]))} for name, t in times.items()}
+    return {name: {"images_per_s": n / float(np.median(t["wall"])), "first_set_s": first[name]}
+            for name, t in times.items()}
 
 
 def main(argv=None):
@@ -191,7 +198,8 @@ def main(argv=None):
     results.update(duration_s=time.perf_counter() - t0, load_before=load0, load_after=load_average())
     print(f"device {device} ({results['machine']['gpu'] or results['machine']['cpu']}), {n} images per set")
     for name, r in results["decode"].items():
-        print(f"  decode + resize, {name:12s} {r['images_per_s']:8.1f} img/s")
+        print(f"  decode + resize, {name:12s} {r['images_per_s']:8.1f} img/s (first set, with start-up: "
+              f"{r['first_set_s']:.2f} s)")
     if a.only == "decode":
         return write_results(a.json, results)
     for name, r in results["network"].items():

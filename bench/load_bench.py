@@ -45,21 +45,26 @@ def _load_avg() -> float:
 
 
 class Serve:
-    def __init__(self, folder: Path, nice: int):
+    """`trustfid serve` (embedded Redis, ``workers`` workers, the API) in ``folder``; ``env`` on top of a
+    clean environment."""
+
+    def __init__(self, folder: Path, nice: int, workers: int = 1, env: dict | None = None):
         from app.serve import free_port
 
         self.folder, self.port = folder, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTFID_")}
-        env.update(PYTHONPATH=str(ROOT), TRUSTFID_WORKER_NICE=str(nice), TRUSTFID_RATE_LIMIT_PER_MINUTE="0")
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTFID_")}
+        clean.update(PYTHONPATH=str(ROOT), TRUSTFID_WORKER_NICE=str(nice), TRUSTFID_RATE_LIMIT_PER_MINUTE="0",
+                     **(env or {}))
         log = open(folder / "serve.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port),
-                                      "--log-level", "warning"], cwd=folder, env=env, stdout=log,
-                                     stderr=subprocess.STDOUT)
+                                      "--workers", str(workers), "--log-level", "warning"], cwd=folder, env=clean,
+                                     stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180
         while True:
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                r = httpx.get(self.url + "/readyz", timeout=2)
+                if r.status_code == 200 and r.json().get("workers", 1) >= workers:
                     break
             except httpx.HTTPError:
                 pass
@@ -76,6 +81,14 @@ class Serve:
 
     def state(self, job: str) -> str:
         return httpx.get(f"{self.url}/v1/jobs/{job}", timeout=30).json()["state"]
+
+    def wait(self, job: str, timeout: float = 3600) -> dict:
+        deadline = time.monotonic() + timeout
+        while (rec := httpx.get(f"{self.url}/v1/jobs/{job}", timeout=30).json())["state"] in ("queued", "running"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"job {job} still {rec['state']} after {timeout} s")
+            time.sleep(0.2)
+        return rec
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)

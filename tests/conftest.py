@@ -132,9 +132,10 @@ class Stack:
             assert time.monotonic() < deadline, "API did not start"
             time.sleep(0.1)
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 180, workers: int = 1) -> None:
+        """Until /readyz says ``workers`` workers are alive."""
         deadline = time.monotonic() + timeout
-        while httpx.get(self.url + "/readyz", timeout=5).status_code != 200:
+        while (r := httpx.get(self.url + "/readyz", timeout=5)).status_code != 200 or r.json()["workers"] < workers:
             assert time.monotonic() < deadline, "no worker became ready:\n" + self.log(f"worker{self._n}.log")
             assert all(w.poll() is None for w in self.workers[-1:]), self.log(f"worker{self._n}.log")
             time.sleep(0.2)

@@ -55,6 +55,19 @@ def test_processes_read_one_shard_of_a_set_as_one_thread_does(folder):
     _same(extract(shard, "real", FAST, settings=EngineSettings(decode_workers=2), first_index=2, min_images=0), one)
 
 
+def test_a_set_abandoned_part_way_leaves_the_processes_ready_for_the_next(folder):
+    from trustfid.inputs import open_images
+    from trustfid.loader import ParallelLoader, pool
+    from trustfid.preprocess import TF_RANGE
+
+    procs = pool(2).procs
+    batches = iter(ParallelLoader(open_images(folder), folder, {}, 2, 1, "clean", (299, 299), TF_RANGE))
+    next(batches)
+    batches.close()  # e.g. a cancel after the first batch: its queued images are dropped
+    _same(_stats(folder, 2), _stats(folder, 0))
+    assert pool(2).procs == procs  # the same processes served both sets
+
+
 def test_errors_from_a_decode_process_reach_the_caller_as_the_same_error(folder):
     with pytest.raises(InputError, match="broken.png"):  # strict: the skip is an error
         _stats(folder, 2, strict=True)

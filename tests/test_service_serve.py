@@ -45,6 +45,17 @@ def clean_env(**extra) -> dict:
     return env
 
 
+
+def _interrupt(proc, log) -> int:
+    """Ctrl-C to `trustfid serve`; its exit code (killed if it does not stop within a minute)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
 def test_serve_runs_everything_and_stops_on_ctrl_c(tmp_path, image_sets):
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")
@@ -83,13 +94,7 @@ def test_serve_runs_everything_and_stops_on_ctrl_c(tmp_path, image_sets):
             assert r.status_code == 202
             assert c.get(r.headers["location"]).json()["state"] in ("queued", "running", "succeeded")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
+        code = _interrupt(proc, log)
     out = (tmp_path / "serve.log").read_text()
     assert code == 0, out
     assert "no API keys configured" in out and "127.0.0.1" in out
@@ -155,13 +160,7 @@ def test_serve_workers_runs_one_supervised_worker_per_gpu(tmp_path):
             time.sleep(0.2)
         workers_alive(2)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
+        code = _interrupt(proc, log)
     out = (tmp_path / "serve.log").read_text()
     assert code == 0, out
     assert "2 workers on GPUs 0, 1" in out and "worker2 exited" in out and "worker2 restarted" in out

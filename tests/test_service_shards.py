@@ -7,7 +7,6 @@ import re
 import signal
 import time
 
-import httpx
 import pytest
 
 from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, write_images
@@ -24,10 +23,7 @@ def two_workers(redis_url, tmp_path_factory):
     s.start_api()
     s.start_worker()
     s.start_worker()
-    deadline = time.monotonic() + 180
-    while httpx.get(s.url + "/readyz", timeout=5).json().get("workers") != 2:
-        assert time.monotonic() < deadline, s.log("worker1.log") + s.log("worker2.log")
-        time.sleep(0.2)
+    s.wait_ready(workers=2)
     yield s
     s.close()
 
@@ -36,6 +32,15 @@ def two_workers(redis_url, tmp_path_factory):
 def sets(tmp_path_factory):
     d = tmp_path_factory.mktemp("sets")
     return pngs(write_images(d / "real", 8, seed=21)), pngs(write_images(d / "gen", 7, seed=22, shift=0.15))
+
+
+def _wait_extracting(s, c, job: str) -> None:
+    """Until the job record shows an image done (progress is written at most every 0.5 s)."""
+    deadline = time.monotonic() + 120
+    while not ((p := c.get(f"/v1/jobs/{job}").json().get("progress") or {}).get("stage") == "extracting"
+               and p.get("images_done", 0) >= 1):
+        assert time.monotonic() < deadline, s.log("worker1.log")
+        time.sleep(0.05)
 
 
 def _shard_lines(s, state: str) -> dict[str, list[str]]:
@@ -91,11 +96,7 @@ def test_cancel_stops_every_shard_of_a_job(two_workers, sets):
     slow = {**SHARDED, "batch_size": 1, "shard_size": 8}
     with s.client() as c:
         job = upload(c, *sets, slow).json()["id"]
-        deadline = time.monotonic() + 120
-        while not ((p := c.get(f"/v1/jobs/{job}").json().get("progress") or {}).get("stage") == "extracting"
-                   and p.get("images_done", 0) >= 1):
-            assert time.monotonic() < deadline, s.log("worker1.log")
-            time.sleep(0.05)
+        _wait_extracting(s, c, job)
         assert c.delete(f"/v1/jobs/{job}").json()["state"] == "cancelled"
         # every shard returns (the chord's merge then removes the staged inputs): none runs on
         deadline = time.monotonic() + 60
@@ -118,11 +119,7 @@ def test_a_shard_whose_worker_dies_runs_again_and_the_report_is_unchanged(make_s
     slow = {**SHARDED, "batch_size": 1, "shard_size": 4}  # 2 + 2 shards of a few seconds each
     with s.client() as c:
         job = upload(c, *sets, slow).json()["id"]
-        deadline = time.monotonic() + 120
-        while not ((p := c.get(f"/v1/jobs/{job}").json().get("progress") or {}).get("stage") == "extracting"
-                   and p.get("images_done", 0) >= 1):
-            assert time.monotonic() < deadline, s.log("worker1.log")
-            time.sleep(0.05)
+        _wait_extracting(s, c, job)
         first.send_signal(signal.SIGKILL)  # mid-shard
         first.wait()
         s.start_worker()

@@ -14,7 +14,6 @@ import time
 import uuid
 
 import boto3
-import httpx
 import pytest
 
 from app.serve import free_port
@@ -233,10 +232,7 @@ def test_a_sharded_job_over_workers_on_two_machines_equals_the_unsharded_job(
         s.start_api()
         for data in machines:  # a sweep of ended jobs' copies every 20 heartbeats: every 5 s here
             s.start_worker(TRUSTFID_DATA_DIR=str(data), TRUSTFID_HEARTBEAT_S="0.25")
-        deadline = time.monotonic() + 180
-        while httpx.get(s.url + "/readyz", timeout=5).json().get("workers") != 2:
-            assert time.monotonic() < deadline, s.log("worker1.log") + s.log("worker2.log")
-            time.sleep(0.2)
+        s.wait_ready(workers=2)
         data = f"datasets-{uuid.uuid4().hex[:8]}"
         client(s3_endpoint).create_bucket(Bucket=data)
         client(s3_endpoint).put_object(Bucket=data, Key="gen.tar.gz", Body=tgz(pngs(image_sets["generated"])))

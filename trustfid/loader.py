@@ -12,7 +12,8 @@ however far the decoders run ahead of the network.
 Used for sets given as a path (folder, archive, array file), or one shard of such a set. An in-memory array, a process that may
 not start children (a daemonic one, e.g. Celery's prefork pool) or ``decode_workers`` 0 keep the one
 prefetch thread of pipeline.py. Processes are started with ``spawn`` (never ``fork``: the parent may
-hold CUDA and threads) and stopped when the set is done, cancelled or fails.
+hold CUDA and threads), once per worker process: they serve every later set, and stop a set's units as
+soon as it is done, cancelled or fails (its items still queued are dropped).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from .inputs.events import Skip
 from .preprocess import to_model_input
 
 DEPTH = 8  # units queued per process
-# A process costs seconds to start (spawn imports torch): below this many images each, the one
-# thread is as fast. Measured in bench/gpu_bench.py (g5).
-MIN_PER_PROCESS = 64
+# The first set decoded in processes waits for them to start (seconds: spawn imports torch); a smaller
+# set keeps the thread unless the setting asks for processes. Measured in bench/gpu_bench.py (g5).
+MIN_IMAGES = 256
 
 
 def available_cores() -> int:
@@ -46,22 +47,36 @@ def available_cores() -> int:
 
 def worker_count(setting: int | None, device: torch.device, source, candidates: int) -> int:
     """Decode processes for a set: the setting when given; else the available cores but one on a GPU
-    job and none (the prefetch thread) on a CPU job, whose network already uses every core. Never more
-    than one per MIN_PER_PROCESS images unless the setting asks for them."""
+    job with at least MIN_IMAGES candidates, and none (the prefetch thread) on a CPU job, whose network
+    already uses every core. Always the same number, so one pool of processes serves every set."""
     path = source.source if isinstance(source, SetShard) else source
-    if not isinstance(path, (str, os.PathLike)) or multiprocessing.current_process().daemon:
+    if not isinstance(path, (str, os.PathLike)) or multiprocessing.current_process().daemon or not candidates:
         return 0
     if setting is not None:
-        return max(0, min(setting, candidates))
-    n = max(1, available_cores() - 1) if device.type == "cuda" else 0
-    return min(n, candidates // MIN_PER_PROCESS)
+        return setting
+    return max(1, available_cores() - 1) if device.type == "cuda" and candidates >= MIN_IMAGES else 0
 
 
-def _work(k: int, n: int, source, open_kwargs: dict, prep: tuple, out) -> None:
-    """Process k: decode and resize units k, k + n, k + 2n, ... of the set; then report the intensity
-    tally. A limit or input error is sent back to be raised in the job; anything else is a bug, sent
-    back too with its type and message."""
+def _serve(k: int, n: int, current, tasks, out) -> None:
+    """Decode process k of n: for each set it is given, the units k, k + n, k + 2n, ... (``_work``)."""
     torch.set_num_threads(1)
+    while (task := tasks.get()) is not None:
+        _work(k, n, *task, current, out)
+
+
+def _work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tuple, current, out) -> None:
+    """Decode and resize this process's units of one set, then report its intensity tally; stop early
+    when the set is abandoned (``current`` moved past ``generation``: cancelled, failed, done). A limit
+    or input error is sent back to be raised in the job; anything else too, with its type and message."""
+    def send(kind, payload) -> bool:
+        while current.value == generation:
+            try:
+                out.put((generation, kind, payload), timeout=0.5)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     try:
         images = open_images(source, **open_kwargs)
         for u, unit in enumerate(images._reader.units()):
@@ -74,10 +89,48 @@ def _work(k: int, n: int, source, open_kwargs: dict, prep: tuple, out) -> None:
                 else:
                     name, image = event
                     events.append((name, to_model_input([image], *prep)[0].numpy()))
-            out.put(("unit", events))
-        out.put(("end", dict(images._decoding.used)))
+            if not send("unit", events):
+                return
+        send("end", dict(images._decoding.used))
     except BaseException as e:  # sent to the job, which raises it
-        out.put(("error", (type(e), e.__dict__, str(e))))
+        send("error", (type(e), e.__dict__, str(e)))
+
+
+class _Pool:
+    """N decode processes, started once and kept for every later set of this process (a spawned process
+    takes seconds to start: paying that per set would cost a GPU job more than the decoding)."""
+
+    def __init__(self, n: int):
+        ctx = multiprocessing.get_context("spawn")
+        self.n, self.pid = n, os.getpid()
+        self.current = ctx.Value("q", 0)  # the generation (set) being decoded; others are abandoned
+        self.tasks = [ctx.Queue() for _ in range(n)]
+        self.outs = [ctx.Queue(maxsize=DEPTH) for _ in range(n)]
+        self.procs = [ctx.Process(target=_serve, args=(k, n, self.current, self.tasks[k], self.outs[k]),
+                                  daemon=True, name=f"trustfid-decode-{k}") for k in range(n)]
+        for p in self.procs:
+            p.start()
+
+    def usable(self) -> bool:
+        return self.pid == os.getpid() and all(p.is_alive() for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+            p.join(timeout=10)
+
+
+_POOLS: dict[int, _Pool] = {}
+
+
+def pool(n: int) -> _Pool:
+    """This process's pool of ``n`` decode processes (made on first use; again if one died)."""
+    p = _POOLS.get(n)
+    if p is None or not p.usable():
+        if p is not None:
+            p.stop()
+        p = _POOLS[n] = _Pool(n)
+    return p
 
 
 def _rebuilt(payload) -> BaseException:
@@ -98,25 +151,29 @@ class ParallelLoader:
     def __init__(self, images, source, open_kwargs: dict, workers: int, step: int,
                  mode: str, size: tuple[int, int], input_range: tuple[float, float]):
         self.images, self.step, self.n = images, step, workers
-        ctx = multiprocessing.get_context("spawn")
-        self.queues = [ctx.Queue(maxsize=DEPTH) for _ in range(workers)]
+        self.pool = pool(workers)
+        with self.pool.current.get_lock():
+            self.pool.current.value += 1
+            self.generation = self.pool.current.value
         prep = (mode, tuple(size), tuple(input_range))
         if not isinstance(source, SetShard):
             source = str(source)  # a path; a shard (a path and its candidates) travels as it is
-        self.procs = [ctx.Process(target=_work, args=(k, workers, source, open_kwargs, prep, self.queues[k]),
-                                  daemon=True, name=f"trustfid-decode-{k}") for k in range(workers)]
-        for p in self.procs:
-            p.start()
+        for q in self.pool.tasks:
+            q.put((self.generation, source, open_kwargs, prep))
         self.tally: Counter = Counter()
 
     def _get(self, k: int):
+        """The next item of process k for this set (items of abandoned sets are dropped)."""
         while True:
             try:
-                return self.queues[k].get(timeout=1.0)
+                generation, kind, payload = self.pool.outs[k].get(timeout=1.0)
             except queue.Empty:
-                if not self.procs[k].is_alive():
-                    raise RuntimeError(f"image decoding process {k} exited (code {self.procs[k].exitcode}) "
+                if not self.pool.procs[k].is_alive():
+                    raise RuntimeError(f"image decoding process {k} exited (code {self.pool.procs[k].exitcode}) "
                                        "before finishing its images") from None
+                continue
+            if generation == self.generation:
+                return kind, payload
 
     def _events(self) -> Iterator:
         u = 0
@@ -155,11 +212,7 @@ class ParallelLoader:
         return [n for n, _ in batch], torch.from_numpy(np.stack([x for _, x in batch]))
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-        for p in self.procs:
-            p.join(timeout=10)
-        for q in self.queues:
-            q.cancel_join_thread()
-            q.close()
+        """Abandon this set: the processes stop its units and wait for the next set."""
+        with self.pool.current.get_lock():
+            if self.pool.current.value == self.generation:
+                self.pool.current.value += 1

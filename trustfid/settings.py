@@ -39,7 +39,8 @@ class EngineSettings(BaseSettings):
                                "runs (passes x gpu_batch); bounds its memory")
     decode_workers: int | None = Field(None, ge=0, le=256, description="processes that decode and resize images "
                                        "while the network runs; 0 = one thread in the worker itself; unset = the "
-                                       "available cores minus one on a GPU job (at most one per 64 images), the "
+                                       "available cores minus one on a GPU job of 256 images or more (started once "
+                                       "per worker, kept for later sets), the "
                                        "thread on a CPU job (there the network already uses every core)")
 
 
