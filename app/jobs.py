@@ -83,6 +83,7 @@ def _store_and_enqueue(store: Store, settings: Settings, st: Stored, task: str):
     uploads go to the object store (when there is one) before the record exists: a store that cannot take
     them refuses the submission (503) with nothing accepted."""
     token = store.reserve_submission(st.owner, settings.rate_limit_per_minute)
+    st.queue = settings.queue  # whose workers queue it again if its worker dies (Store.orphans)
     created = False
     try:
         staging.push(settings, st.record.id)

@@ -35,6 +35,8 @@ class Stored(BaseModel):
     owner: str
     paths: dict[str, str] = Field(default_factory=dict,
                                   description="staged input paths / stats file; never shown to callers")
+    queue: str | None = Field(None, description="the Celery queue its task went to: only that queue's "
+                                                "workers queue it again (one Redis may serve several services)")
     record: Annotated[JobRecord | ReferenceRecord, Field(discriminator="kind")]
 
 
@@ -311,16 +313,20 @@ class Store:
     def lease_holder(self, job_id: str) -> str | None:
         return self._call(self.r.get, f"{P}lease:{job_id}")
 
-    def orphans(self) -> list[tuple[str, str]]:
-        """(kind, id) of records marked running whose lease has lapsed: their worker died (or was
-        stopped) and nobody runs them. A sharded job holds no lease of its own while its shards run: it
-        is orphaned when a shard's or its merge's lease lapsed (``shards_lost``). Each is returned once
-        per ``lease_s`` across all workers, so that many workers looking at the same time do not queue
-        it many times."""
+    def orphans(self, queue: str) -> list[tuple[str, str]]:
+        """(kind, id) of this queue's records marked running whose lease has lapsed: their worker died
+        (or was stopped) and nobody runs them. A sharded job holds no lease of its own while its shards
+        run: it is orphaned when a shard's or its merge's lease lapsed (``shards_lost``). Records of
+        another queue (another service on the same Redis, with other workers and data folders) are that
+        service's to queue again. Each is returned once per ``lease_s`` across all workers, so that many
+        workers looking at the same time do not queue it many times."""
         out = []
         for kind in ("score", "reference"):
             for id_ in self._call(self.r.smembers, f"{P}state:{kind}:running"):
                 if self._call(self.r.exists, f"{P}lease:{id_}"):
+                    continue
+                st = self.get(id_)
+                if st is None or st.queue not in (None, queue):
                     continue
                 if self._call(self.r.exists, self.shards_key(id_)) and not self.shards_lost(id_):
                     continue

@@ -61,7 +61,7 @@ def test_a_sharded_job_over_two_workers_equals_the_unsharded_job(two_workers, se
             if rec.get("progress"):
                 seen.append(rec["progress"])
             time.sleep(0.05)
-        assert rec["state"] == "succeeded", rec
+        assert rec["state"] == "succeeded", rec.get("error") or rec
         sharded = c.get(f"/v1/jobs/{job}/report").json()
         plain = upload(c, *sets, OPTIONS).json()["id"]
         assert s.wait_job(plain)["state"] == "succeeded"
@@ -124,7 +124,7 @@ def test_a_shard_whose_worker_dies_runs_again_and_the_report_is_unchanged(make_s
         first.wait()
         s.start_worker()
         rec = s.wait_job(job)
-        assert rec["state"] == "succeeded", rec
+        assert rec["state"] == "succeeded", rec.get("error") or rec
         assert rec["attempts"] == 1  # the job was not started again: its lost shard was
         sharded = c.get(f"/v1/jobs/{job}/report").json()
         plain = upload(c, *sets, {**slow, "shard_size": None}).json()["id"]

@@ -103,3 +103,27 @@ def test_cancel_a_queued_job(make_stack, image_sets):
         assert s.wait_job(ok)["state"] == "succeeded"
         rec = c.get(f"/v1/jobs/{job}").json()
         assert rec["state"] == "cancelled" and rec["attempts"] == 0
+
+
+def test_lost_jobs_are_queued_again_only_by_their_own_services_workers(redis_url, tmp_path):
+    """Two services on one Redis (their own queues, workers and data folders): a running job whose
+    lease lapsed is taken up by its own service's reaper only; the other's workers could not read its
+    inputs."""
+    from app.settings import Settings
+    from app.store import Store, Stored, connect, new_id
+    from trustfid.records import InputInfo, JobOptions, JobRecord
+
+    store = Store(connect(redis_url), Settings(redis_url=redis_url, data_dir=tmp_path))
+    made = {}
+    for queue in ("service-a", "service-b"):
+        rec = JobRecord(id=new_id(), state="running", created_at=time.time(), real=InputInfo(kind="upload"),
+                        generated=InputInfo(kind="upload"), options=JobOptions())
+        made[queue] = Stored(owner="test", record=rec, queue=queue)
+        store.create(made[queue])
+    try:
+        taken = {record_id for _, record_id in store.orphans("service-a")}
+        assert made["service-a"].record.id in taken and made["service-b"].record.id not in taken
+        assert made["service-b"].record.id in {record_id for _, record_id in store.orphans("service-b")}
+    finally:
+        for st in made.values():
+            store.delete(st)

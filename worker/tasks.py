@@ -85,7 +85,7 @@ class _Process:
                 lease = self.lease
                 if lease is not None:
                     lease.reacquire()
-                for kind, record_id in self.store.orphans():
+                for kind, record_id in self.store.orphans(s.queue):
                     log.warning("%s %s lost its worker; queueing it again", kind, record_id)
                     enqueue(s, TASK_SCORE if kind == "score" else TASK_REFERENCE, record_id)
                 if time.monotonic() - swept > SWEEP_HEARTBEATS * s.heartbeat_s:
