@@ -116,7 +116,8 @@ def test_a_shard_whose_worker_dies_runs_again_and_the_report_is_unchanged(make_s
     s.start_api()
     first = s.start_worker()
     s.wait_ready()
-    slow = {**SHARDED, "batch_size": 1, "shard_size": 4}  # 2 + 2 shards of a few seconds each
+    # one shard per set of 8 and 7 images, one image per batch at T=6: the kill lands mid-shard
+    slow = {**SHARDED, "batch_size": 1, "shard_size": 8, "passes": 6}
     with s.client() as c:
         job = upload(c, *sets, slow).json()["id"]
         _wait_extracting(s, c, job)
