@@ -118,7 +118,8 @@ def add_service_commands(sub) -> None:
     listen_options(p)
     p.add_argument("--workers", type=int, default=1, help="worker processes, each restarted when it dies "
                    "(default 1); on a machine with several CUDA GPUs each gets its own (CUDA_VISIBLE_DEVICES), "
-                   "so --workers 4 on a machine with 4 GPUs uses all of them, e.g. for jobs with shard_size")
+                   "so --workers 4 on a machine with 4 GPUs uses all of them, e.g. for jobs with shard_size; "
+                   "without GPUs each gets its share of the cores (TRUSTFID_THREADS)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("api", help="run the HTTP API alone against TRUSTFID_REDIS_URL (containers, more replicas)")

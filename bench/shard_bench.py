@@ -1,7 +1,8 @@
 """A sharded job on 1 worker against 2 workers on one machine (issue 7), side by side in one run.
 
 `trustfid serve --workers N` (embedded Redis, N supervised workers, the API), each worker with
-cores / N torch threads, so both runs use the machine's cores; the same job each time: 2 x --images
+cores / N torch threads (serve's default without GPUs; set here explicitly), so both runs use the
+machine's cores; the same job each time: 2 x --images
 PNGs (128 x 128) uploaded, ``shard_size`` --shard, T=--passes. Timed from the upload's 202 to the job's
 end (the service start is not timed); rounds alternate 1 and 2 workers. Also timed: the unsharded job on
 1 worker, the baseline a shard plan must beat.

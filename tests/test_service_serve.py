@@ -164,3 +164,15 @@ def test_serve_workers_runs_one_supervised_worker_per_gpu(tmp_path):
     out = (tmp_path / "serve.log").read_text()
     assert code == 0, out
     assert "2 workers on GPUs 0, 1" in out and "worker2 exited" in out and "worker2 restarted" in out
+
+
+def test_cpu_workers_share_the_cores_and_gpu_workers_get_one_gpu_each():
+    from app.serve import worker_env, worker_gpus
+    from app.settings import Settings
+
+    cores = os.cpu_count() or 1
+    assert worker_gpus(3, ["0", "1"]) == ["0", "1", "0"] and worker_gpus(2, []) == [None, None]
+    assert worker_env({}, "1", 2, Settings())["CUDA_VISIBLE_DEVICES"] == "1"
+    assert worker_env({}, None, 2, Settings())["TRUSTFID_THREADS"] == str(max(1, cores // 2))
+    assert "TRUSTFID_THREADS" not in worker_env({}, None, 1, Settings())  # one worker: torch's default
+    assert "TRUSTFID_THREADS" not in worker_env({}, None, 2, Settings(threads=1))  # the operator's choice
