@@ -90,6 +90,11 @@ def _remote(settings: Settings, record_id: str) -> str:
     return f"{_root(settings)}/staging/{_checked(record_id)}"
 
 
+def _remote_copy(settings: Settings, record_id: str, path: Path) -> str:
+    """The object of a file or folder in the record's local staging folder."""
+    return f"{_remote(settings, record_id)}/{path.relative_to(local_dir(settings, record_id)).as_posix()}"
+
+
 def _remote_reference(settings: Settings, ref_id: str) -> str:
     return f"{_root(settings)}/references/{_checked(ref_id)}.npz"
 
@@ -180,7 +185,7 @@ def share(settings: Settings, record_id: str, path: Path) -> None:
     staging folder is shared already."""
     if not enabled(settings):
         return
-    remote = f"{_remote(settings, record_id)}/{path.relative_to(local_dir(settings, record_id)).as_posix()}"
+    remote = _remote_copy(settings, record_id, path)
     if path.is_dir():
         _worker_side(settings, "store a job's input", lambda fs: fs.put(f"{path}/", remote, recursive=True))
     else:
@@ -192,7 +197,7 @@ def shared(settings: Settings, record_id: str, path: Path) -> bool:
     worker (``share``), in the store."""
     if path.exists() or not enabled(settings):
         return path.exists()
-    remote = f"{_remote(settings, record_id)}/{path.relative_to(local_dir(settings, record_id)).as_posix()}"
+    remote = _remote_copy(settings, record_id, path)
     return bool(_worker_side(settings, "look up a job's file", lambda fs: fs.exists(remote)))
 
 
@@ -200,7 +205,7 @@ def fetch(settings: Settings, record_id: str, path: Path) -> Path:
     """A file of the record's staging folder as a local file: here already, or copied from the store."""
     if path.exists() or not enabled(settings):
         return path
-    remote = f"{_remote(settings, record_id)}/{path.relative_to(local_dir(settings, record_id)).as_posix()}"
+    remote = _remote_copy(settings, record_id, path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     path.parent.mkdir(parents=True, exist_ok=True)
     _worker_side(settings, "hand out a job's file", lambda fs: fs.get_file(remote, str(tmp)))

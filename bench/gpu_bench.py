@@ -163,7 +163,7 @@ def decode_speed(folder, n: int, rounds: int) -> dict:
 
     counts = sorted({1, 2, *range(4, available_cores() + 1, 4), available_cores()})
     variants = {"thread": thread, **{f"{k}_processes": processes(k) for k in counts}}
-    first = {name: time.perf_counter() for name in variants}
+    first = {}
     for name, fn in variants.items():  # the first set also starts the processes (once per worker)
         t0 = time.perf_counter()
         fn()

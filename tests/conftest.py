@@ -67,6 +67,18 @@ def image_sets(tmp_path_factory):
     return {"real": write_images(d / "real", 4, seed=1), "generated": write_images(d / "generated", 4, seed=2, shift=0.1)}
 
 
+def wait_for(pred, timeout: float = 120, what: str = "condition", log=lambda: ""):
+    """``pred()``'s first true value, polled every 0.1 s; fails after ``timeout`` s naming ``what`` (and
+    ``log()``, e.g. a process's log tail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{log()}"
+        time.sleep(0.1)
+
+
 class Stack:
     """One service: its own queue and data dir in the shared Redis; worker and API processes."""
 
@@ -112,6 +124,14 @@ class Stack:
         log.close()
         self.workers.append(p)
         return p
+
+    def start(self, workers: int = 1, **worker_env) -> Stack:
+        """The API and ``workers`` workers (``worker_env`` on top of the stack's), once all are ready."""
+        self.start_api()
+        for _ in range(workers):
+            self.start_worker(**worker_env)
+        self.wait_ready(workers=workers)
+        return self
 
     def start_api(self) -> str:
         port = free_port()
@@ -170,10 +190,7 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack(redis_url, tmp_path_factory):
     """The shared service for most tests: API + one worker."""
-    s = Stack(redis_url, tmp_path_factory.mktemp("stack"))
-    s.start_api()
-    s.start_worker()
-    s.wait_ready()
+    s = Stack(redis_url, tmp_path_factory.mktemp("stack")).start()
     yield s
     s.close()
 

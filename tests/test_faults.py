@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from app.serve import free_port
-from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, write_images
+from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, wait_for, write_images
 from tests.test_service_serve import alive, children_of, clean_env
 
 SLOW = {**FAST_OPTIONS, "batch_size": 2}  # many small batches: time to kill something mid-job
@@ -95,13 +95,7 @@ class Serve:
                          timeout, f"job {job_id} to end")
 
     def wait(self, pred, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = pred()
-            if value:
-                return value
-            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{self.log()[-6000:]}"
-            time.sleep(0.2)
+        return wait_for(pred, timeout, what, log=lambda: self.log()[-6000:])
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tests.engine_helpers import network_inputs as _x
 from tests.engine_helpers import our_net
 from trustfid.mc import MCDropout
 from trustfid.schemas import ScoreOptions
@@ -11,10 +12,6 @@ from trustfid.schemas import ScoreOptions
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     return our_net(str(tmp_path_factory.mktemp("w")))
-
-
-def _x(n, seed=0):
-    return torch.rand(n, 3, 299, 299, generator=torch.Generator().manual_seed(seed)) * 1.99 - 1
 
 
 def _mc(net, **kw):

@@ -6,10 +6,11 @@ provenance and the report, so statistics of different precisions never combine."
 import pytest
 import torch
 
+from tests.engine_helpers import network_inputs as _x
 from tests.engine_helpers import our_net
 from trustfid.errors import IncompatibleStatsError
 from trustfid.extras import Collector
-from trustfid.mc import MCDropout
+from trustfid.mc import MCDropout, stacked_passes
 from trustfid.numerics import _cudnn_fp32, precision_scope
 from trustfid.schemas import ScoreOptions
 from trustfid.settings import EngineSettings
@@ -20,18 +21,11 @@ def net(tmp_path_factory):
     return our_net(str(tmp_path_factory.mktemp("w")))
 
 
-def _x(n, seed=0):
-    return torch.rand(n, 3, 299, 299, generator=torch.Generator().manual_seed(seed)) * 1.99 - 1
-
-
 def _as_on_gpu(net, options, gpu_batch, tail_rows):
     """MCDropout with CUDA's fixed-shape calls and stacked passes, running on the CPU."""
     settings = EngineSettings(gpu_batch=gpu_batch, gpu_tail_rows=tail_rows)
     model = MCDropout(net, options, torch.device("cpu"), settings)
-    model.gpu = True
-    most = max(1, tail_rows // gpu_batch)
-    groups = -(-options.passes // most)
-    model.stack = -(-options.passes // groups)
+    model.gpu, model.stack = True, stacked_passes(options.passes, settings)
     return model
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, write_images
+from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, wait_for, write_images
 
 OPTIONS = {**FAST_OPTIONS, "top_k": 10}  # top_k >= set size: the report lists every image's latent variance
 SHARDED = {**OPTIONS, "shard_size": 3}
@@ -19,11 +19,7 @@ SHARDED = {**OPTIONS, "shard_size": 3}
 def two_workers(redis_url, tmp_path_factory):
     from tests.conftest import Stack
 
-    s = Stack(redis_url, tmp_path_factory.mktemp("shards"))
-    s.start_api()
-    s.start_worker()
-    s.start_worker()
-    s.wait_ready(workers=2)
+    s = Stack(redis_url, tmp_path_factory.mktemp("shards")).start(workers=2)
     yield s
     s.close()
 
@@ -36,11 +32,8 @@ def sets(tmp_path_factory):
 
 def _wait_extracting(s, c, job: str) -> None:
     """Until the job record shows an image done (progress is written at most every 0.5 s)."""
-    deadline = time.monotonic() + 120
-    while not ((p := c.get(f"/v1/jobs/{job}").json().get("progress") or {}).get("stage") == "extracting"
-               and p.get("images_done", 0) >= 1):
-        assert time.monotonic() < deadline, s.log("worker1.log")
-        time.sleep(0.05)
+    wait_for(lambda: (p := c.get(f"/v1/jobs/{job}").json().get("progress") or {}).get("stage") == "extracting"
+             and p.get("images_done", 0) >= 1, what="an image done", log=lambda: s.log("worker1.log"))
 
 
 def _shard_lines(s, state: str) -> dict[str, list[str]]:
@@ -99,10 +92,8 @@ def test_cancel_stops_every_shard_of_a_job(two_workers, sets):
         _wait_extracting(s, c, job)
         assert c.delete(f"/v1/jobs/{job}").json()["state"] == "cancelled"
         # every shard returns (the chord's merge then removes the staged inputs): none runs on
-        deadline = time.monotonic() + 60
-        while (s.data_dir / "staging" / job).exists():
-            assert time.monotonic() < deadline, "shards still running:\n" + s.log("worker1.log") + s.log("worker2.log")
-            time.sleep(0.1)
+        wait_for(lambda: not (s.data_dir / "staging" / job).exists(), 60, "every shard to return",
+                 log=lambda: s.log("worker1.log") + s.log("worker2.log"))
         rec = c.get(f"/v1/jobs/{job}").json()
         assert rec["state"] == "cancelled" and rec["fid"] is None
     after = {state: sum(len(v) for v in _shard_lines(s, state).values()) for state in ("done", "stopped")}

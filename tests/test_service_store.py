@@ -10,14 +10,13 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 import uuid
 
 import boto3
 import pytest
 
 from app.serve import free_port
-from tests.conftest import FAST_OPTIONS, KEY_A, Stack, pngs, strip_timing, upload
+from tests.conftest import FAST_OPTIONS, KEY_A, Stack, pngs, strip_timing, upload, wait_for
 from tests.test_api_errors import err
 
 BUCKET = "trustfid-staging"
@@ -59,9 +58,7 @@ def split_stack(redis_url, tmp_path_factory, s3_endpoint):
     tmp = tmp_path_factory.mktemp("split")
     s = Stack(redis_url, tmp, **store_env(s3_endpoint))
     s.worker_data = tmp / "worker-data"
-    s.start_api()
-    s.start_worker(TRUSTFID_DATA_DIR=str(s.worker_data))
-    s.wait_ready()
+    s.start(TRUSTFID_DATA_DIR=str(s.worker_data))
     yield s
     s.close()
 
@@ -193,10 +190,8 @@ def test_a_worker_rides_out_a_store_restart_and_fails_a_job_whose_inputs_are_gon
     sets = pngs(image_sets["real"]), pngs(image_sets["generated"])
 
     def store_away_then_back(job: str, meanwhile=lambda: None) -> dict:
-        deadline = time.monotonic() + 60
-        while not any("trying again" in line and job in line for line in s.log("worker1.log").splitlines()):
-            assert time.monotonic() < deadline, s.log("worker1.log")
-            time.sleep(0.1)
+        wait_for(lambda: any("trying again" in line and job in line for line in s.log("worker1.log").splitlines()),
+                 60, "the worker to retry the store", log=lambda: s.log("worker1.log"))
         meanwhile()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
@@ -256,9 +251,7 @@ def test_a_sharded_job_over_workers_on_two_machines_equals_the_unsharded_job(
         assert sum(len(v) for v in done.values()) >= 8 and all(done.values()), done  # 4 + 4 shards, both machines
         assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/") == []
         # each machine drops its copies of the ended jobs' inputs and shards
-        deadline = time.monotonic() + 60
-        while not all(folder_empty(m / "staging") for m in machines):
-            assert time.monotonic() < deadline, [list((m / "staging").iterdir()) for m in machines]
-            time.sleep(0.5)
+        wait_for(lambda: all(folder_empty(m / "staging") for m in machines), 60, "both machines' sweeps",
+                 log=lambda: str([list((m / "staging").iterdir()) for m in machines]))
     finally:
         s.close()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, write_images
+from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, wait_for, write_images
 
 SLOW = {**FAST_OPTIONS, "batch_size": 2}  # many small batches: progress to watch, and places to stop
 
@@ -18,16 +18,6 @@ SLOW = {**FAST_OPTIONS, "batch_size": 2}  # many small batches: progress to watc
 def bigger_sets(tmp_path_factory):
     d = tmp_path_factory.mktemp("bigger")
     return pngs(write_images(d / "real", 10, seed=11)), pngs(write_images(d / "gen", 10, seed=12, shift=0.2))
-
-
-def wait_for(pred, timeout=120, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_job_survives_kill_9_of_its_worker(make_stack, bigger_sets):

@@ -102,14 +102,11 @@ def frechet_distances(pairs: list[tuple[Gaussian, Gaussian]], group: int = 8,
         lam = torch.linalg.eigvalsh(L.transpose(-1, -2) @ s2 @ L)
         for k, i in enumerate(idx):
             out[i] = _fid(*pairs[i], _sqrt_sum(lam[k]))
-    def rows(g: Gaussian) -> int | None:  # rows of the factor, when there is one
-        f = g.weighted_factor if g.weighted_factor is not None else g.rows
-        return None if g.sigma is not None or f is None else len(f)
-
     small: dict[tuple[int, int], list[int]] = {}
     for i, (a, b) in enumerate(pairs):
-        if rows(a) is not None and rows(b) is not None:
-            small.setdefault((rows(a), rows(b)), []).append(i)
+        shape = (a.factor_rows(), b.factor_rows())
+        if None not in shape:
+            small.setdefault(shape, []).append(i)
     for idx_all in small.values():
         for start in range(0, len(idx_all), group):
             idx = idx_all[start:start + group]

@@ -41,6 +41,16 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def stacked_passes(passes: int, settings) -> int:
+    """Passes per stacked tail call on CUDA: at most ``gpu_tail_rows`` rows (passes x ``gpu_batch``),
+    evened out over the calls (T=20 at the defaults: all 20 in one call)."""
+    if not passes:
+        return 1
+    most = max(1, settings.gpu_tail_rows // settings.gpu_batch)
+    calls = -(-passes // most)
+    return -(-passes // calls)
+
+
 class MCDropout:
     """Wraps a loaded Extractor with the MC-dropout settings of one job. ``options.dropout_at``
     names stages of the extractor (unknown names: InputError listing the valid ones)."""
@@ -54,10 +64,7 @@ class MCDropout:
         self.precision = options.precision
         self.gpu = device.type == "cuda"
         self.micro = settings.gpu_batch
-        # passes per stacked tail call on CUDA, evened out over the groups (T=20, 20 per call at most: one call)
-        most = max(1, settings.gpu_tail_rows // self.micro)
-        groups = -(-options.passes // most) if options.passes else 1
-        self.stack = -(-options.passes // groups) if self.gpu and options.passes else 1
+        self.stack = stacked_passes(options.passes, settings) if self.gpu else 1
         self.passes = options.passes
         self.rate = options.dropout_rate
         self.kind = options.dropout_kind

@@ -50,6 +50,11 @@ class Gaussian:
     rows: np.ndarray | None = None
     weighted_factor: np.ndarray | None = None  # a factor given directly (bootstrap resamples)
 
+    def factor_rows(self) -> int | None:
+        """Rows of the factor (``factor()`` without computing it); None when the covariance is a matrix."""
+        f = self.weighted_factor if self.weighted_factor is not None else self.rows
+        return None if self.sigma is not None or f is None else len(f)
+
     def factor(self) -> np.ndarray | None:
         if self.weighted_factor is not None:
             return self.weighted_factor

@@ -64,9 +64,10 @@ def plan_job(store: Store, settings: Settings, st: Stored, sources: dict[str, Pa
         shards = plan(count_candidates(source, options), size) if is_image_source(source) else []
         layout[set_name] = {"path": str(source), "shards": shards}
         if source.is_relative_to(work):  # where every worker finds it in its own staging folder
-            layout[set_name]["relative"] = source.relative_to(work).as_posix()
+            relative = source.relative_to(work)
+            layout[set_name]["relative"] = relative.as_posix()
             if not st.paths[set_name].startswith("staged:"):  # fetched or a reference: publish it
-                staging.share(settings, st.record.id, work / source.relative_to(work).parts[0])
+                staging.share(settings, st.record.id, work / relative.parts[0])
     todo = [f"{s}:{k}" for s in SETS for k in range(len(layout[s]["shards"]))]
     store.set_shards(st.record.id, {"plan": json.dumps(layout), **{shard: "queued" for shard in todo}})
     return todo
