@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU: the CUDA tests, then the GPU benchmarks, in one go (about
-# 5-8 minutes on an H100/H200; the benchmark's image folders are made on the first run).
+# On a machine with an NVIDIA GPU: the CUDA tests, then the GPU benchmarks, in one go (expected
+# 5-10 minutes on an H100/H200, not yet timed; the benchmark's image folders are made on the first run).
 # Results: bench/out/gpu.json and the printed table (copy the figures into bench/RESULTS.md).
 # Usage: bench/gpu_check.sh [PYTHON]     (default: .venv/bin/python, else python3)
 set -euo pipefail
