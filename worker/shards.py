@@ -134,6 +134,12 @@ def run_shard(store: Store, settings: Settings, job_id: str, shard: str, worker_
         stats.save(tmp, thumbnails=True)
         os.replace(tmp, out)  # a shard's statistics appear whole or not at all
         staging.share(settings, job_id, out)  # for a merge on another machine
+        now = store.get(job_id)
+        if now is None or now.record.state in FINAL_STATES:
+            # A shard sent twice finished after the job ended (its merge removed the job's objects before
+            # this share, or will not run again): remove what it left.
+            staging.discard(settings, job_id)
+            return "late"
         store.set_shards(job_id, {shard: "done", f"{shard}:done": stop - start})
     return "done"
 
