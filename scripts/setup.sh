@@ -23,3 +23,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$venv/bin/python" -c "import app, worker" # fails loudly if the install did not work
   touch "$stamp"
 fi
+# The validation study's images (bench/validation/images.txt): packages whose files are read, never
+# imported, kept out of the environment in their own folder.
+if [[ ",$extras," == *",test,"* || ",$extras," == *",study,"* ]]; then
+  images="$venv/study-images"
+  if [ ! -f "$images/.installed" ] || [ bench/validation/images.txt -nt "$images/.installed" ]; then
+    echo "installing the validation study's images into $images" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --only-binary=:all: --upgrade \
+      --target "$images" -r bench/validation/images.txt 2> >(grep -v "is ignored" >&2)
+    touch "$images/.installed"
+  fi
+fi

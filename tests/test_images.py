@@ -307,12 +307,14 @@ def test_dicom_found_by_its_bytes_without_extension_and_non_images_skipped(tmp_p
     assert [k.name for k in s.skipped] == ["plan.dcm"] and "no pixel data" in s.skipped[0].reason
 
 
-def test_dicom_compressed_without_decoder_says_what_to_install(tmp_path):
+def test_dicom_compressed_without_decoder_says_what_to_install(tmp_path, monkeypatch):
     from pydicom.pixels import get_decoder
     from pydicom.uid import JPEGLSLossless
 
-    if get_decoder(JPEGLSLossless).is_available:
-        pytest.skip("a JPEG-LS decoder is installed here")
+    decoder = get_decoder(JPEGLSLossless)
+    if decoder.is_available:  # the test environment has pylibjpeg (the study's DICOM files need it):
+        # pydicom then reports no decoder for this syntax, as on a machine without the plugin
+        monkeypatch.setattr(type(decoder), "is_available", property(lambda self: False))
     s, out = read_all(dicom("MR_small_jpeg_ls_lossless.dcm"))
     assert out == {}
     reason = s.skipped[0].reason
