@@ -176,7 +176,7 @@ class Stem(nn.Module):
 
 class FIDInceptionV3(Extractor):
     """Stages: index 0 is the stem, 1..11 are Mixed_5b..Mixed_7c. Pool3 (the head) follows the last
-    stage. The weights' hash and source are set by whoever loads them (extractor.load_fid_inception)."""
+    stage. The weights' hash and source are set by whoever loads them (registry.load_fid_inception)."""
 
     def __init__(self):
         super().__init__(OrderedDict([

@@ -33,13 +33,14 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .extractor import Extractor, as_extractor
+from .extractor import Extractor
 from .extras import Collector
 from .inputs.array_rules import array_layout
-from .inputs.decode import EIGHT_BIT, FLOAT_01
+from .inputs.intensity import EIGHT_BIT, FLOAT_01
 from .mc import SET_TAGS, MCDropout
 from .pipeline import SetFeatures, as_options, build_report, load_extractor
 from .preprocess import network_input
+from .registry import as_extractor
 from .schemas import Report, ScoreOptions
 from .stats import SetStats, provenance
 

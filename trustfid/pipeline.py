@@ -21,7 +21,7 @@ import torch
 
 from . import report as rep
 from .errors import CancelledError, InputError
-from .extractor import Extractor, as_extractor, get_extractor, load_fid_inception
+from .extractor import Extractor
 from .extras import Collector
 from .inception import FIDInceptionV3
 from .inputs import open_images
@@ -29,6 +29,7 @@ from .inputs.array_rules import is_stats_npz
 from .loader import ParallelLoader, worker_count
 from .mc import SET_TAGS, MCDropout
 from .preprocess import describe, to_model_input
+from .registry import as_extractor, get_extractor, load_fid_inception
 from .schemas import InspectImage, InspectReport, ModelInfo, Progress, Report, ScoreOptions, Timing
 from .settings import EngineSettings, get_engine_settings
 from .stats import Moments, SetStats, check_compatible, load_stats, provenance
@@ -124,7 +125,7 @@ class SetFeatures:
         self.collector = collector
         self.mc = [Moments(dim) for _ in range(passes)]
         self.names: list[str] = []
-        self.intensity: Counter = Counter()  # images per intensity mapping (inputs/decode.py), for the report
+        self.intensity: Counter = Counter()  # images per intensity mapping (inputs/intensity.py), for the report
         self._variances: list[np.ndarray] = []
 
     @property

@@ -230,7 +230,7 @@ class SetStats:
     skipped: list[SkippedFile] = field(default_factory=list)
     provenance: dict | None = None  # stats.provenance(...); None for another tool's mu/sigma
     source: str = ""
-    intensity: dict[str, int] = field(default_factory=dict)  # images per intensity mapping (inputs/decode.py)
+    intensity: dict[str, int] = field(default_factory=dict)  # images per intensity mapping (inputs/intensity.py)
     # Kept by extras.Collector: per-image arrays in image order (merged by concatenation), e.g. the
     # raw domain inputs; a bounded sample of plain feature rows; thumbnails (name, domain score,
     # uint8 image) of the most atypical images (saved to .npz only for a shard: save(thumbnails=True)).

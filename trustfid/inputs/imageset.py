@@ -19,8 +19,8 @@ from ..errors import InputError
 from ..schemas import SkippedFile
 from .arrays import MemoryArrayReader, NpyReader, NpzReader
 from .containers import FolderReader, SingleFileReader, TarReader, ZipReader
-from .decode import Decoding
 from .events import Reader, Skip
+from .intensity import Decoding
 from .rules import ACCEPTED_INPUTS, Limits, check_image_count, kind_of, read_head
 
 
@@ -100,7 +100,7 @@ def open_images(source, *, strict: bool = False, max_pixels: int = 2**26, max_im
     of images and archive members, and declared member sizes, fail fast, before any decoding work.
     ``max_expanded_bytes`` and ``max_compression_ratio`` (None: unchecked) hold the candidate
     members of an archive to the same limits as an upload. ``window`` (LOW, HIGH) maps images wider than
-    8 bits from that fixed range instead of each image's own min..max (decode.py).
+    8 bits from that fixed range instead of each image's own min..max (intensity.py).
 
     ``source`` may be a :class:`SetShard`: only candidates start..stop-1 of its set are read (the
     image-count limit still applies to the whole set) and ``len()`` is the shard's number of candidates.
