@@ -109,10 +109,7 @@ def load_extractor(options: ScoreOptions | dict | None, extractor=None, settings
 
 def input_rules(options: ScoreOptions, settings: EngineSettings) -> dict:
     """``open_images`` keyword arguments: the settings' limits and the options' reading rules."""
-    return dict(strict=options.strict, max_pixels=settings.max_pixels, max_images=settings.max_images,
-                max_archive_members=settings.max_archive_members, max_member_bytes=settings.max_member_bytes,
-                max_expanded_bytes=settings.max_expanded_bytes, max_compression_ratio=settings.max_compression_ratio,
-                window=options.window)
+    return dict(strict=options.strict, limits=settings.limits, window=options.window)
 
 
 class SetFeatures:

@@ -40,7 +40,7 @@ class Decoding:
     """How one set's files are decoded: the pixel limit, the fixed intensity window for data wider than
     8 bits (None: each image's own min..max), and a tally of the intensity mapping each image got."""
 
-    max_pixels: int = 2**26
+    max_pixels: int
     window: tuple[float, float] | None = None
     used: Counter = field(default_factory=Counter)
 
