@@ -38,7 +38,7 @@ from .extras import Collector
 from .inputs.array_rules import array_layout
 from .inputs.intensity import EIGHT_BIT, FLOAT_01
 from .mc import SET_TAGS, MCDropout
-from .pipeline import SetFeatures, as_options, build_report, load_extractor
+from .pipeline import SetFeatures, as_options, load_extractor, report_from_stats
 from .preprocess import network_input
 from .registry import as_extractor
 from .schemas import Report, ScoreOptions
@@ -109,7 +109,7 @@ class Metric:
         """The report of every image given since the last reset (more updates may follow)."""
         r, g = self.stats(real=True), self.stats(real=False)
         device, ex, _ = self._loaded
-        return build_report(r, g, self.options, ex, device, load_s=self._load_s, extract_s=self._extract_s)
+        return report_from_stats(r, g, self.options, ex, device, load_s=self._load_s, extract_s=self._extract_s)
 
 
 def image_batch(images) -> torch.Tensor:

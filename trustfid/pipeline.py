@@ -210,7 +210,7 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
     shard (inputs.SetShard) may hold fewer than MIN_IMAGES (``min_images=0``), the merged set may not."""
     if isinstance(source, SetStats):
         return source
-    if isinstance(source, (str, Path)) and str(source).endswith(".npz") and _is_stats_file(Path(source)):
+    if isinstance(source, (str, Path)) and str(source).endswith(".npz") and is_stats_file(Path(source)):
         return load_stats(source)
 
     settings = settings or get_engine_settings()
@@ -252,7 +252,7 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
                        min_images)
 
 
-def _is_stats_file(path: Path) -> bool:
+def is_stats_file(path: Path) -> bool:
     """A saved statistics .npz rather than an image array (inputs/array_rules.is_stats_npz decides)."""
     if not path.is_file():
         return False
@@ -278,12 +278,9 @@ def score(real, generated, options: ScoreOptions | dict | None = None, *, extrac
     for set_name, source in (("real", real), ("generated", generated)):
         sides[set_name] = extract(source, set_name, options, extractor=ex, progress=progress,
                                   should_cancel=should_cancel)
-    r, g = sides["real"], sides["generated"]
-    expected = provenance(ex.weights_sha256, options)
-    check_compatible(r.provenance, expected, "statistics and options")
-    check_compatible(g.provenance, expected, "statistics and options")
     t_extract = time.perf_counter() - t0 - t_load
-    return build_report(r, g, options, ex, device, load_s=t_load, extract_s=t_extract, progress=progress)
+    return report_from_stats(sides["real"], sides["generated"], options, ex, device, load_s=t_load,
+                             extract_s=t_extract, progress=progress)
 
 
 def model_info(ex: Extractor) -> ModelInfo:
@@ -291,9 +288,14 @@ def model_info(ex: Extractor) -> ModelInfo:
                      extractor=ex.name, feature_dim=ex.feature_dim, input_size=ex.input_size)
 
 
-def build_report(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor, device: torch.device, *,
-                 load_s: float, extract_s: float, progress: ProgressFn | None = None) -> Report:
-    """The report of two sets' statistics (options already resolved for ``ex``)."""
+def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor, device: torch.device, *,
+                      load_s: float, extract_s: float, progress: ProgressFn | None = None) -> Report:
+    """The report of two sets' statistics, however they were made (one pass, merged shards, saved
+    files, a Metric); ``options`` already resolved for ``ex``. Statistics of another network or of
+    other number-changing options are refused (IncompatibleStatsError)."""
+    expected = provenance(ex.weights_sha256, options)
+    check_compatible(r.provenance, expected, "statistics and options")
+    check_compatible(g.provenance, expected, "statistics and options")
     t0 = time.perf_counter()
     if progress:
         progress(Progress(stage="frechet", passes=options.passes))

@@ -188,12 +188,11 @@ def outcome(store: Store, settings: Settings, job_id: str) -> tuple[str, JobErro
 
 
 def build_report(store: Store, settings: Settings, st: Stored, cb) -> Report:
-    """The job's report from its shards' statistics, merged in shard order (trustfid/shards.py), built
-    as the unsharded job builds it (pipeline.build_report)."""
-    from trustfid.pipeline import build_report as report_of
-    from trustfid.pipeline import extract, load_extractor
+    """The job's report from its shards' statistics, fetched here and merged in shard order
+    (trustfid/shards.py), then built as every report is (pipeline.report_from_stats)."""
+    from trustfid.pipeline import extract, load_extractor, report_from_stats
     from trustfid.shards import merge_set
-    from trustfid.stats import check_compatible, load_stats, provenance
+    from trustfid.stats import load_stats
 
     t0 = time.perf_counter()
     ex, options, device = load_extractor(st.record.options.score_options())
@@ -206,14 +205,10 @@ def build_report(store: Store, settings: Settings, st: Stored, cb) -> Report:
         if not info["shards"]:  # saved statistics: read as the unsharded job reads them
             sides[set_name] = extract(source, set_name, options, extractor=ex)
             continue
-        sides[set_name] = merge_set(
-            source, set_name, options, [tuple(s) for s in info["shards"]],
-            lambda k, s=set_name: load_stats(staging.fetch(settings, st.record.id,
-                                                           shard_path(settings, st.record.id, f"{s}:{k}"))),
-            extractor=ex, should_cancel=cb.should_cancel)
-    expected = provenance(ex.weights_sha256, options)
-    for stats in sides.values():
-        check_compatible(stats.provenance, expected, "statistics and options")
+        files = [staging.fetch(settings, st.record.id, shard_path(settings, st.record.id, f"{set_name}:{k}"))
+                 for k in range(len(info["shards"]))]
+        sides[set_name] = merge_set(source, set_name, options, [tuple(s) for s in info["shards"]],
+                                    (load_stats(f) for f in files), extractor=ex, should_cancel=cb.should_cancel)
     extract_s = max(time.time() - (st.record.started_at or time.time()) - load_s, 1e-9)
-    return report_of(sides["real"], sides["generated"], options, ex, device, load_s=load_s, extract_s=extract_s,
-                     progress=cb.progress)
+    return report_from_stats(sides["real"], sides["generated"], options, ex, device, load_s=load_s,
+                             extract_s=extract_s, progress=cb.progress)
