@@ -9,11 +9,12 @@ import platform
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from app.store import DURATION_BUCKETS, Store, _le
+from app.store import Store
+from app.store.counters import DURATION_BUCKETS, bucket_label
 
 
 def _histogram(family: HistogramMetricFamily, labels: list[str], stored: dict) -> None:
-    buckets = [(_le(b), float(stored.get(_le(b), 0))) for b in DURATION_BUCKETS]
+    buckets = [(bucket_label(b), float(stored.get(bucket_label(b), 0))) for b in DURATION_BUCKETS]
     family.add_metric(labels, buckets, float(stored.get("sum", 0.0)))
 
 

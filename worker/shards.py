@@ -2,7 +2,7 @@
 
 The worker that picks up a sharded score job plans it (``plan_job``): each image set is split into
 shards of ``shard_size`` candidates; the plan and every shard's state go into one Redis hash
-(app/store.py ``shards_key``). worker/tasks.py then sends a Celery chord: one ``score_shard`` task per
+(app/store/leases.py). worker/tasks.py then sends a Celery chord: one ``score_shard`` task per
 shard, any worker takes any of them, and the ``merge_shards`` callback. A shard (``run_shard``)
 extracts its candidates with ``first_index`` = its start (trustfid/shards.py) and saves its statistics
 as a pickle-free .npz in the job's staging folder; the callback (``build_report``) merges them in shard
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from app import staging
 from app.settings import Settings
-from app.store import Store, Stored
+from app.store import LeaseHeld, Store, Stored
 from trustfid.records import FINAL_STATES, JobError
 from trustfid.schemas import Progress, Report
 
@@ -98,13 +98,10 @@ def pending(store: Store, settings: Settings, job_id: str) -> list[str]:
     return todo
 
 
-def run_shard(store: Store, settings: Settings, job_id: str, shard: str, worker_id: str, cb, hold) -> str:
+def run_shard(store: Store, settings: Settings, job_id: str, shard: str, worker_id: str, cb) -> str:
     """Compute one shard's statistics (unless done, or running elsewhere, or the job ended). ``cb`` gives
-    should_cancel and progress (worker/tasks.py); ``hold(lease)`` makes the heartbeat renew the lease
-    while it runs. Errors propagate; the task records them with ``shard_failed``."""
-    from trustfid.pipeline import load_extractor
-    from trustfid.shards import extract_shard
-
+    should_cancel and progress (worker/tasks.py). Errors propagate; the task records them with
+    ``shard_failed``."""
     st = store.get(job_id)
     if st is None:
         return "gone"
@@ -113,34 +110,42 @@ def run_shard(store: Store, settings: Settings, job_id: str, shard: str, worker_
     out = shard_path(settings, job_id, shard)
     if staging.shared(settings, job_id, out):
         return "done"
-    lease = store.shard_lease(job_id, shard)
-    if not lease.acquire(token=worker_id):
+    try:
+        with store.lease(f"{job_id}:{shard}", worker_id):
+            return _run_leased(store, settings, st, shard, out, cb)
+    except LeaseHeld:
         return "elsewhere"  # another live worker runs it; its chord merges
-    with hold(lease):
-        if store.count_shard_attempt(job_id, shard) > settings.max_attempts:
-            shard_failed(store, job_id, shard, JobError(
-                code="worker_lost", message=f"a shard of the job was started more than {settings.max_attempts} "
-                                            "times and its worker died each time"))
-            return "failed"
-        store.set_shards(job_id, {shard: "running"})
-        set_name, k = shard.split(":")
-        layout = json.loads(store.shards(job_id)["plan"])[set_name]
-        start, stop = layout["shards"][int(k)]
-        ex, options, _ = load_extractor(st.record.options.score_options())
-        stats = extract_shard(local_source(settings, job_id, layout), set_name, options, start, stop, extractor=ex, progress=cb.progress,
-                              should_cancel=cb.should_cancel)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        stats.save(tmp, thumbnails=True)
-        os.replace(tmp, out)  # a shard's statistics appear whole or not at all
-        staging.share(settings, job_id, out)  # for a merge on another machine
-        now = store.get(job_id)
-        if now is None or now.record.state in FINAL_STATES:
-            # A shard sent twice finished after the job ended (its merge removed the job's objects before
-            # this share, or will not run again): remove what it left.
-            staging.discard(settings, job_id)
-            return "late"
-        store.set_shards(job_id, {shard: "done", f"{shard}:done": stop - start})
+
+
+def _run_leased(store: Store, settings: Settings, st: Stored, shard: str, out: Path, cb) -> str:
+    from trustfid.pipeline import load_extractor
+    from trustfid.shards import extract_shard
+
+    job_id = st.record.id
+    if store.count_shard_attempt(job_id, shard) > settings.max_attempts:
+        shard_failed(store, job_id, shard, JobError(
+            code="worker_lost", message=f"a shard of the job was started more than {settings.max_attempts} "
+                                        "times and its worker died each time"))
+        return "failed"
+    store.set_shards(job_id, {shard: "running"})
+    set_name, k = shard.split(":")
+    layout = json.loads(store.shards(job_id)["plan"])[set_name]
+    start, stop = layout["shards"][int(k)]
+    ex, options, _ = load_extractor(st.record.options.score_options())
+    stats = extract_shard(local_source(settings, job_id, layout), set_name, options, start, stop, extractor=ex, progress=cb.progress,
+                          should_cancel=cb.should_cancel)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    stats.save(tmp, thumbnails=True)
+    os.replace(tmp, out)  # a shard's statistics appear whole or not at all
+    staging.share(settings, job_id, out)  # for a merge on another machine
+    now = store.get(job_id)
+    if now is None or now.record.state in FINAL_STATES:
+        # A shard sent twice finished after the job ended (its merge removed the job's objects before
+        # this share, or will not run again): remove what it left.
+        staging.discard(settings, job_id)
+        return "late"
+    store.set_shards(job_id, {shard: "done", f"{shard}:done": stop - start})
     return "done"
 
 

@@ -33,7 +33,7 @@ from app.callback import CallbackFailed, deliver
 from app.errors import StorageError, UnavailableError
 from app.queue import TASK_CALLBACK, TASK_MERGE, TASK_REFERENCE, TASK_SCORE, TASK_SHARD, enqueue
 from app.settings import Settings, get_settings
-from app.store import Store, Stored, connect, finish
+from app.store import LeaseHeld, Store, Stored, connect, finish
 from trustfid.errors import CancelledError, TrustfidError
 from trustfid.records import FINAL_STATES, JobError
 from trustfid.schemas import Progress
@@ -44,10 +44,6 @@ log = logging.getLogger("trustfid.worker")
 
 
 SWEEP_HEARTBEATS = 20  # every this many heartbeats a worker looks for staging copies of ended records
-
-
-class LeaseHeld(Exception):
-    """Another live worker runs this record; try the delivery again later."""
 
 
 # --- per-process state: store, worker id, heartbeat thread ----------------------------------------
@@ -66,7 +62,6 @@ class _Process:
             # Commands retry through a Redis restart (about a minute) instead of failing the job.
             self.store = Store(connect(self.settings.redis_url, retry_s=60), self.settings)
             self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-            self.lease: redis.lock.Lock | None = None  # the lease of the job running in this process
             self.stop = threading.Event()
             t = threading.Thread(target=self._beat, name="trustfid-heartbeat", daemon=True)
             t.start()
@@ -82,9 +77,7 @@ class _Process:
         while not self.stop.is_set():
             try:
                 self.store.heartbeat(s.queue, self.worker_id)
-                lease = self.lease
-                if lease is not None:
-                    lease.reacquire()
+                self.store.renew_leases()
                 for kind, record_id in self.store.orphans(s.queue):
                     log.warning("%s %s lost its worker; queueing it again", kind, record_id)
                     enqueue(s, TASK_SCORE if kind == "score" else TASK_REFERENCE, record_id)
@@ -222,18 +215,6 @@ class _MergeCallbacks(_Callbacks):
         super()._write(p.model_copy(update={"images_done": self.images, "images_total": self.images}))
 
 
-@contextlib.contextmanager
-def _holding(lease):
-    """The heartbeat renews ``lease`` while the block runs; released after it."""
-    PROC.lease = lease
-    try:
-        yield lease
-    finally:
-        PROC.lease = None
-        with contextlib.suppress(redis.exceptions.LockError, redis.RedisError):
-            lease.release()
-
-
 def _input_path(spec: str, record_id: str, side: str, settings: Settings) -> Path:
     """Where the engine reads one input: ``staged:<path>`` in the record's staging folder (pulled from
     the object store first, when there is one), ``reference:<id>`` statistics, or ``uri:`` fetched.
@@ -263,10 +244,7 @@ def run_record(store: Store, settings: Settings, record_id: str, worker_id: str)
     if st.record.state in FINAL_STATES:
         staging.discard(settings, record_id)
         return st.record.state
-    lease = store.lease(record_id)
-    if not lease.acquire(token=worker_id):
-        raise LeaseHeld(store.lease_holder(record_id))
-    with _holding(lease):
+    with store.lease(record_id, worker_id):
         if st.record.kind == "score" and shards.planned(store, record_id):
             # a sharded job queued again (a shard's or the merge's worker died, or a delivery repeated):
             # send the shards not done yet and the merge; not a new attempt of the job
@@ -426,7 +404,7 @@ def run_shard_record(store: Store, settings: Settings, job_id: str, shard: str, 
     task retries)."""
     cb = _ShardCallbacks(store, job_id, settings, shard)
     try:
-        state = shards.run_shard(store, settings, job_id, shard, worker_id, cb, _holding)
+        state = shards.run_shard(store, settings, job_id, shard, worker_id, cb)
     except (UnavailableError, redis.RedisError):
         raise
     except Exception as e:
@@ -441,33 +419,37 @@ def run_shard_record(store: Store, settings: Settings, job_id: str, shard: str, 
 def merge_record(store: Store, settings: Settings, job_id: str, worker_id: str) -> str:
     """Merge a sharded job's shards into its report and end it, under the job's lease; a job ended
     already (cancelled) is cleaned up; one with a shard still to come is left to that shard's chord."""
-    lease = store.lease(job_id)
-    if not lease.acquire(token=worker_id):
+    try:
+        with store.lease(job_id, worker_id):
+            return _merge_leased(store, settings, job_id)
+    except LeaseHeld:
         return "elsewhere"  # another merge (of another chord of this job) runs
-    with _holding(lease):
-        st = store.get(job_id)
-        if st is None:
-            return "gone"
-        if not shards.planned(store, job_id):
-            return st.record.state  # ended and cleaned up by another merge
-        if st.record.state in FINAL_STATES:  # cancelled while its shards ran
-            return _finish(store, settings, st)
-        store.set_shards(job_id, {"merge": "started"})
-        ready, error = shards.outcome(store, settings, job_id)
-        if ready == "waiting":  # a shard runs under another chord, whose merge follows it
-            store.set_shards(job_id, {"merge": ""})
-            return "waiting"
-        if error is not None:
+
+
+def _merge_leased(store: Store, settings: Settings, job_id: str) -> str:
+    st = store.get(job_id)
+    if st is None:
+        return "gone"
+    if not shards.planned(store, job_id):
+        return st.record.state  # ended and cleaned up by another merge
+    if st.record.state in FINAL_STATES:  # cancelled while its shards ran
+        return _finish(store, settings, st)
+    store.set_shards(job_id, {"merge": "started"})
+    ready, error = shards.outcome(store, settings, job_id)
+    if ready == "waiting":  # a shard runs under another chord, whose merge follows it
+        store.set_shards(job_id, {"merge": ""})
+        return "waiting"
+    if error is not None:
+        outcome = _fail(error.code, error.message)
+    else:
+        total = st.record.progress.images_total if st.record.progress else None
+        cb = _MergeCallbacks(store, job_id, settings, total or 0)
+        try:
+            outcome = _succeeded(store, job_id, shards.build_report(store, settings, st, cb))
+        except Exception as e:
+            error = _error_of(e, cb, settings, job_id)
             outcome = _fail(error.code, error.message)
-        else:
-            total = st.record.progress.images_total if st.record.progress else None
-            cb = _MergeCallbacks(store, job_id, settings, total or 0)
-            try:
-                outcome = _succeeded(store, job_id, shards.build_report(store, settings, st, cb))
-            except Exception as e:
-                error = _error_of(e, cb, settings, job_id)
-                outcome = _fail(error.code, error.message)
-        return _finish(store, settings, store.update(job_id, outcome))
+    return _finish(store, settings, store.update(job_id, outcome))
 
 
 def _send_shards(job_id: str, todo: list[str]) -> None:
