@@ -205,7 +205,7 @@ def visible_gpus() -> list[str]:
 def worker_gpus(workers: int, gpus: list[str]) -> list[str | None]:
     """The CUDA_VISIBLE_DEVICES of each of ``workers`` worker processes: one GPU each, in turn when there
     are more workers than GPUs; None (inherit) without GPUs or for a single worker (which sees them all
-    and uses the first, as before)."""
+    and uses the first)."""
     if workers <= 1 or not gpus:
         return [None] * workers
     return [gpus[i % len(gpus)] for i in range(workers)]

@@ -26,7 +26,7 @@ from trustfid.stats import Moments
 D = 2048
 
 
-def _pass_stats(n: int, passes: int, seed: int):
+def pass_stats(n: int, passes: int, seed: int):
     """Per-pass statistics of a synthetic feature set: a shared low-rank structure plus noise,
     perturbed per pass like MC-dropout features are."""
     rng = np.random.default_rng(seed)
@@ -46,7 +46,7 @@ def _pass_stats(n: int, passes: int, seed: int):
 def run_regime(n: int, passes: int, ref_passes: int) -> dict:
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    real, gen = _pass_stats(n, passes, 1), _pass_stats(n, passes, 2)
+    real, gen = pass_stats(n, passes, 1), pass_stats(n, passes, 2)
     t0 = time.perf_counter()
     ours = frechet_distances(list(zip(real, gen)))
     t_ours = time.perf_counter() - t0

@@ -104,7 +104,7 @@ def _saved(*sources: str) -> list[tuple[str, dict]]:
     return [(Path(s).name, o) for s in sources if s.endswith(".npz") and (o := saved_options(s)) is not None]
 
 
-class _Bars:
+class Bars:
     """tqdm bars on stderr, one per set; silent when stderr is not a terminal or with --quiet, unless
     ``lines``: then one line per stage instead of bars (for logs)."""
 
@@ -133,14 +133,14 @@ class _Bars:
             bar.close()
 
 
-def _write_json(path: str | None, model) -> None:
+def write_json(path: str | None, model) -> None:
     text = model.model_dump_json(indent=2)
     if path in (None, "-"):
         return
     Path(path).write_text(text + "\n")
 
 
-def _summary(report) -> str:
+def summary(report) -> str:
     from .trust import LEVEL_MEANING
 
     h = report.headline
@@ -188,7 +188,7 @@ def _summary(report) -> str:
 def _with_progress(args, fn, *fn_args, options: ScoreOptions | None = None):
     """Run an engine call with progress bars on stderr (closed even when it fails)."""
     options = options or _options(args)
-    bars = _Bars(args.quiet)
+    bars = Bars(args.quiet)
     try:
         return fn(*fn_args, options, progress=bars)
     finally:
@@ -202,8 +202,8 @@ def cmd_score(args) -> int:
     # refuse those given differently, before the other side is extracted.
     options = _options(args, _saved(args.real, args.generated))
     report = _with_progress(args, score, args.real, args.generated, options=options)
-    _write_json(args.json, report)
-    print(report.model_dump_json(indent=2) if args.json == "-" else _summary(report))
+    write_json(args.json, report)
+    print(report.model_dump_json(indent=2) if args.json == "-" else summary(report))
     return 0
 
 
@@ -220,7 +220,7 @@ def cmd_inspect(args) -> int:
     from .pipeline import inspect
 
     result = _with_progress(args, inspect, args.set)
-    _write_json(args.json, result)
+    write_json(args.json, result)
     s = result.summary
     d = result.domain
     dom = (f"; domain score median {d.median:.2f}, {100 * d.fraction_above:.0f}% outside the natural-photo range"

@@ -10,10 +10,9 @@ registry name, an ``Extractor`` or a list of stages (extractor.py).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from .extras import Collector
 from .inception import FIDInceptionV3
 from .inputs import open_images
 from .inputs.array_rules import is_stats_npz
-from .loader import ParallelLoader, worker_count
+from .loader import ParallelLoader, batched, prefetched, worker_count
 from .mc import SET_TAGS, MCDropout
 from .preprocess import describe, to_model_input
 from .registry import as_extractor, get_extractor, load_fid_inception
@@ -159,49 +158,6 @@ def require_images(set_name: str, n: int, skipped=(), min_images: int = MIN_IMAG
                          code="too_few_images")
 
 
-def _batches(images, batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
-    batch = []
-    for item in images:
-        batch.append(item)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
-    """Decode and resize the next batches in a thread while the network runs (torch releases the GIL)."""
-    import queue
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work():
-        try:
-            for item in iterator:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # re-raised in the consumer
-            q.put(e)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
 def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extractor=None, progress: ProgressFn | None = None,
             should_cancel: CancelFn | None = None, settings: EngineSettings | None = None,
             first_index: int = 0, min_images: int = MIN_IMAGES) -> SetStats:
@@ -226,13 +182,13 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
     step = settings.gpu_batch if device.type == "cuda" else options.batch_size
 
     def prepared():
-        for batch in _batches(images, step):
+        for batch in batched(images, step):
             yield [n for n, _ in batch], to_model_input([im for _, im in batch], options.resize, ex.input_size,
                                                         input_range)
 
     workers = worker_count(settings.decode_workers, device, source, total)
     batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, options.resize, ex.input_size,
-                                  input_range) if workers else _prefetched(prepared()))
+                                  input_range) if workers else prefetched(prepared()))
     if progress:
         progress(Progress(stage="extracting", set=set_name, images_done=0, images_total=total))
     try:

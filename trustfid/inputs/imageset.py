@@ -65,6 +65,15 @@ class ImageSet:
         """How many images of the last pass went through each intensity mapping (decode.py)."""
         return dict(sorted(self._decoding.used.items()))
 
+    def units(self):
+        """The reader's units of work (a file, an archive member, rows of an array), each decodable on
+        its own: the parallel loader (loader.py) hands them to other processes."""
+        return self._reader.units()
+
+    def count_intensity(self, tally) -> None:
+        """Add the intensity mappings other processes counted for this set (loader.py)."""
+        self._decoding.used.update(tally)
+
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         return self.images_of(self._reader.events())
 
