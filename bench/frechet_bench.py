@@ -77,8 +77,9 @@ def main(argv=None):
     results = {"machine": describe(), "regimes": [run_regime(n, a.passes, a.ref_passes) for n in (a.small, a.large)]}
     for r in results["regimes"]:
         print(f"n={r['images_per_set']:>6}  T={r['passes']}  ours {r['ours_s']:.1f} s  "
-              f"pytorch-fid {r['pytorch_fid_total_s']:.1f} s ({r['pytorch_fid_per_call_s']:.2f} s/call x {r['passes']}, "
-              f"{r['pytorch_fid_calls_timed']} timed)  speed-up {r['speedup']:.0f}x  max rel diff {r['max_rel_diff']:.1e}")
+              f"pytorch-fid {r['pytorch_fid_total_s']:.1f} s ({r['pytorch_fid_per_call_s']:.2f} s/call x "
+              f"{r['passes']}, {r['pytorch_fid_calls_timed']} timed)  speed-up {r['speedup']:.0f}x  "
+              f"max rel diff {r['max_rel_diff']:.1e}")
     return write_results(a.json, results)
 
 

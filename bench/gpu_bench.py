@@ -130,7 +130,7 @@ def frechet_step(device: torch.device, sizes: tuple[int, ...], passes: int, roun
         results = {}
         variants = {}
         for name, d in where.items():
-            def go(d=d, name=name):
+            def go(d=d, name=name, results=results, pairs=pairs):
                 results[name] = frechet_distances(pairs, group=4, device=d)
                 _sync(d)
             variants[name] = go

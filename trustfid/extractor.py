@@ -111,7 +111,8 @@ class Extractor(nn.Module):
         self.dropout_stages = tuple(dropout_stages) if dropout_stages is not None else self.stage_names
         wrong = [s for s in self.dropout_stages if s not in self.stage_names]
         if wrong:
-            raise InputError(f"extractor '{name}': dropout stages {wrong} are not among its stages {list(self.stage_names)}")
+            raise InputError(f"extractor '{name}': dropout stages {wrong} are not among its stages "
+                             f"{list(self.stage_names)}")
         self.default_dropout_at = tuple(default_dropout_at or self.dropout_stages[-1:])
         self._weights_sha256 = weights_sha256
         self.weights_source = weights_source

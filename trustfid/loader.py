@@ -9,12 +9,12 @@ order, and holds them to the set's rules (skips, strict mode, the image limit) e
 single-process path does. Each process has a queue of at most ``DEPTH`` units: memory stays bounded
 however far the decoders run ahead of the network.
 
-Used for sets given as a path (folder, archive, array file), or one shard of such a set. An in-memory array, a process that may
-not start children (a daemonic one, e.g. Celery's prefork pool) or ``decode_workers`` 0 keep the one
-prefetch thread of pipeline.py. Processes are started with ``spawn`` (never ``fork``: the parent may
-hold CUDA and threads), once per worker process: they serve every later set, and stop a set's units as
-soon as it is done, cancelled or fails (its items still queued are dropped).
-"""
+Used for sets given as a path (folder, archive, array file), or one shard of such a set. An
+in-memory array, a process that may not start children (a daemonic one, e.g. Celery's prefork pool)
+or ``decode_workers`` 0 keep the one prefetch thread (``prefetched``, at the end of this module).
+Processes are started with ``spawn`` (never ``fork``: the parent may hold CUDA and threads), once per
+worker process: they serve every later set, and stop a set's units as soon as it is done, cancelled
+or fails (its items still queued are dropped)."""
 
 from __future__ import annotations
 

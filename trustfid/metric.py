@@ -120,7 +120,8 @@ def image_batch(images) -> torch.Tensor:
     elif isinstance(images, torch.Tensor):
         t = images.detach()
     else:
-        raise InputError(f"Metric.update takes a torch tensor or a numpy array of images, not a {type(images).__name__}")
+        raise InputError("Metric.update takes a torch tensor or a numpy array of images, not a "
+                         f"{type(images).__name__}")
     layout = array_layout(tuple(t.shape), f"images of shape {tuple(t.shape)}")  # score's rules for arrays
     t = t.permute(0, 3, 1, 2) if layout == "NHWC" else t[:, None] if layout == "NHW" else t
     if t.dtype != torch.uint8:

@@ -63,7 +63,8 @@ def _use_threads(settings: EngineSettings) -> None:
         torch.set_num_threads(settings.threads)
 
 
-def network(options: ScoreOptions, settings: EngineSettings | None = None) -> tuple[FIDInceptionV3, Weights, torch.device]:
+def network(options: ScoreOptions,
+            settings: EngineSettings | None = None) -> tuple[FIDInceptionV3, Weights, torch.device]:
     """The FID Inception and its weights, loaded once per process and device (a worker keeps it)."""
     settings = settings or get_engine_settings()
     _use_threads(settings)
@@ -158,8 +159,9 @@ def require_images(set_name: str, n: int, skipped=(), min_images: int = MIN_IMAG
                          code="too_few_images")
 
 
-def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extractor=None, progress: ProgressFn | None = None,
-            should_cancel: CancelFn | None = None, settings: EngineSettings | None = None,
+def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extractor=None,
+            progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+            settings: EngineSettings | None = None,
             first_index: int = 0, min_images: int = MIN_IMAGES) -> SetStats:
     """Statistics of one set: plain pass plus T MC passes, per-image latent variance.
     ``first_index`` offsets image indices when a set is sharded (per-image masks depend on it); a
@@ -219,13 +221,14 @@ def is_stats_file(path: Path) -> bool:
         return False
 
 
-def compute_stats(source, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
-                  should_cancel: CancelFn | None = None, set_name: str = "real") -> SetStats:
+def compute_stats(source, options: ScoreOptions | dict | None = None, *, extractor=None,
+                  progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+                  set_name: str = "real") -> SetStats:
     return extract(source, set_name, options, extractor=extractor, progress=progress, should_cancel=should_cancel)
 
 
-def score(real, generated, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
-          should_cancel: CancelFn | None = None) -> Report:
+def score(real, generated, options: ScoreOptions | dict | None = None, *, extractor=None,
+          progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> Report:
     t0 = time.perf_counter()
     ex, options, device = load_extractor(options, extractor)
     t_load = time.perf_counter() - t0

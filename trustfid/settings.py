@@ -30,7 +30,8 @@ class EngineSettings(BaseSettings):
     )
     max_pixels: int = Field(DEFAULT_LIMITS.max_pixels, description="largest image accepted, in pixels (width x height)")
     max_images: int = Field(DEFAULT_LIMITS.max_images, description="most images accepted per set")
-    max_archive_members: int = Field(DEFAULT_LIMITS.max_archive_members, description="most entries read from one zip/tar")
+    max_archive_members: int = Field(DEFAULT_LIMITS.max_archive_members,
+                                     description="most entries read from one zip/tar")
     max_member_bytes: int = Field(DEFAULT_LIMITS.max_member_bytes,
                                   description="largest uncompressed archive member, in bytes")
     max_expanded_bytes: int = Field(DEFAULT_LIMITS.max_expanded_bytes, ge=1,

@@ -117,7 +117,7 @@ class Moments:
         m2b = xc.T @ xc
         self._merged = _chan(self._merged, (nb, mb, m2b))
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         """Statistics of the union of two disjoint shards (this shard's images first)."""
         out = Moments(self.dim, keep_rows=self.keep_rows and other.keep_rows)
         a, b = self.gaussian(), other.gaussian()
@@ -248,7 +248,7 @@ class SetStats:
     def n(self) -> int:
         return self.plain.n
 
-    def merge(self, other: "SetStats") -> "SetStats":
+    def merge(self, other: SetStats) -> SetStats:
         check_compatible(self.provenance, other.provenance, "shards")
         if len(self.mc) != len(other.mc):
             raise IncompatibleStatsError("shards have different numbers of MC passes")

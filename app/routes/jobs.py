@@ -32,7 +32,7 @@ async def submit_job(request: Request, jobs: JobsD, owner: Owner):
 
 @router.get("", response_model=JobList, summary="The caller's jobs, newest first",
             responses=errors(401, 422, 503))
-def list_jobs(store: StoreD, owner: Owner, tag: Annotated[list[str], Query()] = [],
+def list_jobs(store: StoreD, owner: Owner, tag: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies it)
               limit: Annotated[int, Query(ge=1, le=1000)] = 50):
     return JobList(jobs=[s.record for s in store.list(owner, "score", tags=tag or None, limit=limit)])
 

@@ -31,7 +31,8 @@ async def healthz():
 
 
 @router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "Redis unreachable or no worker alive; message says which"}},
+            responses={503: {"model": Readiness,
+                             "description": "Redis unreachable or no worker alive; message says which"}},
             summary="Redis reachable and at least one worker alive (503 with the reason otherwise)")
 def readyz(request: Request, queue: QueueD):
     store = request.app.state.services.store

@@ -123,7 +123,8 @@ def open_images(source, *, strict: bool = False, limits: Limits | None = None,
     if shard is not None:
         stop = min(shard.stop, reader.count)
         if not 0 <= shard.start <= stop:
-            raise InputError(f"{reader.label}: no candidates {shard.start}..{shard.stop - 1} in a set of {reader.count}")
+            raise InputError(f"{reader.label}: no candidates {shard.start}..{shard.stop - 1} in a set of "
+                             f"{reader.count}")
         reader.select(shard.start, stop)
     return ImageSet(reader, decoding, strict=strict, max_images=limits.max_images)
 
