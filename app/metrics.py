@@ -1,5 +1,5 @@
 """/metrics in the Prometheus text format, through prometheus_client: a custom collector turns the
-counters app/store.py keeps in Redis (so every API replica reports the same numbers) into metric
+counters app/store/counters.py keeps in Redis (so every API replica reports the same numbers) into metric
 families at each scrape, beside ``trustfid_build_info``."""
 
 from __future__ import annotations

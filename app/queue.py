@@ -54,7 +54,7 @@ def celery_config(settings: Settings) -> dict:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        # The job records in app/store.py are the results; only a sharded job's shard tasks store theirs
+        # The job records in app/store/ are the results; only a sharded job's shard tasks store theirs
         # (ignore_result=False on the task), which the chord's counter in this backend needs.
         task_ignore_result=True,
         result_expires=settings.record_ttl_s,

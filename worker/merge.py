@@ -44,10 +44,11 @@ def _merge(w: Worker, job_id: str) -> str:
         end = finish("failed", error=error)
     else:
         images = (st.record.progress.images_total if st.record.progress else None) or 0
-        # the merge's stages keep showing every image done (the sum over the shards)
-        hooks = Hooks(w.store, job_id, w.limits)
-        hooks.write = lambda p: hooks.write_record(p.model_copy(update={"images_done": images,
-                                                                         "images_total": images}))
+
+        def every_image_done(p):  # the merge's stages keep showing the sum over the shards
+            hooks.write_record(p.model_copy(update={"images_done": images, "images_total": images}))
+
+        hooks = Hooks(w.store, job_id, w.limits, write=every_image_done)
         try:
             end = succeeded(w, job_id, report(w, st, hooks))
         except Exception as e:

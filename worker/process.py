@@ -12,9 +12,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from app.queue import TASK_REFERENCE, TASK_SCORE
+from app.queue import TASK_REFERENCE, TASK_SCORE, Queue
 from app.services import Services, build
 from app.settings import get_settings
+from app.staging import Staging
+from app.store import Store
 from trustfid.records import FINAL_STATES
 
 log = logging.getLogger("trustfid.worker")
@@ -31,6 +33,9 @@ class JobLimits:
 
 @dataclass
 class Worker:
+    """This process as a worker: the service's parts, its id (host:pid:random, as the heartbeat and
+    the leases name it), its job limits and its heartbeat's period."""
+
     services: Services
     id: str
     limits: JobLimits
@@ -39,15 +44,15 @@ class Worker:
     stop: threading.Event
 
     @property
-    def store(self):
+    def store(self) -> Store:
         return self.services.store
 
     @property
-    def staging(self):
+    def staging(self) -> Staging:
         return self.services.staging
 
     @property
-    def queue(self):
+    def queue(self) -> Queue:
         return self.services.queue
 
     def beat(self) -> None:

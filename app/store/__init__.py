@@ -20,7 +20,7 @@ from app.settings import Settings
 
 from .base import connect, connect_async
 from .counters import Counters
-from .leases import LeaseHeld, Leases
+from .leases import HeldLeases, LeaseHeld, Leases
 from .ratelimit import RESERVE_LUA, RateLimit
 from .records import Records, Stored, finish, new_id
 
@@ -38,7 +38,7 @@ class Store(Records, Leases, RateLimit, Counters):
         self.worker_ttl = 3 * settings.heartbeat_s
         self.stale_s = settings.effective_visibility_timeout  # a sharded job silent this long: its tasks were lost
         self.reserve = client.register_script(RESERVE_LUA)
-        self._init_leases()
+        self.held = HeldLeases()
 
     def ping(self) -> bool:
         try:

@@ -19,13 +19,30 @@ class LeaseHeld(Exception):
     """Another live worker holds the lease; its holder (a worker id) is ``args[0]``."""
 
 
+class HeldLeases:
+    """The leases one process holds, shared by its task threads and its heartbeat thread."""
+
+    def __init__(self):
+        self._locks: set[redis.lock.Lock] = set()
+        self._mutex = threading.Lock()
+
+    def add(self, lock: redis.lock.Lock) -> None:
+        with self._mutex:
+            self._locks.add(lock)
+
+    def discard(self, lock: redis.lock.Lock) -> None:
+        with self._mutex:
+            self._locks.discard(lock)
+
+    def all(self) -> list[redis.lock.Lock]:
+        with self._mutex:
+            return list(self._locks)
+
+
 class Leases:
     """The workers' part of the Store (app/store/__init__.py): ``lease_s`` a lease's life unless renewed,
-    ``worker_ttl`` how long a heartbeat counts, ``stale_s`` how long a sharded job may stay silent."""
-
-    def _init_leases(self) -> None:
-        self._held: set[redis.lock.Lock] = set()
-        self._held_lock = threading.Lock()
+    ``worker_ttl`` how long a heartbeat counts, ``stale_s`` how long a sharded job may stay silent,
+    ``held`` the leases this process holds (a ``HeldLeases``)."""
 
     # --- heartbeats ---------------------------------------------------------------------------
     def heartbeat(self, queue: str, worker_id: str) -> None:
@@ -56,20 +73,17 @@ class Leases:
         lock = self.r.lock(keys.lease(name), timeout=self.lease_s, blocking=False, thread_local=False)
         if not lock.acquire(token=worker_id):
             raise LeaseHeld(self.lease_holder(name))
-        with self._held_lock:
-            self._held.add(lock)
+        self.held.add(lock)
         try:
             yield
         finally:
-            with self._held_lock:
-                self._held.discard(lock)
+            self.held.discard(lock)
             with contextlib.suppress(redis.exceptions.LockError, redis.RedisError):
                 lock.release()
 
     def renew_leases(self) -> None:
-        with self._held_lock:
-            held = list(self._held)
-        for lock in held:
+        """Renew every lease this process holds (its heartbeat calls this)."""
+        for lock in self.held.all():
             lock.reacquire()
 
     def lease_holder(self, name: str) -> str | None:

@@ -3,8 +3,8 @@ members and arrays are refused, and the size limits every input is held to.
 
 Three paths read what users send, and all three ask this module, so a set gives the same images
 however it arrives: the engine's readers (this package), the service's upload checks
-(app/ingest.py) and the Python client's folder upload (trustfid/client.py, which packs exactly the
-files the engine would read). What each path does with a verdict is its own: the engine lists an
+(app/ingest/screening.py) and the Python client's folder upload (trustfid/client.py, which packs
+exactly the files the engine would read). What each path does with a verdict is its own: the engine lists an
 unsafe archive member as skipped and reads the rest, the upload check refuses the whole archive; the
 upload check screens every member an archive declares, the engine holds the members it reads to the
 limits (and checks again while reading, since a header may lie).
