@@ -1,6 +1,6 @@
-"""The HTTP front end: ``create_app`` wires the routers (app/routes/), the error handlers and the Redis
-store. Run it with `trustfid api` (uvicorn, with malformed HTTP answered in our error shape) or
-`trustfid serve`. OpenAPI at /openapi.json,
+"""The HTTP front end: ``create_app`` wires the routers (app/routes/), the error handlers and the
+service's parts (app/services.py, built once in its lifespan). Run it with `trustfid api` (uvicorn,
+with malformed HTTP answered in our error shape) or `trustfid serve`. OpenAPI at /openapi.json,
 rendered offline at /docs and /redoc (app/openapi.py completes what FastAPI infers).
 
 Every error is ``{"error": {"code", "message"}}`` with a fitting status; user input never gives 500.
@@ -18,9 +18,10 @@ from starlette.requests import ClientDisconnect
 
 from app import openapi
 from app.http import error_response, log
+from app.jobs import Jobs
 from app.routes import jobs, operations, references, series
+from app.services import build
 from app.settings import Settings, get_settings
-from app.store import Store, connect, connect_async
 from trustfid import __version__
 from trustfid.errors import InputError, TrustfidError
 from trustfid.schemas import validation_message
@@ -37,12 +38,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.store = (Store(connect(settings.redis_url), settings, connect_async(settings.redis_url))
-                           if settings.redis_url else None)
+        # The service's parts, built once for this process; the routes get them as dependencies (app/http.py).
+        app.state.services = services = build(settings)
+        app.state.jobs = Jobs(services, settings.rate_limit_per_minute) if services.store else None
         yield
-        if app.state.store is not None:
-            app.state.store.r.close()
-            await app.state.store.ar.aclose()
+        if services.store is not None:
+            await services.store.aclose()
 
     # FastAPIOffline: /docs (Swagger UI) and /redoc load their scripts and styles from the
     # fastapi-offline package, served by this app, so the pages work on a network without internet.
@@ -50,7 +51,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          static_url="/docs-assets", description=DESCRIPTION,
                          generate_unique_id_function=lambda route: route.name)  # operationId = function name
     app.state.settings = settings
-    app.state.store = None
     for module in (jobs, references, series, operations):
         app.include_router(module.router)
     openapi.install(app)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from dataclasses import dataclass
 
-from app import ingest
-from app.settings import Settings
+from app.ingest.uris import UriPolicy
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -32,16 +32,25 @@ class CallbackFailed(Exception):
     """The receiver did not take the callback (an error status, or no answer); worth retrying."""
 
 
-def deliver(settings: Settings, url: str, body: bytes, owner: str) -> None:
-    """One signed POST of ``body`` to ``url``. Raises CallbackFailed (or httpx.HTTPError) when it is
-    worth trying again, TrustfidError when the URL is no longer allowed (not worth it)."""
-    import httpx
+@dataclass(frozen=True)
+class Callbacks:
+    """Delivers callbacks: ``secret`` (None: the submitting key's digest), the POST's timeout, and the
+    URI policy that checks the URL again before each delivery."""
 
-    ingest.check_callback_url(url, settings)  # again: DNS may have changed since submission
-    secret = settings.callback_secret or owner
-    ts = str(int(time.time()))
-    resp = httpx.post(url, content=body, timeout=settings.callback_timeout_s, follow_redirects=False,
-                      headers={"Content-Type": "application/json", "X-Trustfid-Timestamp": ts,
-                               "X-Trustfid-Signature": sign(secret, ts, body)})
-    if resp.status_code >= 300:
-        raise CallbackFailed(f"{url} answered {resp.status_code}")
+    uris: UriPolicy
+    secret: str | None = None
+    timeout_s: float = 10.0
+
+    def deliver(self, url: str, body: bytes, owner: str) -> None:
+        """One signed POST of ``body`` to ``url``. Raises CallbackFailed (or httpx.HTTPError) when it is
+        worth trying again, TrustfidError when the URL is not allowed (any more: not worth it)."""
+        import httpx
+
+        self.uris.check_callback_url(url)  # again: DNS may have changed since submission
+        secret = self.secret or owner
+        ts = str(int(time.time()))
+        resp = httpx.post(url, content=body, timeout=self.timeout_s, follow_redirects=False,
+                          headers={"Content-Type": "application/json", "X-Trustfid-Timestamp": ts,
+                                   "X-Trustfid-Signature": sign(secret, ts, body)})
+        if resp.status_code >= 300:
+            raise CallbackFailed(f"{url} answered {resp.status_code}")

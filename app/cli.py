@@ -46,7 +46,7 @@ def cmd_healthcheck(args) -> int:
 
 def cmd_submit(args) -> int:
     from trustfid import Client
-    from trustfid.cli import _summary, _write_json
+    from trustfid.cli import summary, write_json
 
     try:
         options = json.loads(args.options) if args.options else {}
@@ -75,8 +75,8 @@ def cmd_submit(args) -> int:
             return 3
         finally:
             watch.close()
-    _write_json(args.json, report)
-    print(report.model_dump_json(indent=2) if args.json == "-" else _summary(report))
+    write_json(args.json, report)
+    print(report.model_dump_json(indent=2) if args.json == "-" else summary(report))
     return 0
 
 
@@ -85,10 +85,10 @@ class _Watch:
     engine's progress as in `trustfid score` (bars on a terminal, one line per stage otherwise)."""
 
     def __init__(self, job_id: str, quiet: bool):
-        from trustfid.cli import _Bars
+        from trustfid.cli import Bars
 
         self.job_id, self.quiet, self.state = job_id, quiet, None
-        self.bars = _Bars(quiet, lines=True)
+        self.bars = Bars(quiet, lines=True)
 
     def __call__(self, rec) -> None:
         if rec.state != self.state and not self.quiet:

@@ -1,5 +1,5 @@
-"""What the API does, as plain functions over the store (the routes in app/api.py only translate HTTP):
-accept a job or a reference from staged uploads or JSON, cancel or delete one, list them.
+"""What the API does, over the service's parts (the routes in app/routes/ only translate HTTP): accept
+a job or a reference from staged uploads or JSON, cancel or delete one; and the series of a tag.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import time
 
 from pydantic import ValidationError
 
-from app import ingest, staging
 from app.errors import ConflictError, NotFoundError
-from app.queue import TASK_REFERENCE, TASK_SCORE, enqueue
-from app.settings import Settings
+from app.ingest.multipart import MultipartStager, parse_json_field
+from app.ingest.screening import StagedSet, check_set
+from app.queue import TASK_REFERENCE, TASK_SCORE
+from app.services import Services
 from app.store import Store, Stored, finish, new_id
 from trustfid.errors import InputError
 from trustfid.records import (
@@ -40,73 +41,6 @@ def parse_options(raw: dict, model=JobOptions):
         raise InputError(f"options: {validation_message(e)}", code="bad_options") from None
 
 
-# --- inputs -------------------------------------------------------------------------------------
-
-
-def _resolve_ref(store: Store, settings: Settings, owner: str, side: str, ref: InputRef):
-    """(InputInfo, path or URI for the worker, reference options or None) for one JSON input."""
-    if ref.reference_id is not None:
-        try:
-            st = store.get_owned(ref.reference_id, owner, "reference")
-        except NotFoundError:
-            raise InputError(f"{side}: no reference {ref.reference_id!r} for this API key",
-                             code="unknown_reference") from None
-        if st.record.state != "succeeded":
-            raise ConflictError(f"{side}: reference {ref.reference_id!r} is {st.record.state}, not ready",
-                                code="reference_not_ready")
-        info = InputInfo(kind="reference", reference_id=ref.reference_id, files=st.record.images)
-        return info, "reference:" + ref.reference_id, st.record.options
-    ingest.check_uri(ref.uri, settings, side)
-    return InputInfo(kind="uri", uri=ref.uri), "uri:" + ref.uri, None
-
-
-def _uploaded(staged: ingest.StagedSet, settings: Settings, side: str, root):
-    """A checked upload, and its place for the worker: ``staged:`` + its path in the record's staging
-    folder, which the worker finds in its own data_dir (pulled from the object store when there is one)."""
-    path = ingest.check_set(staged, settings, side)
-    rel = path.relative_to(root).as_posix()
-    return InputInfo(kind="upload", files=len(staged.files), bytes=staged.bytes), "staged:" + rel
-
-
-def _check_callback(options: JobOptions, settings: Settings) -> None:
-    if options.callback_url:
-        ingest.check_callback_url(options.callback_url, settings)
-
-
-# --- jobs ---------------------------------------------------------------------------------------
-
-
-def _store_and_enqueue(store: Store, settings: Settings, st: Stored, task: str):
-    """Accept a submission: take its rate-limit slot, write the record, then queue its task. A record
-    whose task could not be queued is removed and its slot given back, so an accepted (202) record
-    always has a task that will end it, and only accepted submissions count against the limit. Staged
-    uploads go to the object store (when there is one) before the record exists: a store that cannot take
-    them refuses the submission (503) with nothing accepted."""
-    token = store.reserve_submission(st.owner, settings.rate_limit_per_minute)
-    st.queue = settings.queue  # whose workers queue it again if its worker dies (Store.orphans)
-    created = False
-    try:
-        staging.push(settings, st.record.id)
-        store.create(st)
-        created = True
-        enqueue(settings, task, st.record.id)
-    except Exception:
-        if created:
-            store.delete(st)
-        staging.discard(settings, st.record.id)
-        store.refund_submission(st.owner, token)
-        raise
-    return st.record
-
-
-def _create_job(store: Store, settings: Settings, owner: str, job_id: str, infos: dict, paths: dict,
-                options: JobOptions) -> JobRecord:
-    _check_callback(options, settings)
-    rec = JobRecord(id=job_id, created_at=time.time(), real=infos["real"], generated=infos["generated"],
-                    options=options)
-    return _store_and_enqueue(store, settings, Stored(owner=owner, paths=paths, record=rec), TASK_SCORE)
-
-
 def _job_options(sent: JobOptions | None, infos: dict, ref_options: dict) -> JobOptions:
     """A job on registered references scores with their settings: the options the caller sent (only
     those it named) completed with each reference's; a number-changing option that differs from a
@@ -118,92 +52,151 @@ def _job_options(sent: JobOptions | None, infos: dict, ref_options: dict) -> Job
     return JobOptions(**chosen)
 
 
-def submit_job_json(store: Store, settings: Settings, owner: str, body: JobSubmit) -> JobRecord:
-    infos, paths, ref_options = {}, {}, {}
-    for side in ("real", "generated"):
-        infos[side], paths[side], opts = _resolve_ref(store, settings, owner, side, getattr(body, side))
-        if opts is not None:
-            ref_options[side] = opts
-    options = _job_options(body.options, infos, ref_options)
-    return _create_job(store, settings, owner, new_id(), infos, paths, options)
+class Jobs:
+    """Submissions, cancels and deletes of jobs and references: the store, staging, queue and input
+    policy of the service core, and the per-key limit on submissions per minute."""
 
+    def __init__(self, services: Services, rate_limit_per_minute: int):
+        self.store: Store = services.store
+        self.staging = services.staging
+        self.queue = services.queue
+        self.inputs = services.inputs
+        self.rate_limit_per_minute = rate_limit_per_minute
 
-def submit_job_upload(store: Store, settings: Settings, owner: str, job_id: str,
-                      stager: ingest.MultipartStager) -> JobRecord:
-    raw_options = stager.texts.get("options")
-    infos, paths, ref_options = {}, {}, {}
-    for side in ("real", "generated"):
-        infos[side], paths[side], opts = _form_side(store, settings, owner, stager, side)
-        if opts is not None:
-            ref_options[side] = opts
-    sent = None if raw_options is None else parse_options(ingest.parse_json_field(raw_options, "options"))
-    options = _job_options(sent, infos, ref_options)
-    return _create_job(store, settings, owner, job_id, infos, paths, options)
+    def check_rate(self, owner: str) -> None:
+        """Refuse early when the key is already over its limit; the slot itself is taken atomically when
+        the submission is accepted, so refused submissions never use up the quota."""
+        self.store.reserve_submission(owner, self.rate_limit_per_minute, take=False)
 
+    # --- inputs -------------------------------------------------------------------------------------
+    def _resolve_ref(self, owner: str, side: str, ref: InputRef):
+        """(InputInfo, path or URI for the worker, reference options or None) for one JSON input."""
+        if ref.reference_id is not None:
+            try:
+                st = self.store.get_owned(ref.reference_id, owner, "reference")
+            except NotFoundError:
+                raise InputError(f"{side}: no reference {ref.reference_id!r} for this API key",
+                                 code="unknown_reference") from None
+            if st.record.state != "succeeded":
+                raise ConflictError(f"{side}: reference {ref.reference_id!r} is {st.record.state}, not ready",
+                                    code="reference_not_ready")
+            info = InputInfo(kind="reference", reference_id=ref.reference_id, files=st.record.images)
+            return info, "reference:" + ref.reference_id, st.record.options
+        self.inputs.uris.check_uri(ref.uri, side)
+        return InputInfo(kind="uri", uri=ref.uri), "uri:" + ref.uri, None
 
-def _form_side(store: Store, settings: Settings, owner: str, stager: ingest.MultipartStager, side: str):
-    """One set of a multipart form: uploaded files, or a text field with JSON {"reference_id"} / {"uri"}."""
-    text, staged = stager.texts.get(side), stager.sets.get(side)
-    if text is not None and staged is not None:
-        raise InputError(f"{side}: send files or a reference, not both", code="bad_field")
-    if staged is not None:
-        return (*_uploaded(staged, settings, side, stager.dest), None)
-    if text is None:
-        raise InputError(f"the form has no field {side!r}", code="missing_field")
-    try:
-        ref = InputRef.model_validate(ingest.parse_json_field(text, side, code="bad_field"))
-    except InputError:
-        raise InputError(f"{side}: expected uploaded files (file parts with a file name, e.g. curl -F "
-                         f"{side}=@photo.png) or a JSON object {{\"reference_id\": ...}} or {{\"uri\": ...}}; got a "
-                         "text field that is neither (a file sent without a file name arrives as text)",
-                         code="bad_field") from None
-    except ValidationError as e:
-        raise InputError(f"{side}: {validation_message(e)}", code="invalid_request") from None
-    return _resolve_ref(store, settings, owner, side, ref)
+    def _uploaded(self, staged: StagedSet, side: str, root):
+        """A checked upload, and its place for the worker: ``staged:`` + its path in the record's staging
+        folder, which the worker finds in its own data_dir (pulled from the object store when there is one)."""
+        path = check_set(staged, self.inputs.limits, side)
+        rel = path.relative_to(root).as_posix()
+        return InputInfo(kind="upload", files=len(staged.files), bytes=staged.bytes), "staged:" + rel
 
+    def _form_side(self, owner: str, stager: MultipartStager, side: str):
+        """One set of a multipart form: uploaded files, or a text field with JSON {"reference_id"} / {"uri"}."""
+        text, staged = stager.texts.get(side), stager.sets.get(side)
+        if text is not None and staged is not None:
+            raise InputError(f"{side}: send files or a reference, not both", code="bad_field")
+        if staged is not None:
+            return (*self._uploaded(staged, side, stager.dest), None)
+        if text is None:
+            raise InputError(f"the form has no field {side!r}", code="missing_field")
+        try:
+            ref = InputRef.model_validate(parse_json_field(text, side, code="bad_field"))
+        except InputError:
+            raise InputError(f"{side}: expected uploaded files (file parts with a file name, e.g. curl -F "
+                             f"{side}=@photo.png) or a JSON object {{\"reference_id\": ...}} or {{\"uri\": ...}}; got "
+                             "a text field that is neither (a file sent without a file name arrives as text)",
+                             code="bad_field") from None
+        except ValidationError as e:
+            raise InputError(f"{side}: {validation_message(e)}", code="invalid_request") from None
+        return self._resolve_ref(owner, side, ref)
 
-def cancel_or_delete(store: Store, settings: Settings, owner: str, record_id: str, kind: str) -> Stored | None:
-    """Cancel a queued/running job or reference (returns the cancelled record), or delete a
-    finished one with its report and files (returns None)."""
-    st = store.get_owned(record_id, owner, kind)
-    if st.record.state not in FINAL_STATES:
-        store.request_cancel(record_id)
-        new = store.update(record_id, finish("cancelled", error=None))
-        if new is not None and new.record.state == "cancelled" and st.record.state == "queued":
-            staging.discard(settings, record_id)
-        return new
-    store.delete(st)
-    staging.discard(settings, record_id)
-    if kind == "reference":
-        staging.remove_reference(settings, record_id)
-    return None
+    # --- accepting ----------------------------------------------------------------------------------
+    def _store_and_enqueue(self, st: Stored, task: str):
+        """Accept a submission: take its rate-limit slot, write the record, then queue its task. A record
+        whose task could not be queued is removed and its slot given back, so an accepted (202) record
+        always has a task that will end it, and only accepted submissions count against the limit.
+        Staged uploads go to the object store (when there is one) before the record exists: a store that
+        cannot take them refuses the submission (503) with nothing accepted."""
+        token = self.store.reserve_submission(st.owner, self.rate_limit_per_minute)
+        st.queue = self.queue.name  # whose workers queue it again if its worker dies (Store.orphans)
+        created = False
+        try:
+            self.staging.push(st.record.id)
+            self.store.create(st)
+            created = True
+            self.queue.send(task, st.record.id)
+        except Exception:
+            if created:
+                self.store.delete(st)
+            self.staging.discard(st.record.id)
+            self.store.refund_submission(st.owner, token)
+            raise
+        return st.record
 
+    def _create_job(self, owner: str, job_id: str, infos: dict, paths: dict, options: JobOptions) -> JobRecord:
+        if options.callback_url:
+            self.inputs.uris.check_callback_url(options.callback_url)
+        rec = JobRecord(id=job_id, created_at=time.time(), real=infos["real"], generated=infos["generated"],
+                        options=options)
+        return self._store_and_enqueue(Stored(owner=owner, paths=paths, record=rec), TASK_SCORE)
 
-# --- references ---------------------------------------------------------------------------------
+    def submit_job_json(self, owner: str, body: JobSubmit) -> JobRecord:
+        infos, paths, ref_options = {}, {}, {}
+        for side in ("real", "generated"):
+            infos[side], paths[side], opts = self._resolve_ref(owner, side, getattr(body, side))
+            if opts is not None:
+                ref_options[side] = opts
+        options = _job_options(body.options, infos, ref_options)
+        return self._create_job(owner, new_id(), infos, paths, options)
 
+    def submit_job_upload(self, owner: str, job_id: str, stager: MultipartStager) -> JobRecord:
+        raw_options = stager.texts.get("options")
+        infos, paths, ref_options = {}, {}, {}
+        for side in ("real", "generated"):
+            infos[side], paths[side], opts = self._form_side(owner, stager, side)
+            if opts is not None:
+                ref_options[side] = opts
+        sent = None if raw_options is None else parse_options(parse_json_field(raw_options, "options"))
+        options = _job_options(sent, infos, ref_options)
+        return self._create_job(owner, job_id, infos, paths, options)
 
-def _create_reference(store: Store, settings: Settings, owner: str, ref_id: str, info: InputInfo,
-                      path: str, name: str | None, options: ScoreOptions) -> ReferenceRecord:
-    rec = ReferenceRecord(id=ref_id, created_at=time.time(), name=name, source=info, options=options)
-    return _store_and_enqueue(store, settings, Stored(owner=owner, paths={"source": path}, record=rec), TASK_REFERENCE)
+    def _create_reference(self, owner: str, ref_id: str, info: InputInfo, path: str, name: str | None,
+                          options: ScoreOptions) -> ReferenceRecord:
+        rec = ReferenceRecord(id=ref_id, created_at=time.time(), name=name, source=info, options=options)
+        return self._store_and_enqueue(Stored(owner=owner, paths={"source": path}, record=rec), TASK_REFERENCE)
 
+    def submit_reference_json(self, owner: str, body: ReferenceSubmit) -> ReferenceRecord:
+        if body.source.reference_id is not None:
+            raise InputError("source: a reference is made from a uri or an upload", code="bad_source")
+        info, path, _ = self._resolve_ref(owner, "source", body.source)
+        return self._create_reference(owner, new_id(), info, path, body.name, body.options or ScoreOptions())
 
-def submit_reference_json(store: Store, settings: Settings, owner: str, body: ReferenceSubmit) -> ReferenceRecord:
-    if body.source.reference_id is not None:
-        raise InputError("source: a reference is made from a uri or an upload", code="bad_source")
-    info, path, _ = _resolve_ref(store, settings, owner, "source", body.source)
-    return _create_reference(store, settings, owner, new_id(), info, path, body.name,
-                             body.options or ScoreOptions())
+    def submit_reference_upload(self, owner: str, ref_id: str, stager: MultipartStager) -> ReferenceRecord:
+        options = parse_options(parse_json_field(stager.texts.get("options"), "options"), ScoreOptions)
+        info, path, _ = self._form_side(owner, stager, "source")
+        if info.kind == "reference":
+            raise InputError("source: a reference is made from a uri or an upload", code="bad_source")
+        name = stager.texts.get("name") or None
+        return self._create_reference(owner, ref_id, info, path, name, options)
 
-
-def submit_reference_upload(store: Store, settings: Settings, owner: str, ref_id: str,
-                            stager: ingest.MultipartStager) -> ReferenceRecord:
-    options = parse_options(ingest.parse_json_field(stager.texts.get("options"), "options"), ScoreOptions)
-    info, path, _ = _form_side(store, settings, owner, stager, "source")
-    if info.kind == "reference":
-        raise InputError("source: a reference is made from a uri or an upload", code="bad_source")
-    name = stager.texts.get("name") or None
-    return _create_reference(store, settings, owner, ref_id, info, path, name, options)
+    # --- ending -------------------------------------------------------------------------------------
+    def cancel_or_delete(self, owner: str, record_id: str, kind: str) -> Stored | None:
+        """Cancel a queued/running job or reference (returns the cancelled record), or delete a
+        finished one with its report and files (returns None)."""
+        st = self.store.get_owned(record_id, owner, kind)
+        if st.record.state not in FINAL_STATES:
+            self.store.request_cancel(record_id)
+            new = self.store.update(record_id, finish("cancelled", error=None))
+            if new is not None and new.record.state == "cancelled" and st.record.state == "queued":
+                self.staging.discard(record_id)
+            return new
+        self.store.delete(st)
+        self.staging.discard(record_id)
+        if kind == "reference":
+            self.staging.remove_reference(record_id)
+        return None
 
 
 # --- series -------------------------------------------------------------------------------------

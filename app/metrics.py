@@ -1,5 +1,5 @@
 """/metrics in the Prometheus text format, through prometheus_client: a custom collector turns the
-counters app/store.py keeps in Redis (so every API replica reports the same numbers) into metric
+counters app/store/counters.py keeps in Redis (so every API replica reports the same numbers) into metric
 families at each scrape, beside ``trustfid_build_info``."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import platform
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from app.store import DURATION_BUCKETS, Store, _le
+from app.store import Store
+from app.store.counters import DURATION_BUCKETS, bucket_label
 
 
 def _histogram(family: HistogramMetricFamily, labels: list[str], stored: dict) -> None:
-    buckets = [(_le(b), float(stored.get(_le(b), 0))) for b in DURATION_BUCKETS]
+    buckets = [(bucket_label(b), float(stored.get(bucket_label(b), 0))) for b in DURATION_BUCKETS]
     family.add_metric(labels, buckets, float(stored.get("sum", 0.0)))
 
 
@@ -51,7 +52,8 @@ class StoreCollector:
             _histogram(wait, [kind], snap["queue_wait"][kind])
             images.add_metric([kind], snap["images"][kind])
         yield from (jobs, finished, duration, wait, images)
-        yield GaugeMetricFamily("trustfid_queue_depth", "Messages waiting in the Celery queue.", value=snap["queue_depth"])
+        yield GaugeMetricFamily("trustfid_queue_depth", "Messages waiting in the Celery queue.",
+                                value=snap["queue_depth"])
         yield GaugeMetricFamily("trustfid_workers", "Workers with a live heartbeat.", value=snap["workers"])
 
 

@@ -106,7 +106,8 @@ job_callbacks = APIRouter()
     "{$request.body#/options/callback_url}", status_code=200, operation_id="job_finished",
     summary="The final job record, POSTed to options.callback_url when the job ends",
     description="Sent once the job is succeeded, failed or cancelled; an answer other than 2xx is retried with "
-    "backoff, up to TRUSTFID_CALLBACK_ATTEMPTS tries, and a failed callback never fails the job. Verify it: recompute `sha256=` + hex HMAC-SHA256(secret, `<timestamp>.` + raw "
+    "backoff, up to TRUSTFID_CALLBACK_ATTEMPTS tries, and a failed callback never fails the job. Verify it: "
+    "recompute `sha256=` + hex HMAC-SHA256(secret, `<timestamp>.` + raw "
     "body) and compare in constant time (`app.callback.verify`). The secret is TRUSTFID_CALLBACK_SECRET, "
     "else the sha256 hex digest of the API key that submitted the job. (A multipart submission carries "
     "callback_url inside its `options` text field.)",

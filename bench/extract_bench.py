@@ -68,7 +68,8 @@ def mc_model(net, passes: int, dropout_at: list[str] | None = None):
 
 def _memory_format(net) -> str:
     w = next(net.parameters())
-    return "channels_last" if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() else "contiguous"
+    last = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    return "channels_last" if last else "contiguous"
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -201,17 +202,20 @@ def main(argv=None) -> dict:
     x = network_inputs(a.batch, seed=0)
     det = deterministic(net, x, a.rounds)
     ips, sp = det["images_per_s"], det["speedup_vs_torchscript"]
-    print(f"(b) batch {a.batch}, {torch.get_num_threads()} threads: ours ({det['memory_format']}) {ips['ours']:.2f} img/s, "
-          f"TorchScript {ips['torchscript']:.2f} img/s -> {sp['median']:.2f}x (rounds {sp['min']:.2f}-{sp['max']:.2f}); "
+    print(f"(b) batch {a.batch}, {torch.get_num_threads()} threads: ours ({det['memory_format']}) "
+          f"{ips['ours']:.2f} img/s, TorchScript {ips['torchscript']:.2f} img/s -> {sp['median']:.2f}x "
+          f"(rounds {sp['min']:.2f}-{sp['max']:.2f}); "
           f"default layout {ips['ours_default_layout']:.2f} img/s; max |diff| {det['max_abs_diff']}", flush=True)
     mc = monte_carlo(net, x, a.rounds, a.passes)
     print(f"(c) T={a.passes}: MC / deterministic = {mc['mc_over_deterministic']['median']:.2f}x (naive "
-          f"{mc['naive_over_deterministic']}x, from the parts {mc['predicted_mc_over_deterministic']:.2f}x); tail share "
-          f"of a pass {mc['tail_share_of_pass']:.1%} (of the work {mc['tail_share_of_conv_macs']:.1%}); shipped defaults "
+          f"{mc['naive_over_deterministic']}x, from the parts {mc['predicted_mc_over_deterministic']:.2f}x); "
+          f"tail share of a pass {mc['tail_share_of_pass']:.1%} (of the work {mc['tail_share_of_conv_macs']:.1%}); "
+          "shipped defaults "
           f"{mc['shipped_defaults']['mc_over_deterministic']['median']:.2f}x", flush=True)
     e2e = end_to_end(a.e2e_images, a.e2e_size, a.passes) if a.e2e_images else None
     if e2e:
-        print("end-to-end: " + "; ".join(f"T={r['passes']}: {r['images_per_s']:.2f} img/s" for r in e2e["runs"].values()))
+        runs = e2e["runs"].values()
+        print("end-to-end: " + "; ".join(f"T={r['passes']}: {r['images_per_s']:.2f} img/s" for r in runs))
     results = {"machine": describe(), "batch": a.batch, "rounds": a.rounds, "threads": torch.get_num_threads(),
                "deterministic": det, "monte_carlo": mc, "end_to_end": e2e,
                "load_average_1min": {"before": load_before, "after": load_average()}}

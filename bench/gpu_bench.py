@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from bench.common import OUT, interleaved, load_average, make_image_folder, network_inputs, paired_ratio
-from bench.frechet_bench import _pass_stats
+from bench.frechet_bench import pass_stats
 from bench.machine import describe, write_results
 from trustfid.schemas import ScoreOptions
 
@@ -124,13 +124,13 @@ def frechet_step(device: torch.device, sizes: tuple[int, ...], passes: int, roun
 
     out = {}
     for n in sizes:
-        real, gen = _pass_stats(n, passes + 1, 1), _pass_stats(n, passes + 1, 2)
+        real, gen = pass_stats(n, passes + 1, 1), pass_stats(n, passes + 1, 2)
         pairs = list(zip(real, gen))
         where = {"cpu": CPU, **({"gpu": device} if device.type == "cuda" else {})}
         results = {}
         variants = {}
         for name, d in where.items():
-            def go(d=d, name=name):
+            def go(d=d, name=name, results=results, pairs=pairs):
                 results[name] = frechet_distances(pairs, group=4, device=d)
                 _sync(d)
             variants[name] = go
@@ -145,14 +145,13 @@ def frechet_step(device: torch.device, sizes: tuple[int, ...], passes: int, roun
 def decode_speed(folder, n: int, rounds: int) -> dict:
     """(g5): network inputs of one set per second, from the prefetch thread and from N processes."""
     from trustfid.inputs import open_images
-    from trustfid.loader import ParallelLoader, available_cores
-    from trustfid.pipeline import _batches, _prefetched
+    from trustfid.loader import ParallelLoader, available_cores, batched, prefetched
     from trustfid.preprocess import TF_RANGE, to_model_input
 
     def thread():
         images = open_images(folder)
-        for _ in _prefetched(to_model_input([im for _, im in b], "clean", (299, 299), TF_RANGE)
-                             for b in _batches(images, 32)):
+        for _ in prefetched(to_model_input([im for _, im in b], "clean", (299, 299), TF_RANGE)
+                            for b in batched(images, 32)):
             pass
 
     def processes(k: int):

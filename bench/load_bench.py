@@ -139,18 +139,19 @@ def _wrk(url: str, paths: list[str], clients: int, seconds: float) -> dict | Non
         text = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{seconds:g}s", "--latency", url + path],
                               capture_output=True, text=True).stdout
 
-        def grab(pattern):
+        def grab(pattern, text=text):
             m = re.search(pattern, text, re.MULTILINE)
             return m.group(1) if m else None
 
-        def ms(v):
+        def ms(v, text=text):
             m = re.match(r"([\d.]+)(us|ms|s|m)$", v or "")
             if m is None:
                 raise RuntimeError(f"cannot read wrk's output:\n{text}")
             num, unit = m.groups()
             return round(float(num) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit], 1)
         non2xx = int(grab(r"Non-2xx or 3xx responses: (\d+)") or 0)
-        sock = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", grab(r"Socket errors: (.*)") or ""))
+        errors_line = grab(r"Socket errors: (.*)") or ""
+        sock = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", errors_line))
         out[path] = {"per_s": float(grab(r"Requests/sec:\s+([\d.]+)")), "p50_ms": ms(grab(r"^\s+50%\s+(\S+)")),
                      "p99_ms": ms(grab(r"^\s+99%\s+(\S+)")), "max_ms": ms(grab(r"Latency\s+\S+\s+\S+\s+(\S+)")),
                      "errors": non2xx + sock}
@@ -196,8 +197,9 @@ def run(clients: int, seconds: float, images: int, interval: float) -> dict:
                          "job_still_running": s.state(job) == "running", "results": res})
         finally:
             s.stop()
-    return {"machine": describe(), "clients": clients, "seconds": seconds, "interval": interval, "images_per_set": images,
-            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_after": _load_avg(), "rows": rows}
+    return {"machine": describe(), "clients": clients, "seconds": seconds, "interval": interval,
+            "images_per_set": images, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_after": _load_avg(), "rows": rows}
 
 
 def table(results: dict) -> str:

@@ -79,7 +79,8 @@ def _child_score(half: int, size: int, passes: int) -> dict:
     t0 = time.perf_counter()
     report = pipeline.score(real, generated, ScoreOptions(passes=passes, device="cpu"), progress=progress)
     return {"images": 2 * half, "passes": passes, "wall_s": time.perf_counter() - t0,
-            "options": report.config.model_dump(include={"dropout_at", "dropout_rate", "batch_size", "bootstrap_resamples"}),
+            "options": report.config.model_dump(include={"dropout_at", "dropout_rate", "batch_size",
+                                                          "bootstrap_resamples"}),
             "used": report.counts.real.used + report.counts.generated.used, "fid": report.fid,
             "stage_peaks": marks, "peak_rss_gb": gb(vm_hwm_bytes())}
 
@@ -152,7 +153,8 @@ def _estimate(target: int, score_runs: list[dict], stats_runs: list[dict], passe
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", default="2000", help="total images (half real, half generated); a comma list for a trend")
+    p.add_argument("--images", default="2000",
+                   help="total images (half real, half generated); a comma list for a trend")
     p.add_argument("--size", type=int, default=64, help="side of the source PNGs")
     p.add_argument("--passes", type=int, default=20, help="T, MC passes")
     p.add_argument("--stats-model", default="1000,2100",

@@ -114,7 +114,8 @@ def render(results: dict, meta: dict) -> str:
         f"call multiplied by {small['passes']} (extrapolated, not run {small['passes']} times); the relative "
         "difference is over the passes both ran.",
         "",
-        "| images per set | ours, all passes | ours per pass | pytorch-fid per call | pytorch-fid x T (extrapolated) | speed-up | max rel. diff |",
+        "| images per set | ours, all passes | ours per pass | pytorch-fid per call | pytorch-fid x T (extrapolated) "
+        "| speed-up | max rel. diff |",
         "|---|---|---|---|---|---|---|",
         *[f"| {r['images_per_set']:,} | {_fmt_s(r['ours_s'])} | {r['ours_per_pass_s']:.3f} s | "
           f"{r['pytorch_fid_per_call_s']:.1f} s | {_fmt_s(r['pytorch_fid_total_s'])} | {r['speedup']:.0f}x | "
@@ -131,7 +132,8 @@ def render(results: dict, meta: dict) -> str:
             details.append(
                 f"**Why (a) is missed for {r['images_per_set']:,} images per set:** pytorch-fid took "
                 f"{r['pytorch_fid_per_call_s']:.1f} s per call, so {goal}x needs at most "
-                f"{r['pytorch_fid_per_call_s'] / goal:.3f} s per pass; ours took {r['ours_per_pass_s']:.3f} s per pass, "
+                f"{r['pytorch_fid_per_call_s'] / goal:.3f} s per pass; ours took {r['ours_per_pass_s']:.3f} s per "
+                "pass, "
                 f"which is {work}. Both are dense linear algebra on {meta['machine']['cores']} cores, so the ratio "
                 "is set mostly by how much less work the exact route does than sqrtm.")
 
@@ -197,7 +199,8 @@ def render(results: dict, meta: dict) -> str:
         f"{med['tail_dropout_off']:.2f} s) and {mc['tail_share_of_conv_macs']:.1%} of its work (convolution "
         f"multiply-accumulates; {mc['conv_gmacs_per_image']:.2f} G per image). With the trunk run once the ratio "
         f"is about 1 + T x tail share = {floor:.2f}x by time, {1 + mc['passes'] * mc['tail_share_of_conv_macs']:.2f}x "
-        f"by work; from the timed parts (trunk + tail + T x tail with dropout) {mc['predicted_mc_over_deterministic']:.2f}x.",
+        "by work; from the timed parts (trunk + tail + T x tail with dropout) "
+        f"{mc['predicted_mc_over_deterministic']:.2f}x.",
         f"- With the shipped defaults (tail {', '.join(shipped['tail_stages'])}: "
         f"{shipped['tail_share_of_conv_macs']:.1%} of the work): MC / deterministic "
         f"**{shipped['mc_over_deterministic']['median']:.2f}x**.",
@@ -211,8 +214,8 @@ def render(results: dict, meta: dict) -> str:
             f"{med['tail_dropout_on'] / med['tail_dropout_off']:.2f}x one with dropout off. With dropout from Mixed_6e "
             "on, 4x would need the tail to run clearly faster per multiply-accumulate than the trunk, or fewer "
             f"passes (T <= {int(3.0 / mc['tail_share_of_pass'])} at this tail share)"
-            + ("; the shipped defaults, whose tail is shorter, are under it." if shipped["mc_over_deterministic"]["median"] <= 4.0
-               else "."))
+            + ("; the shipped defaults, whose tail is shorter, are under it."
+               if shipped["mc_over_deterministic"]["median"] <= 4.0 else "."))
 
     e2e = ex.get("end_to_end")
     if e2e:
@@ -241,10 +244,12 @@ def render(results: dict, meta: dict) -> str:
     elif est:
         peak, how = est["peak_rss_gb"], "estimated (see below)"
     else:
-        peak, how = max(s["peak_rss_gb"] for s in me["score"]), f"measured at {max(s['images'] for s in me['score'])} images only"
+        peak = max(s["peak_rss_gb"] for s in me["score"])
+        how = f"measured at {max(s['images'] for s in me['score'])} images only"
     goals.append((f"(d) peak RSS, {me['target_images']:,} images (2 x {me['target_images'] // 2:,}), T={me['passes']}",
                   "<= 3 GB", f"{peak:.2f} GB, {how}",
-                  _status(peak <= 3.0) if measured else (_status(peak <= 3.0) + " (estimate)" if est else "NOT MEASURED")))
+                  _status(peak <= 3.0) if measured else
+                  (_status(peak <= 3.0) + " (estimate)" if est else "NOT MEASURED")))
     lines = [
         "## (d) Peak memory of a score job",
         "",
@@ -262,7 +267,8 @@ def render(results: dict, meta: dict) -> str:
         after_real = marks.get(("extracting", "generated"))
         after_both = marks.get(("frechet", None))
         lines.append(f"| {s['images']:,} ({s['images'] // 2:,}) | {s['peak_rss_gb']:.2f} GB | {_fmt_s(s['wall_s'])} | "
-                     f"{after_real or float('nan'):.2f} / {after_both or float('nan'):.2f} / {s['peak_rss_gb']:.2f} GB |")
+                     f"{after_real or float('nan'):.2f} / {after_both or float('nan'):.2f} / "
+                     f"{s['peak_rss_gb']:.2f} GB |")
     lines += [
         "",
         "Where the memory goes: torch, the weights and one batch's activations form a floor that does not depend "
@@ -285,7 +291,8 @@ def render(results: dict, meta: dict) -> str:
     over = [x for x in me["stats_model"] if x["held_gb"] > 1.2 * x["model_held_gb"]]
     if over:
         lines += ["", "Where the measured peak during accumulation exceeds the model (" +
-                  ", ".join(f"{x['images_per_set']:,} per set: +{x['held_gb'] - x['model_held_gb']:.2f} GB" for x in over) +
+                  ", ".join(f"{x['images_per_set']:,} per set: +{x['held_gb'] - x['model_held_gb']:.2f} GB"
+                            for x in over) +
                   "), the likely causes are transient: at the switch from rows to matrices a pass briefly holds its "
                   "rows, a concatenated copy and its new matrix, and freed blocks are not all returned to the "
                   "operating system at once."]
@@ -295,14 +302,16 @@ def render(results: dict, meta: dict) -> str:
     if base and big:
         floor = base["peak_rss_gb"] - by_n[base["images"] // 2]["frechet_peak_gb"]
         b = big[0]
-        lines += ["", f"**Above 2048 images per set the statistics grow in one step.** The score run of {base['images']:,} images "
+        lines += ["", "**Above 2048 images per set the statistics grow in one step.** The score run of "
+                  f"{base['images']:,} images "
                   f"needed about {floor:.2f} GB besides its statistics ({base['peak_rss_gb']:.2f} GB minus "
                   f"{by_n[base['images'] // 2]['frechet_peak_gb']:.2f} GB). For 2 x {b['images_per_set']:,} images "
                   f"the statistics and fid_mc alone add {b['frechet_peak_gb']:.2f} GB, so such a job would peak near "
                   f"{floor + b['frechet_peak_gb']:.1f} GB (projected, not run)"
                   + (", over the 3 GB goal." if floor + b["frechet_peak_gb"] > 3.0 else ", under the 3 GB goal.")
                   + f" Above 2048 per set each pass holds a float64 2048 x 2048 co-moment matrix: (1 + T) x 2 x 32 MiB "
-                  f"= {(1 + me['passes']) * 2 * 2048 * 2048 * 8 / 1e9:.2f} GB for T={me['passes']}, whatever the number of images."]
+                  f"= {(1 + me['passes']) * 2 * 2048 * 2048 * 8 / 1e9:.2f} GB for T={me['passes']}, whatever the "
+                  "number of images."]
     if est:
         lines += ["", f"No score run reached {me['target_images']:,} images in this run's time budget "
                   f"(the network runs the trunk plus 21 tails per image). The {est['how']}. Both peaks are added "
@@ -325,8 +334,8 @@ def render(results: dict, meta: dict) -> str:
         (f" Other processes competed for the cores during {', '.join(busy)}." if busy else "")]
     if spreads[worst] > NOISY_SPREAD:
         noise.append(f"Repeated rounds of one variant differed by up to {spreads[worst]:.0%} ({worst}), so absolute "
-                     "times and img/s carry that much noise; the ratios are medians of per-round ratios of variants run "
-                     "back to back, which a slow spell hits alike, but they carry that noise too.")
+                     "times and img/s carry that much noise; the ratios are medians of per-round ratios of variants "
+                     "run back to back, which a slow spell hits alike, but they carry that noise too.")
     else:
         noise.append(f"Repeated rounds of every timed variant agreed within {NOISY_SPREAD:.0%}.")
 

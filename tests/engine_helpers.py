@@ -75,3 +75,11 @@ def tiny_network(seed: int = 0, width: int = 8) -> torch.nn.Sequential:
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + 0.05)
     return net.eval()
+
+
+def merge_set(source, set_name, options, shards, load, **kw):
+    """trustfid.shards.merge_set over shard statistics that ``load(k)`` reads one at a time, as the
+    worker feeds it."""
+    from trustfid.shards import merge_set as merge
+
+    return merge(source, set_name, options, shards, (load(k) for k in range(len(shards))), **kw)

@@ -15,8 +15,8 @@ from tests import realimages
 from tests.engine_helpers import tiny_network
 from trustfid import Extractor, Metric, compute_stats, load_stats, register_extractor, score
 from trustfid.errors import IncompatibleStatsError, InputError
-from trustfid.extractor import _REGISTRY, extractor_names, get_extractor
 from trustfid.mc import MCDropout
+from trustfid.registry import _REGISTRY, extractor_names, get_extractor
 from trustfid.schemas import DEFAULT_EXTRACTOR, ScoreOptions
 
 SIZE = (32, 32)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.ingest import check_file
+from app.ingest.screening import check_file
 from app.settings import Settings
 from tests.conftest import FAST_OPTIONS, KEY_A, ROOT, pngs, upload, write_images
 from trustfid.errors import InputError, TooLargeError

@@ -29,7 +29,7 @@ def test_a_new_set_and_a_sets_last_event_always_reach_the_record(redis_url, monk
     from app.settings import Settings
     from app.store import Store, Stored, connect, new_id
     from trustfid.records import InputInfo, JobOptions, JobRecord
-    from worker.tasks import _Callbacks
+    from worker.hooks import Hooks as _Callbacks
 
     settings = Settings()
     store = Store(connect(redis_url), settings)

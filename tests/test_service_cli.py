@@ -42,7 +42,7 @@ def test_tags_on_a_reference_job_keep_the_references_options(stack, reference):
         report = client.job(job.id).report()
     assert rec.state == "succeeded" and rec.options.tags == ["run=cli", "step=7"]
     assert (rec.options.passes, rec.options.seed, rec.options.batch_size) == (2, 7, FAST_OPTIONS["batch_size"])
-    from trustfid.cli import _summary
+    from trustfid.cli import summary as _summary
 
     assert p.stdout == _summary(report) + "\n"  # exactly what `trustfid score` prints, reasons included
     assert "trust:" in p.stdout and report.trust.reasons and report.trust.reasons[0] in p.stdout

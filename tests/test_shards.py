@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 
 from tests import realimages
+from tests.engine_helpers import merge_set
 from trustfid import extract
 from trustfid.inputs import SetShard, open_images
-from trustfid.pipeline import build_report, load_extractor
+from trustfid.pipeline import load_extractor
+from trustfid.pipeline import report_from_stats as build_report
 from trustfid.schemas import ScoreOptions
-from trustfid.shards import extract_shard, merge_set, plan
+from trustfid.shards import extract_shard, plan
 from trustfid.stats import load_stats
 
 # per-image masks and a feature-row cap below the set sizes: both depend on each image's index in its set

@@ -14,7 +14,7 @@ The library, usable on its own from a training loop or a notebook::
 - ``inspect(source, options=None, ...) -> InspectReport`` (per-image latent variance)
 - ``Metric(options=None, *, extractor=None)``: ``update(images, real=True)``, ``compute() -> Report``,
   ``reset()`` — the same report in-process from a training loop, on the images' own device (metric.py)
-- ``Extractor``, ``register_extractor``: bring another feature network (extractor.py); every function
+- ``Extractor``, ``register_extractor``: bring another feature network (extractor.py, registry.py); every function
   above takes ``extractor=`` (a registry name, an ``Extractor`` or a list of stages)
 - ``ScoreOptions``, ``Report``: the contract (schemas.py); ``Client``: the service's HTTP client.
 
@@ -31,7 +31,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "score": "pipeline", "compute_stats": "pipeline", "inspect": "pipeline", "extract": "pipeline",
-    "Metric": "metric", "Extractor": "extractor", "register_extractor": "extractor",
+    "Metric": "metric", "Extractor": "extractor", "register_extractor": "registry",
     "load_stats": "stats", "SetStats": "stats",
     "ScoreOptions": "schemas", "Report": "schemas", "InspectReport": "schemas", "Progress": "schemas",
     "Client": "client",

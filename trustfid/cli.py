@@ -38,13 +38,16 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
                    help=f"stochastic MC-dropout passes (default {d.passes}; 0 = plain FID only)")
     g.add_argument("--dropout-rate", type=float, metavar="P", help=f"dropout probability p (default {d.dropout_rate})")
     g.add_argument("--dropout-at", metavar="BLOCKS",
-                   help=f"comma-separated blocks followed by dropout (default {','.join(d.dropout_at)}; any of {', '.join(BLOCKS)})")
+                   help=f"comma-separated blocks followed by dropout (default {','.join(d.dropout_at)}; any of "
+                        f"{', '.join(BLOCKS)})")
     g.add_argument("--dropout-kind", choices=["element", "channel"],
-                   help=f"element: drop single activations; channel: drop whole feature maps (default {d.dropout_kind})")
+                   help="element: drop single activations; channel: drop whole feature maps "
+                        f"(default {d.dropout_kind})")
     g.add_argument("--mask-mode", choices=["shared", "per_image"],
                    help="shared: pass t is one sampled network for every image, so the passes give a distribution of "
                         f"FIDs; per_image: every image gets its own masks (default {d.mask_mode})")
-    g.add_argument("--seed", type=int, help=f"seeds the dropout masks: same seed and inputs, same report (default {d.seed})")
+    g.add_argument("--seed", type=int,
+                   help=f"seeds the dropout masks: same seed and inputs, same report (default {d.seed})")
     g.add_argument("--extractor", metavar="NAME",
                    help=f"feature network, by registered name (default {d.extractor}: the FID Inception every "
                         "published FID uses)")
@@ -56,7 +59,8 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
                    help=f"the network's arithmetic (default {d.precision}: strict float32, the published FID; tf32 and "
                         "bf16 are faster on a GPU and move the FID, docs/API.md)")
     g.add_argument("--resize", choices=["clean", "legacy_pytorch"],
-                   help=f"clean = clean-fid's PIL bicubic; legacy_pytorch = pytorch-fid's bilinear (default {d.resize})")
+                   help="clean = clean-fid's PIL bicubic; legacy_pytorch = pytorch-fid's bilinear "
+                        f"(default {d.resize})")
     o = p.add_argument_group("run")
     o.add_argument("--device", default=d.device, help="auto (default: cuda when available), cpu, cuda or cuda:N")
     o.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
@@ -104,7 +108,7 @@ def _saved(*sources: str) -> list[tuple[str, dict]]:
     return [(Path(s).name, o) for s in sources if s.endswith(".npz") and (o := saved_options(s)) is not None]
 
 
-class _Bars:
+class Bars:
     """tqdm bars on stderr, one per set; silent when stderr is not a terminal or with --quiet, unless
     ``lines``: then one line per stage instead of bars (for logs)."""
 
@@ -133,14 +137,14 @@ class _Bars:
             bar.close()
 
 
-def _write_json(path: str | None, model) -> None:
+def write_json(path: str | None, model) -> None:
     text = model.model_dump_json(indent=2)
     if path in (None, "-"):
         return
     Path(path).write_text(text + "\n")
 
 
-def _summary(report) -> str:
+def summary(report) -> str:
     from .trust import LEVEL_MEANING
 
     h = report.headline
@@ -174,7 +178,8 @@ def _summary(report) -> str:
     lv = report.latent_variance
     if lv.real.mean is not None:
         lines.append(f"latent variance: real {lv.real.mean:.4g}   generated {lv.generated.mean:.4g}")
-    lines.append(f"trust: {report.trust.level.upper()} ({report.trust.score:.2f}) — {LEVEL_MEANING[report.trust.level]}")
+    level = report.trust.level
+    lines.append(f"trust: {level.upper()} ({report.trust.score:.2f}) — {LEVEL_MEANING[level]}")
     lines += [f"  - {r}" for r in report.trust.reasons]
     skipped = [(side, s) for side in ("real", "generated") for s in getattr(report.counts, side).skipped]
     if skipped:
@@ -188,7 +193,7 @@ def _summary(report) -> str:
 def _with_progress(args, fn, *fn_args, options: ScoreOptions | None = None):
     """Run an engine call with progress bars on stderr (closed even when it fails)."""
     options = options or _options(args)
-    bars = _Bars(args.quiet)
+    bars = Bars(args.quiet)
     try:
         return fn(*fn_args, options, progress=bars)
     finally:
@@ -202,8 +207,8 @@ def cmd_score(args) -> int:
     # refuse those given differently, before the other side is extracted.
     options = _options(args, _saved(args.real, args.generated))
     report = _with_progress(args, score, args.real, args.generated, options=options)
-    _write_json(args.json, report)
-    print(report.model_dump_json(indent=2) if args.json == "-" else _summary(report))
+    write_json(args.json, report)
+    print(report.model_dump_json(indent=2) if args.json == "-" else summary(report))
     return 0
 
 
@@ -220,7 +225,7 @@ def cmd_inspect(args) -> int:
     from .pipeline import inspect
 
     result = _with_progress(args, inspect, args.set)
-    _write_json(args.json, result)
+    write_json(args.json, result)
     s = result.summary
     d = result.domain
     dom = (f"; domain score median {d.median:.2f}, {100 * d.fraction_above:.0f}% outside the natural-photo range"

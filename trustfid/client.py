@@ -226,7 +226,8 @@ class Client:
         except httpx.TransportError as e:  # refused, DNS, timeouts, a dropped connection
             detail = " ".join(str(e).split()) or type(e).__name__
             raise UnreachableError(f"cannot reach the trustfid service at {self.http.base_url} ({detail}); is it "
-                                   "running? Start one with `trustfid serve`, or point TRUSTFID_URL (--url) at it") from None
+                                   "running? Start one with `trustfid serve`, or point TRUSTFID_URL (--url) at "
+                                   "it") from None
         _raise_for(r)
         return r
 

@@ -1,7 +1,7 @@
-"""Feature extractors: the network that embeds images, behind one interface, found by name.
+"""Feature extractors: the network that embeds images, behind one interface (found by name in registry.py).
 
 FID is defined by its network. Every published number uses the TF "2015-12-05" InceptionV3
-(inception.py), the registry's first entry and the default; a user may bring another network, as
+(inception.py), the registry's first entry and the default (registry.py); a user may bring another network, as
 torch-fidelity's feature extractors and torchmetrics' ``feature=nn.Module`` allow. An ``Extractor``
 declares what the engine needs to score with it:
 
@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
-from .schemas import DEFAULT_EXTRACTOR, ScoreOptions
+from .schemas import ScoreOptions
 
 
 def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -113,7 +111,8 @@ class Extractor(nn.Module):
         self.dropout_stages = tuple(dropout_stages) if dropout_stages is not None else self.stage_names
         wrong = [s for s in self.dropout_stages if s not in self.stage_names]
         if wrong:
-            raise InputError(f"extractor '{name}': dropout stages {wrong} are not among its stages {list(self.stage_names)}")
+            raise InputError(f"extractor '{name}': dropout stages {wrong} are not among its stages "
+                             f"{list(self.stage_names)}")
         self.default_dropout_at = tuple(default_dropout_at or self.dropout_stages[-1:])
         self._weights_sha256 = weights_sha256
         self.weights_source = weights_source
@@ -122,7 +121,7 @@ class Extractor(nn.Module):
 
     @classmethod
     def from_module(cls, module: nn.Module, stages: Sequence[str], head: nn.Module | None = None,
-                    **kw) -> "Extractor":
+                    **kw) -> Extractor:
         """The children of ``module`` named in ``stages``, run in that order, then ``head``."""
         children = dict(module.named_children())
         missing = [s for s in stages if s not in children]
@@ -191,63 +190,3 @@ class Extractor(nn.Module):
             raise InputError(f"extractor '{self.name}': its head must give (N, d) features; it gives shape "
                              f"{tuple(out.shape)} for one {self.input_size[0]}x{self.input_size[1]} image")
         return int(out.shape[1])
-
-
-# --- registry ------------------------------------------------------------------------------------
-
-Factory = Callable[[torch.device, object], Extractor]  # (device, EngineSettings) -> a loaded Extractor
-_REGISTRY: dict[str, Factory] = {}
-
-
-def register_extractor(name: str, factory: Factory, *, replace: bool = False) -> None:
-    """Make ``get_extractor(name)`` (and ``ScoreOptions(extractor=name)``) build ``factory(device,
-    settings)``. The factory should cache what it loads; the extractor's ``name`` must be ``name``."""
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"an extractor named '{name}' is already registered")
-    _REGISTRY[name] = factory
-
-
-def extractor_names() -> list[str]:
-    return list(_REGISTRY)
-
-
-def get_extractor(name: str = DEFAULT_EXTRACTOR, device: torch.device | str = "cpu", settings=None) -> Extractor:
-    from .settings import get_engine_settings
-
-    if name not in _REGISTRY:
-        raise InputError(f"unknown extractor '{name}'; registered: {extractor_names()}", code="bad_options")
-    return _REGISTRY[name](torch.device(device), settings or get_engine_settings())
-
-
-def as_extractor(extractor, device: torch.device | str = "cpu", settings=None) -> Extractor:
-    """An Extractor from what a caller gave: None (the default), a registry name, an Extractor, or
-    stages (a list / nn.Sequential / mapping of modules)."""
-    if extractor is None or isinstance(extractor, str):
-        return get_extractor(extractor or DEFAULT_EXTRACTOR, device, settings)
-    if isinstance(extractor, Extractor):
-        return extractor
-    return Extractor(extractor, name="custom")
-
-
-@lru_cache(maxsize=4)
-def load_fid_inception(weights_path: str | None, cache_dir: str, device: str):
-    """(FIDInceptionV3 on ``device``, Weights), loaded once per process (a worker keeps it between jobs)."""
-    from .inception import FIDInceptionV3
-    from .weights import load_weights
-
-    weights = load_weights(weights_path, cache_dir)
-    # channels_last: ~1.7x faster convolutions on CPU (bench/RESULTS.md), same features within 1e-5
-    net = FIDInceptionV3().load_canonical(weights.tensors).to(torch.device(device))
-    net = net.to(memory_format=torch.channels_last).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    net.weights_sha256, net.weights_source = weights.sha256, Path(weights.source).name
-    return net, weights
-
-
-def _fid_inception(device: torch.device, settings) -> Extractor:
-    return load_fid_inception(str(settings.weights) if settings.weights else None, str(settings.cache_dir),
-                              str(device))[0]
-
-
-register_extractor(DEFAULT_EXTRACTOR, _fid_inception)

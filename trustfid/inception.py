@@ -176,7 +176,7 @@ class Stem(nn.Module):
 
 class FIDInceptionV3(Extractor):
     """Stages: index 0 is the stem, 1..11 are Mixed_5b..Mixed_7c. Pool3 (the head) follows the last
-    stage. The weights' hash and source are set by whoever loads them (extractor.load_fid_inception)."""
+    stage. The weights' hash and source are set by whoever loads them (registry.load_fid_inception)."""
 
     def __init__(self):
         super().__init__(OrderedDict([
@@ -200,7 +200,7 @@ class FIDInceptionV3(Extractor):
     def pool3(self, x):  # the head, by its TF name
         return self.head(x)
 
-    def load_canonical(self, tensors: dict[str, torch.Tensor]) -> "FIDInceptionV3":
+    def load_canonical(self, tensors: dict[str, torch.Tensor]) -> FIDInceptionV3:
         """Load weights in canonical form: for each conv ``NAME`` the tensors NAME.weight (conv,
         no bias) and the batch-norm's NAME.beta, NAME.mean, NAME.var; NAME is the torchvision-style
         path without the stage prefix, e.g. ``Mixed_7c.branch_pool`` or ``Conv2d_1a_3x3``."""

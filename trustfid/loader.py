@@ -9,18 +9,19 @@ order, and holds them to the set's rules (skips, strict mode, the image limit) e
 single-process path does. Each process has a queue of at most ``DEPTH`` units: memory stays bounded
 however far the decoders run ahead of the network.
 
-Used for sets given as a path (folder, archive, array file), or one shard of such a set. An in-memory array, a process that may
-not start children (a daemonic one, e.g. Celery's prefork pool) or ``decode_workers`` 0 keep the one
-prefetch thread of pipeline.py. Processes are started with ``spawn`` (never ``fork``: the parent may
-hold CUDA and threads), once per worker process: they serve every later set, and stop a set's units as
-soon as it is done, cancelled or fails (its items still queued are dropped).
-"""
+Used for sets given as a path (folder, archive, array file), or one shard of such a set. An
+in-memory array, a process that may not start children (a daemonic one, e.g. Celery's prefork pool)
+or ``decode_workers`` 0 keep the one prefetch thread (``prefetched``, at the end of this module).
+Processes are started with ``spawn`` (never ``fork``: the parent may hold CUDA and threads), once per
+worker process: they serve every later set, and stop a set's units as soon as it is done, cancelled
+or fails (its items still queued are dropped)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import queue
+import threading
 from collections import Counter
 from collections.abc import Iterator
 
@@ -79,7 +80,7 @@ def _work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tupl
 
     try:
         images = open_images(source, **open_kwargs)
-        for u, unit in enumerate(images._reader.units()):
+        for u, unit in enumerate(images.units()):
             if u % n != k:
                 continue
             events = []
@@ -91,7 +92,7 @@ def _work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tupl
                     events.append((name, to_model_input([image], *prep)[0].numpy()))
             if not send("unit", events):
                 return
-        send("end", dict(images._decoding.used))
+        send("end", images.intensity)
     except BaseException as e:  # sent to the job, which raises it
         send("error", (type(e), e.__dict__, str(e)))
 
@@ -203,7 +204,7 @@ class ParallelLoader:
                     batch = []
             if batch:
                 yield self._stack(batch)
-            self.images._decoding.used.update(self.tally)  # the whole set's intensity mappings
+            self.images.count_intensity(self.tally)  # the whole set's intensity mappings
         finally:
             self.close()
 
@@ -216,3 +217,47 @@ class ParallelLoader:
         with self.pool.current.get_lock():
             if self.pool.current.value == self.generation:
                 self.pool.current.value += 1
+
+
+# --- in this process: batches, decoded ahead in a thread --------------------------------------
+
+def batched(images, batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
+    """Consecutive lists of ``batch_size`` items (the last one shorter)."""
+    batch = []
+    for item in images:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Decode and resize the next batches in a thread while the network runs (torch releases the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

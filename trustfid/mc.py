@@ -19,7 +19,7 @@ images, whose outputs are dropped; in eval mode an image's features never depend
 neighbours), and the T tail passes are stacked into one larger call (up to ``gpu_tail_rows`` rows):
 the masks of passes t..t+k multiply k copies of the trunk output side by side. Shapes then depend
 only on the settings and T, never on ``batch_size`` (numerics.py says why that matters). On a CPU
-the passes run one by one, batch by batch, as before.
+the passes run one by one, batch by batch.
 """
 
 from __future__ import annotations

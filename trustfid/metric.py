@@ -33,13 +33,14 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .extractor import Extractor, as_extractor
+from .extractor import Extractor
 from .extras import Collector
 from .inputs.array_rules import array_layout
-from .inputs.decode import EIGHT_BIT, FLOAT_01
+from .inputs.intensity import EIGHT_BIT, FLOAT_01
 from .mc import SET_TAGS, MCDropout
-from .pipeline import SetFeatures, as_options, build_report, load_extractor
+from .pipeline import SetFeatures, as_options, load_extractor, report_from_stats
 from .preprocess import network_input
+from .registry import as_extractor
 from .schemas import Report, ScoreOptions
 from .stats import SetStats, provenance
 
@@ -108,7 +109,7 @@ class Metric:
         """The report of every image given since the last reset (more updates may follow)."""
         r, g = self.stats(real=True), self.stats(real=False)
         device, ex, _ = self._loaded
-        return build_report(r, g, self.options, ex, device, load_s=self._load_s, extract_s=self._extract_s)
+        return report_from_stats(r, g, self.options, ex, device, load_s=self._load_s, extract_s=self._extract_s)
 
 
 def image_batch(images) -> torch.Tensor:
@@ -119,7 +120,8 @@ def image_batch(images) -> torch.Tensor:
     elif isinstance(images, torch.Tensor):
         t = images.detach()
     else:
-        raise InputError(f"Metric.update takes a torch tensor or a numpy array of images, not a {type(images).__name__}")
+        raise InputError("Metric.update takes a torch tensor or a numpy array of images, not a "
+                         f"{type(images).__name__}")
     layout = array_layout(tuple(t.shape), f"images of shape {tuple(t.shape)}")  # score's rules for arrays
     t = t.permute(0, 3, 1, 2) if layout == "NHWC" else t[:, None] if layout == "NHW" else t
     if t.dtype != torch.uint8:

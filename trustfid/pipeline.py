@@ -10,10 +10,9 @@ registry name, an ``Extractor`` or a list of stages (extractor.py).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,15 @@ import torch
 
 from . import report as rep
 from .errors import CancelledError, InputError
-from .extractor import Extractor, as_extractor, get_extractor, load_fid_inception
+from .extractor import Extractor
 from .extras import Collector
 from .inception import FIDInceptionV3
 from .inputs import open_images
 from .inputs.array_rules import is_stats_npz
-from .loader import ParallelLoader, worker_count
+from .loader import ParallelLoader, batched, prefetched, worker_count
 from .mc import SET_TAGS, MCDropout
 from .preprocess import describe, to_model_input
+from .registry import as_extractor, get_extractor, load_fid_inception
 from .schemas import InspectImage, InspectReport, ModelInfo, Progress, Report, ScoreOptions, Timing
 from .settings import EngineSettings, get_engine_settings
 from .stats import Moments, SetStats, check_compatible, load_stats, provenance
@@ -63,7 +63,8 @@ def _use_threads(settings: EngineSettings) -> None:
         torch.set_num_threads(settings.threads)
 
 
-def network(options: ScoreOptions, settings: EngineSettings | None = None) -> tuple[FIDInceptionV3, Weights, torch.device]:
+def network(options: ScoreOptions,
+            settings: EngineSettings | None = None) -> tuple[FIDInceptionV3, Weights, torch.device]:
     """The FID Inception and its weights, loaded once per process and device (a worker keeps it)."""
     settings = settings or get_engine_settings()
     _use_threads(settings)
@@ -108,10 +109,7 @@ def load_extractor(options: ScoreOptions | dict | None, extractor=None, settings
 
 def input_rules(options: ScoreOptions, settings: EngineSettings) -> dict:
     """``open_images`` keyword arguments: the settings' limits and the options' reading rules."""
-    return dict(strict=options.strict, max_pixels=settings.max_pixels, max_images=settings.max_images,
-                max_archive_members=settings.max_archive_members, max_member_bytes=settings.max_member_bytes,
-                max_expanded_bytes=settings.max_expanded_bytes, max_compression_ratio=settings.max_compression_ratio,
-                window=options.window)
+    return dict(strict=options.strict, limits=settings.limits, window=options.window)
 
 
 class SetFeatures:
@@ -124,7 +122,7 @@ class SetFeatures:
         self.collector = collector
         self.mc = [Moments(dim) for _ in range(passes)]
         self.names: list[str] = []
-        self.intensity: Counter = Counter()  # images per intensity mapping (inputs/decode.py), for the report
+        self.intensity: Counter = Counter()  # images per intensity mapping (inputs/intensity.py), for the report
         self._variances: list[np.ndarray] = []
 
     @property
@@ -161,58 +159,16 @@ def require_images(set_name: str, n: int, skipped=(), min_images: int = MIN_IMAG
                          code="too_few_images")
 
 
-def _batches(images, batch_size: int) -> Iterator[list[tuple[str, np.ndarray]]]:
-    batch = []
-    for item in images:
-        batch.append(item)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
-    """Decode and resize the next batches in a thread while the network runs (torch releases the GIL)."""
-    import queue
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work():
-        try:
-            for item in iterator:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # re-raised in the consumer
-            q.put(e)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
-def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extractor=None, progress: ProgressFn | None = None,
-            should_cancel: CancelFn | None = None, settings: EngineSettings | None = None,
+def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extractor=None,
+            progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+            settings: EngineSettings | None = None,
             first_index: int = 0, min_images: int = MIN_IMAGES) -> SetStats:
     """Statistics of one set: plain pass plus T MC passes, per-image latent variance.
     ``first_index`` offsets image indices when a set is sharded (per-image masks depend on it); a
     shard (inputs.SetShard) may hold fewer than MIN_IMAGES (``min_images=0``), the merged set may not."""
     if isinstance(source, SetStats):
         return source
-    if isinstance(source, (str, Path)) and str(source).endswith(".npz") and _is_stats_file(Path(source)):
+    if isinstance(source, (str, Path)) and str(source).endswith(".npz") and is_stats_file(Path(source)):
         return load_stats(source)
 
     settings = settings or get_engine_settings()
@@ -228,13 +184,13 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
     step = settings.gpu_batch if device.type == "cuda" else options.batch_size
 
     def prepared():
-        for batch in _batches(images, step):
+        for batch in batched(images, step):
             yield [n for n, _ in batch], to_model_input([im for _, im in batch], options.resize, ex.input_size,
                                                         input_range)
 
     workers = worker_count(settings.decode_workers, device, source, total)
     batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, options.resize, ex.input_size,
-                                  input_range) if workers else _prefetched(prepared()))
+                                  input_range) if workers else prefetched(prepared()))
     if progress:
         progress(Progress(stage="extracting", set=set_name, images_done=0, images_total=total))
     try:
@@ -254,7 +210,7 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
                        min_images)
 
 
-def _is_stats_file(path: Path) -> bool:
+def is_stats_file(path: Path) -> bool:
     """A saved statistics .npz rather than an image array (inputs/array_rules.is_stats_npz decides)."""
     if not path.is_file():
         return False
@@ -265,13 +221,14 @@ def _is_stats_file(path: Path) -> bool:
         return False
 
 
-def compute_stats(source, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
-                  should_cancel: CancelFn | None = None, set_name: str = "real") -> SetStats:
+def compute_stats(source, options: ScoreOptions | dict | None = None, *, extractor=None,
+                  progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+                  set_name: str = "real") -> SetStats:
     return extract(source, set_name, options, extractor=extractor, progress=progress, should_cancel=should_cancel)
 
 
-def score(real, generated, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
-          should_cancel: CancelFn | None = None) -> Report:
+def score(real, generated, options: ScoreOptions | dict | None = None, *, extractor=None,
+          progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> Report:
     t0 = time.perf_counter()
     ex, options, device = load_extractor(options, extractor)
     t_load = time.perf_counter() - t0
@@ -280,12 +237,9 @@ def score(real, generated, options: ScoreOptions | dict | None = None, *, extrac
     for set_name, source in (("real", real), ("generated", generated)):
         sides[set_name] = extract(source, set_name, options, extractor=ex, progress=progress,
                                   should_cancel=should_cancel)
-    r, g = sides["real"], sides["generated"]
-    expected = provenance(ex.weights_sha256, options)
-    check_compatible(r.provenance, expected, "statistics and options")
-    check_compatible(g.provenance, expected, "statistics and options")
     t_extract = time.perf_counter() - t0 - t_load
-    return build_report(r, g, options, ex, device, load_s=t_load, extract_s=t_extract, progress=progress)
+    return report_from_stats(sides["real"], sides["generated"], options, ex, device, load_s=t_load,
+                             extract_s=t_extract, progress=progress)
 
 
 def model_info(ex: Extractor) -> ModelInfo:
@@ -293,9 +247,14 @@ def model_info(ex: Extractor) -> ModelInfo:
                      extractor=ex.name, feature_dim=ex.feature_dim, input_size=ex.input_size)
 
 
-def build_report(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor, device: torch.device, *,
-                 load_s: float, extract_s: float, progress: ProgressFn | None = None) -> Report:
-    """The report of two sets' statistics (options already resolved for ``ex``)."""
+def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor, device: torch.device, *,
+                      load_s: float, extract_s: float, progress: ProgressFn | None = None) -> Report:
+    """The report of two sets' statistics, however they were made (one pass, merged shards, saved
+    files, a Metric); ``options`` already resolved for ``ex``. Statistics of another network or of
+    other number-changing options are refused (IncompatibleStatsError)."""
+    expected = provenance(ex.weights_sha256, options)
+    check_compatible(r.provenance, expected, "statistics and options")
+    check_compatible(g.provenance, expected, "statistics and options")
     t0 = time.perf_counter()
     if progress:
         progress(Progress(stage="frechet", passes=options.passes))

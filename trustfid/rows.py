@@ -51,7 +51,7 @@ class KeptRows:
             keep = np.sort(np.argpartition(self._keys, self.cap - 1)[:self.cap]) if self.cap > 0 else []
             self._index, self._keys, self._rows = self._index[keep], self._keys[keep], self._rows[keep]
 
-    def merge(self, other: "KeptRows") -> "KeptRows":
+    def merge(self, other: KeptRows) -> KeptRows:
         """The rows the union of two disjoint shards keeps (their indices must be the set's)."""
         if (self.dim, self.seed) != (other.dim, other.seed):
             raise ValueError("kept rows of shards with different dimensions or seeds cannot be merged")
@@ -77,7 +77,7 @@ class KeptRows:
         return self._rows[np.argsort(self._index, kind="stable")]
 
     @classmethod
-    def from_arrays(cls, rows: np.ndarray, index: np.ndarray, seen: int, cap: int, seed: int) -> "KeptRows":
+    def from_arrays(cls, rows: np.ndarray, index: np.ndarray, seen: int, cap: int, seed: int) -> KeptRows:
         out = cls(rows.shape[1], max(cap, len(rows)), seed)
         out._put(np.asarray(index, np.int64), row_keys(seed, index), np.asarray(rows, np.float32))
         out.seen = int(seen)

@@ -122,7 +122,7 @@ class ScoreOptions(_Strict):
         return list(dict.fromkeys(v))
 
     @model_validator(mode="after")
-    def _known_blocks(self) -> "ScoreOptions":
+    def _known_blocks(self) -> ScoreOptions:
         """The FID Inception's blocks are checked here; another extractor checks its own stage names
         when it is loaded (``Extractor.options_for``), since only it knows them."""
         if self.extractor == DEFAULT_EXTRACTOR:

@@ -12,6 +12,8 @@ import platformdirs
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .inputs.rules import DEFAULT_LIMITS, Limits
+
 
 class EngineSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRUSTFID_", extra="ignore")
@@ -26,12 +28,17 @@ class EngineSettings(BaseSettings):
         default_factory=lambda: Path(platformdirs.user_cache_dir("trustfid")),
         description="where the converted weights (safetensors) are cached",
     )
-    max_pixels: int = Field(2**26, description="largest image accepted, in pixels (width x height)")
-    max_images: int = Field(200_000, description="most images accepted per set")
-    max_archive_members: int = Field(200_000, description="most entries read from one zip/tar")
-    max_member_bytes: int = Field(2**30, description="largest uncompressed archive member, in bytes")
-    max_expanded_bytes: int = Field(8 * 2**30, ge=1, description="largest total uncompressed size of one archive")
-    max_compression_ratio: float = Field(200.0, gt=1, description="largest uncompressed/compressed ratio of an archive member (zip bombs)")
+    max_pixels: int = Field(DEFAULT_LIMITS.max_pixels, description="largest image accepted, in pixels (width x height)")
+    max_images: int = Field(DEFAULT_LIMITS.max_images, description="most images accepted per set")
+    max_archive_members: int = Field(DEFAULT_LIMITS.max_archive_members,
+                                     description="most entries read from one zip/tar")
+    max_member_bytes: int = Field(DEFAULT_LIMITS.max_member_bytes,
+                                  description="largest uncompressed archive member, in bytes")
+    max_expanded_bytes: int = Field(DEFAULT_LIMITS.max_expanded_bytes, ge=1,
+                                    description="largest total uncompressed size of one archive")
+    max_compression_ratio: float = Field(DEFAULT_LIMITS.max_compression_ratio, gt=1,
+                                         description="largest uncompressed/compressed ratio of an archive member "
+                                         "(zip bombs)")
     threads: int | None = Field(None, description="torch CPU threads; unset = torch's default")
     gpu_batch: int = Field(128, ge=1, le=4096, description="on CUDA, images per network call: every call has "
                            "this fixed shape (the last one padded), so a report does not depend on batch_size")
@@ -42,6 +49,11 @@ class EngineSettings(BaseSettings):
                                        "available cores minus one on a GPU job of 256 images or more (started once "
                                        "per worker, kept for later sets), the "
                                        "thread on a CPU job (there the network already uses every core)")
+
+    @property
+    def limits(self) -> Limits:
+        """The input limits these settings hold every set to."""
+        return Limits.of(self)
 
 
 @lru_cache

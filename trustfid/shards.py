@@ -4,7 +4,7 @@ one pass over the whole set gives.
 
     plan(count, size)                    -> [(start, stop), ...]
     extract_shard(source, ..., start, stop) -> SetStats of candidates start..stop-1 (first_index=start)
-    merge_set([...], ...)                -> SetStats of the whole set
+    merge_set(source, ..., parts)        -> SetStats of the whole set, from the shards' SetStats
 
 Why the merge is exact: the dropout masks of ``shared`` mode depend only on (seed, pass); those of
 ``per_image`` mode and the choice of the capped feature rows (rows.py) depend on the image's index in
@@ -16,17 +16,18 @@ that from the shards' image counts and extracts the shards it concerns again wit
 when the numbers depend on it (per-image masks, capped rows, or overlapping indices), so the result is
 still the unsharded one.
 
-The service (worker/shards.py) runs the shards as Celery tasks and merges them in a chord callback;
-this module is the engine's part and needs no service.
+The service (worker/) runs the shards as Celery tasks and merges them in a chord callback, fetching
+the shards' statistics before it calls ``merge_set``; this module is the engine's part and needs no
+service.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 
 from .inputs import SetShard, open_images
-from .pipeline import CancelFn, ProgressFn, extract, input_rules, require_images
+from .pipeline import CancelFn, ProgressFn, extract, input_rules, is_stats_file, require_images
 from .schemas import ScoreOptions
 from .settings import EngineSettings, get_engine_settings
 from .stats import SetStats
@@ -41,10 +42,8 @@ def plan(count: int, size: int) -> list[tuple[int, int]]:
 
 def is_image_source(source) -> bool:
     """Whether a source holds images to shard (not saved statistics, which ``extract`` just reads)."""
-    from .pipeline import _is_stats_file
-
     return not isinstance(source, SetStats) and not (
-        isinstance(source, (str, Path)) and str(source).endswith(".npz") and _is_stats_file(Path(source)))
+        isinstance(source, (str, Path)) and str(source).endswith(".npz") and is_stats_file(Path(source)))
 
 
 def count_candidates(source, options: ScoreOptions, settings: EngineSettings | None = None) -> int:
@@ -63,16 +62,16 @@ def extract_shard(source, set_name: str, options: ScoreOptions, start: int, stop
 
 
 def merge_set(source, set_name: str, options: ScoreOptions, shards: list[tuple[int, int]],
-              load: Callable[[int], SetStats], *, extractor=None, should_cancel: CancelFn | None = None) -> SetStats:
-    """The whole set's statistics from its shards' (``load(k)`` gives shard k's, extracted with
-    ``first_index`` = its start), merged in shard order, one shard in memory besides the sum. A shard
+              parts: Iterable[SetStats], *, extractor=None, should_cancel: CancelFn | None = None) -> SetStats:
+    """The whole set's statistics from its shards' (``parts``: shard k's statistics, extracted with
+    ``first_index`` = its start, in shard order), merged in that order; given as an iterator, one shard
+    is in memory besides the sum. A shard
     whose images have other indices in the whole set (files skipped or multi-frame before it) is
     extracted again here when that changes the numbers: overlapping indices always, a gap for per-image
     masks or when the set may be capped (more candidates than ``max_feature_rows``)."""
     index_matters = options.mask_mode == "per_image" or shards[-1][1] > options.max_feature_rows
     merged, before = None, 0
-    for k, (start, stop) in enumerate(shards):
-        part = load(k)
+    for (start, stop), part in zip(shards, parts, strict=True):
         if start < before or (start > before and index_matters):
             part = extract_shard(source, set_name, options, start, stop, extractor=extractor, first_index=before,
                                  should_cancel=should_cancel)

@@ -117,7 +117,7 @@ class Moments:
         m2b = xc.T @ xc
         self._merged = _chan(self._merged, (nb, mb, m2b))
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         """Statistics of the union of two disjoint shards (this shard's images first)."""
         out = Moments(self.dim, keep_rows=self.keep_rows and other.keep_rows)
         a, b = self.gaussian(), other.gaussian()
@@ -230,7 +230,7 @@ class SetStats:
     skipped: list[SkippedFile] = field(default_factory=list)
     provenance: dict | None = None  # stats.provenance(...); None for another tool's mu/sigma
     source: str = ""
-    intensity: dict[str, int] = field(default_factory=dict)  # images per intensity mapping (inputs/decode.py)
+    intensity: dict[str, int] = field(default_factory=dict)  # images per intensity mapping (inputs/intensity.py)
     # Kept by extras.Collector: per-image arrays in image order (merged by concatenation), e.g. the
     # raw domain inputs; a bounded sample of plain feature rows; thumbnails (name, domain score,
     # uint8 image) of the most atypical images (saved to .npz only for a shard: save(thumbnails=True)).
@@ -248,7 +248,7 @@ class SetStats:
     def n(self) -> int:
         return self.plain.n
 
-    def merge(self, other: "SetStats") -> "SetStats":
+    def merge(self, other: SetStats) -> SetStats:
         check_compatible(self.provenance, other.provenance, "shards")
         if len(self.mc) != len(other.mc):
             raise IncompatibleStatsError("shards have different numbers of MC passes")

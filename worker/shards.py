@@ -1,12 +1,13 @@
-"""Sharded jobs (option ``shard_size``): plain functions behind the Celery tasks of worker/tasks.py.
+"""Sharded jobs (option ``shard_size``): the plan, the shards and their bookkeeping, behind the Celery
+tasks of worker/tasks.py; the merge is worker/merge.py.
 
 The worker that picks up a sharded score job plans it (``plan_job``): each image set is split into
-shards of ``shard_size`` candidates; the plan and every shard's state go into one Redis hash
-(app/store.py ``shards_key``). worker/tasks.py then sends a Celery chord: one ``score_shard`` task per
-shard, any worker takes any of them, and the ``merge_shards`` callback. A shard (``run_shard``)
+shards of ``shard_size`` candidates; the plan (worker/shard_plan.py) and every shard's state go into
+one Redis hash (app/store/leases.py). ``send_shards`` then sends a Celery chord: one ``score_shard``
+task per shard, any worker takes any of them, and the ``merge_shards`` callback. A shard (``run``)
 extracts its candidates with ``first_index`` = its start (trustfid/shards.py) and saves its statistics
-as a pickle-free .npz in the job's staging folder; the callback (``build_report``) merges them in shard
-order and builds the report as the unsharded job would.
+as a pickle-free .npz in the job's staging folder; the merge fetches them, merges them in shard order
+and builds the report as the unsharded job would.
 
 Workers on different machines (object-store staging, app/staging.py): the plan names each set by its
 place in the job's staging folder; a shard's worker pulls the staged inputs into its own folder (the
@@ -30,136 +31,179 @@ Guarantees, as for a job:
 
 from __future__ import annotations
 
-import json
-import os
-import time
+import contextlib
+import logging
 from pathlib import Path
 
-from app import staging
-from app.settings import Settings
-from app.store import Store, Stored
+import redis
+from celery import chord
+
+from app.errors import UnavailableError
+from app.queue import TASK_MERGE, TASK_SHARD
+from app.staging import atomic_path
+from app.store import LeaseHeld, Stored
 from trustfid.records import FINAL_STATES, JobError
-from trustfid.schemas import Progress, Report
+from trustfid.schemas import Progress
 
-SETS = ("real", "generated")
+from .celery_app import app
+from .errors import job_error
+from .hooks import Hooks
+from .process import Worker
+from .shard_plan import SETS, SetPlan, ShardId, ShardPlan
+
+log = logging.getLogger("trustfid.worker")
 
 
-def shard_path(settings: Settings, job_id: str, shard: str) -> Path:
-    """Where shard "<set>:<k>" keeps its statistics: the job's staging folder."""
-    set_name, k = shard.split(":")
-    return staging.local_dir(settings, job_id) / "shards" / f"{set_name}-{int(k):05d}.npz"
+def shard_path(w: Worker, job_id: str, shard: ShardId) -> Path:
+    """Where a shard keeps its statistics: the job's staging folder."""
+    return w.staging.local_dir(job_id) / "shards" / f"{shard.set_name}-{shard.k:05d}.npz"
 
 
-def plan_job(store: Store, settings: Settings, st: Stored, sources: dict[str, Path]) -> list[str]:
+def plan_of(w: Worker, job_id: str) -> ShardPlan | None:
+    raw = w.store.shards(job_id).get("plan")
+    return ShardPlan.model_validate_json(raw) if raw else None
+
+
+def plan_job(w: Worker, st: Stored, sources: dict[str, Path]) -> list[ShardId]:
     """Split each image set of a job into shards and record the plan; returns the shards to run. A set
     given as saved statistics (a reference) is not split: the merge reads it."""
     from trustfid.shards import count_candidates, is_image_source, plan
 
     options = st.record.options.score_options()
     size = st.record.options.shard_size
-    work = staging.local_dir(settings, st.record.id)
-    layout = {}
+    work = w.staging.local_dir(st.record.id)
+    sets = {}
     for set_name in SETS:
         source = sources[set_name]
-        shards = plan(count_candidates(source, options), size) if is_image_source(source) else []
-        layout[set_name] = {"path": str(source), "shards": shards}
+        sets[set_name] = SetPlan(path=str(source), shards=plan(count_candidates(source, options), size)
+                                 if is_image_source(source) else [])
         if source.is_relative_to(work):  # where every worker finds it in its own staging folder
             relative = source.relative_to(work)
-            layout[set_name]["relative"] = relative.as_posix()
+            sets[set_name].relative = relative.as_posix()
             if not st.paths[set_name].startswith("staged:"):  # fetched or a reference: publish it
-                staging.share(settings, st.record.id, work / relative.parts[0])
-    todo = [f"{s}:{k}" for s in SETS for k in range(len(layout[s]["shards"]))]
-    store.set_shards(st.record.id, {"plan": json.dumps(layout), **{shard: "queued" for shard in todo}})
+                w.staging.share(st.record.id, work / relative.parts[0])
+    layout = ShardPlan(**sets)
+    todo = layout.shard_ids()
+    w.store.set_shards(st.record.id, {"plan": layout.dump(), **{str(shard): "queued" for shard in todo}})
     return todo
 
 
-def local_source(settings: Settings, job_id: str, info: dict) -> Path:
+def local_source(w: Worker, job_id: str, info: SetPlan) -> Path:
     """One set's input on this worker: in its own staging folder (pulled from the object store when the
     planning worker was another machine), or the planner's path where the set is not in a staging
-    folder (a record of an older release)."""
-    if "relative" not in info:
-        return Path(info["path"])
-    return staging.pull(settings, job_id) / info["relative"]
+    folder."""
+    if info.relative is None:
+        return Path(info.path)
+    return w.staging.pull(job_id) / info.relative
 
 
-def planned(store: Store, job_id: str) -> bool:
-    return "plan" in store.shards(job_id)
+def planned(w: Worker, job_id: str) -> bool:
+    return "plan" in w.store.shards(job_id)
 
 
-def pending(store: Store, settings: Settings, job_id: str) -> list[str]:
+def pending(w: Worker, job_id: str) -> list[ShardId]:
     """The shards of a planned job whose statistics are not saved yet, to send again; those not running
     under a live lease are marked queued (one that is gets a message too, which leaves it to its worker)."""
-    h = store.shards(job_id)
-    layout = json.loads(h["plan"])
-    todo = [f"{s}:{k}" for s in SETS for k in range(len(layout[s]["shards"]))
-            if not staging.shared(settings, job_id, shard_path(settings, job_id, f"{s}:{k}"))]
-    lost = [shard for shard in todo if h.get(shard) != "running" or not store.lease_holder(f"{job_id}:{shard}")]
-    store.set_shards(job_id, {"merge": "", **{shard: "queued" for shard in lost}})
+    h = w.store.shards(job_id)
+    layout = ShardPlan.model_validate_json(h["plan"])
+    todo = [s for s in layout.shard_ids() if not w.staging.shared(job_id, shard_path(w, job_id, s))]
+    lost = [s for s in todo if h.get(str(s)) != "running" or not w.store.lease_holder(f"{job_id}:{s}")]
+    w.store.set_shards(job_id, {"merge": "", **{str(s): "queued" for s in lost}})
     return todo
 
 
-def run_shard(store: Store, settings: Settings, job_id: str, shard: str, worker_id: str, cb, hold) -> str:
-    """Compute one shard's statistics (unless done, or running elsewhere, or the job ended). ``cb`` gives
-    should_cancel and progress (worker/tasks.py); ``hold(lease)`` makes the heartbeat renew the lease
-    while it runs. Errors propagate; the task records them with ``shard_failed``."""
-    from trustfid.pipeline import load_extractor
-    from trustfid.shards import extract_shard
+def send_shards(job_id: str, todo: list[ShardId]) -> None:
+    """A Celery chord: the shards as a group, the merge as its callback (the shards store their results
+    in the result backend, which counts them for the chord). With no shard to run, the merge alone."""
+    merge = app.signature(TASK_MERGE, args=(job_id,), immutable=True)
+    if todo:
+        chord([app.signature(TASK_SHARD, args=(job_id, str(s)), immutable=True) for s in todo], merge).apply_async()
+    else:
+        merge.apply_async()
 
-    st = store.get(job_id)
+
+def run(w: Worker, job_id: str, name: str) -> str:
+    """Run one shard to its end. An error is recorded for the merge, which fails the job with it, never
+    raised: the chord must see every shard return. Redis errors propagate (the task retries)."""
+    shard = ShardId.parse(name)
+    hooks = Hooks(w.store, job_id, w.limits, write=lambda p: record_progress(w, job_id, shard, p))
+    try:
+        state = _run(w, job_id, shard, hooks)
+    except (UnavailableError, redis.RedisError):
+        raise
+    except Exception as e:
+        error = job_error(e, hooks, w.staging, job_id)
+        with contextlib.suppress(UnavailableError, redis.RedisError):
+            shard_failed(w, job_id, shard, None if error.code == "cancelled" else error)
+        state = "stopped" if error.code == "cancelled" else "failed"  # stopped part-way by a cancel
+    log.info("job %s: shard %s %s on worker %s", job_id, shard, state, w.id)
+    return state
+
+
+def _run(w: Worker, job_id: str, shard: ShardId, hooks: Hooks) -> str:
+    """Compute one shard's statistics, unless done, running elsewhere, or the job ended."""
+    st = w.store.get(job_id)
     if st is None:
         return "gone"
     if st.record.state in FINAL_STATES:
         return st.record.state
-    out = shard_path(settings, job_id, shard)
-    if staging.shared(settings, job_id, out):
+    out = shard_path(w, job_id, shard)
+    if w.staging.shared(job_id, out):
         return "done"
-    lease = store.shard_lease(job_id, shard)
-    if not lease.acquire(token=worker_id):
+    try:
+        with w.store.lease(f"{job_id}:{shard}", w.id):
+            return _extract(w, st, shard, out, hooks)
+    except LeaseHeld:
         return "elsewhere"  # another live worker runs it; its chord merges
-    with hold(lease):
-        if store.count_shard_attempt(job_id, shard) > settings.max_attempts:
-            shard_failed(store, job_id, shard, JobError(
-                code="worker_lost", message=f"a shard of the job was started more than {settings.max_attempts} "
-                                            "times and its worker died each time"))
-            return "failed"
-        store.set_shards(job_id, {shard: "running"})
-        set_name, k = shard.split(":")
-        layout = json.loads(store.shards(job_id)["plan"])[set_name]
-        start, stop = layout["shards"][int(k)]
-        ex, options, _ = load_extractor(st.record.options.score_options())
-        stats = extract_shard(local_source(settings, job_id, layout), set_name, options, start, stop, extractor=ex, progress=cb.progress,
-                              should_cancel=cb.should_cancel)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
+
+
+def _extract(w: Worker, st: Stored, shard: ShardId, out: Path, hooks: Hooks) -> str:
+    from trustfid.pipeline import load_extractor
+    from trustfid.shards import extract_shard
+
+    job_id = st.record.id
+    if w.store.count_shard_attempt(job_id, str(shard)) > w.limits.max_attempts:
+        shard_failed(w, job_id, shard, JobError(
+            code="worker_lost", message=f"a shard of the job was started more than {w.limits.max_attempts} "
+                                        "times and its worker died each time"))
+        return "failed"
+    w.store.set_shards(job_id, {str(shard): "running"})
+    info = plan_of(w, job_id).set(shard.set_name)
+    start, stop = info.shards[shard.k]
+    ex, options, _ = load_extractor(st.record.options.score_options())
+    stats = extract_shard(local_source(w, job_id, info), shard.set_name, options, start, stop, extractor=ex,
+                          progress=hooks.progress, should_cancel=hooks.should_cancel)
+    with atomic_path(out) as tmp:  # a shard's statistics appear whole or not at all
         stats.save(tmp, thumbnails=True)
-        os.replace(tmp, out)  # a shard's statistics appear whole or not at all
-        staging.share(settings, job_id, out)  # for a merge on another machine
-        now = store.get(job_id)
-        if now is None or now.record.state in FINAL_STATES:
-            # A shard sent twice finished after the job ended (its merge removed the job's objects before
-            # this share, or will not run again): remove what it left.
-            staging.discard(settings, job_id)
-            return "late"
-        store.set_shards(job_id, {shard: "done", f"{shard}:done": stop - start})
+    w.staging.share(job_id, out)  # for a merge on another machine
+    now = w.store.get(job_id)
+    if now is None or now.record.state in FINAL_STATES:
+        # A shard sent twice finished after the job ended (its merge removed the job's objects before
+        # this share, or will not run again): remove what it left.
+        w.staging.discard(job_id)
+        return "late"
+    w.store.set_shards(job_id, {str(shard): "done", f"{shard}:done": stop - start})
     return "done"
 
 
-def shard_failed(store: Store, job_id: str, shard: str, error: JobError | None) -> None:
+def shard_failed(w: Worker, job_id: str, shard: ShardId, error: JobError | None) -> None:
     """Record a shard's end other than done: ``error`` None when it stopped for a cancel."""
-    fields = {shard: "cancelled"} if error is None else {shard: "failed", f"{shard}:error": error.model_dump_json()}
-    store.set_shards(job_id, fields)
+    fields = ({str(shard): "cancelled"} if error is None else
+              {str(shard): "failed", f"{shard}:error": error.model_dump_json()})
+    w.store.set_shards(job_id, fields)
 
 
-def record_progress(store: Store, job_id: str, shard: str, images_done: int, passes: int) -> None:
+def record_progress(w: Worker, job_id: str, shard: ShardId, p: Progress) -> None:
     """One shard's images done into the hash, and the sum over every shard into the job record (never
     lower than what the record showed: a shard delivered again starts from zero)."""
-    h = store.shards(job_id)
+    if p.stage != "extracting":
+        return
+    h = w.store.shards(job_id)
     if "plan" not in h:
         return  # the job ended and was cleaned up meanwhile
-    store.set_shards(job_id, {f"{shard}:done": images_done})
-    h[f"{shard}:done"] = str(images_done)
-    layout = json.loads(h["plan"])
-    total = sum(b - a for s in SETS for a, b in layout[s]["shards"])
+    w.store.set_shards(job_id, {f"{shard}:done": p.images_done})
+    h[f"{shard}:done"] = str(p.images_done)
+    total = ShardPlan.model_validate_json(h["plan"]).images()
     done = sum(int(v) for k, v in h.items() if k.endswith(":done"))
 
     def f(s: Stored):
@@ -168,52 +212,6 @@ def record_progress(store: Store, job_id: str, shard: str, images_done: int, pas
         old = s.record.progress
         before = old.images_done if old is not None and old.stage == "extracting" else 0
         s.record.progress = Progress(stage="extracting", images_done=max(done, before), images_total=total,
-                                     passes=passes)
+                                     passes=p.passes)
         return s
-    store.update(job_id, f)
-
-
-def outcome(store: Store, settings: Settings, job_id: str) -> tuple[str, JobError | None]:
-    """Whether the shards are all done ("ready"), one failed ("failed", its error, the first in shard
-    order), or some are still to come ("waiting")."""
-    h = store.shards(job_id)
-    layout = json.loads(h["plan"])
-    shards = [f"{s}:{k}" for s in SETS for k in range(len(layout[s]["shards"]))]
-    for shard in shards:
-        if h.get(shard) == "failed" and f"{shard}:error" in h:
-            return "failed", JobError.model_validate_json(h[f"{shard}:error"])
-    if all(staging.shared(settings, job_id, shard_path(settings, job_id, shard)) for shard in shards):
-        return "ready", None
-    return "waiting", None
-
-
-def build_report(store: Store, settings: Settings, st: Stored, cb) -> Report:
-    """The job's report from its shards' statistics, merged in shard order (trustfid/shards.py), built
-    as the unsharded job builds it (pipeline.build_report)."""
-    from trustfid.pipeline import build_report as report_of
-    from trustfid.pipeline import extract, load_extractor
-    from trustfid.shards import merge_set
-    from trustfid.stats import check_compatible, load_stats, provenance
-
-    t0 = time.perf_counter()
-    ex, options, device = load_extractor(st.record.options.score_options())
-    load_s = time.perf_counter() - t0
-    layout = json.loads(store.shards(st.record.id)["plan"])
-    sides = {}
-    for set_name in SETS:
-        info = layout[set_name]
-        source = local_source(settings, st.record.id, info)
-        if not info["shards"]:  # saved statistics: read as the unsharded job reads them
-            sides[set_name] = extract(source, set_name, options, extractor=ex)
-            continue
-        sides[set_name] = merge_set(
-            source, set_name, options, [tuple(s) for s in info["shards"]],
-            lambda k, s=set_name: load_stats(staging.fetch(settings, st.record.id,
-                                                           shard_path(settings, st.record.id, f"{s}:{k}"))),
-            extractor=ex, should_cancel=cb.should_cancel)
-    expected = provenance(ex.weights_sha256, options)
-    for stats in sides.values():
-        check_compatible(stats.provenance, expected, "statistics and options")
-    extract_s = max(time.time() - (st.record.started_at or time.time()) - load_s, 1e-9)
-    return report_of(sides["real"], sides["generated"], options, ex, device, load_s=load_s, extract_s=extract_s,
-                     progress=cb.progress)
+    w.store.update(job_id, f)

@@ -7,9 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from app import jobs
 from app.errors import ConflictError
-from app.http import Owner, SettingsD, StoreD, cancel_or_delete, owned_response, submit
+from app.http import JobsD, Owner, QueueD, StoreD, cancel_or_delete, owned_response, submit
 from app.openapi import deletion, errors, job_callbacks, json_text, submit_body
 from trustfid.records import JobList, JobOptions, JobRecord, JobSubmit
 from trustfid.schemas import Report
@@ -25,23 +24,23 @@ TEXTS = {"options": json_text(JobOptions, "JSON: any score option, plus tags and
              responses=errors(401, 408, 409, 413, 415, 422, 429, 503, s409=(
                  "A set names a reference that is not ready (`reference_not_ready`), or options that differ from "
                  "those its statistics were computed with (`incompatible_options`).")))
-async def submit_job(request: Request, settings: SettingsD, store: StoreD, owner: Owner):
-    return await submit(request, settings, store, owner, body_model=JobSubmit, from_json=jobs.submit_job_json,
+async def submit_job(request: Request, jobs: JobsD, owner: Owner):
+    return await submit(request, jobs, owner, body_model=JobSubmit, from_json=jobs.submit_job_json,
                         from_upload=jobs.submit_job_upload, set_fields=SETS, text_fields=tuple(TEXTS),
                         collection="jobs")
 
 
 @router.get("", response_model=JobList, summary="The caller's jobs, newest first",
             responses=errors(401, 422, 503))
-def list_jobs(store: StoreD, owner: Owner, tag: Annotated[list[str], Query()] = [],
+def list_jobs(store: StoreD, owner: Owner, tag: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies it)
               limit: Annotated[int, Query(ge=1, le=1000)] = 50):
     return JobList(jobs=[s.record for s in store.list(owner, "score", tags=tag or None, limit=limit)])
 
 
 @router.get("/{job_id}", response_model=JobRecord, summary="State and progress of a job",
             responses=errors(401, 404, 422, 503))
-async def get_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
-    return await owned_response(store, settings, job_id, owner, "score")
+async def get_job(job_id: str, store: StoreD, queue: QueueD, owner: Owner):
+    return await owned_response(store, queue.name, job_id, owner, "score")
 
 
 @router.get("/{job_id}/report", response_model=Report,
@@ -69,5 +68,5 @@ def get_report(job_id: str, store: StoreD, owner: Owner,
 
 @router.delete("/{job_id}", status_code=204, responses=deletion(JobRecord, "its report and files"),
                summary="Cancel a queued/running job (202 with the record) or delete a finished one (204)")
-def delete_job(job_id: str, settings: SettingsD, store: StoreD, owner: Owner):
-    return cancel_or_delete(store, settings, owner, job_id, "score")
+def delete_job(job_id: str, jobs: JobsD, owner: Owner):
+    return cancel_or_delete(jobs, owner, job_id, "score")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
-from app.http import NO_WORKER, SettingsD, StoreD
+from app.http import NO_WORKER, QueueD, StoreD
 from app.openapi import errors
 
 router = APIRouter(tags=["operations"])
@@ -31,12 +31,13 @@ async def healthz():
 
 
 @router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "Redis unreachable or no worker alive; message says which"}},
+            responses={503: {"model": Readiness,
+                             "description": "Redis unreachable or no worker alive; message says which"}},
             summary="Redis reachable and at least one worker alive (503 with the reason otherwise)")
-def readyz(request: Request, settings: SettingsD):
-    store = request.app.state.store
+def readyz(request: Request, queue: QueueD):
+    store = request.app.state.services.store
     redis_ok = store is not None and store.ping()
-    workers = len(store.workers_alive(settings.queue)) if redis_ok else 0
+    workers = len(store.workers_alive(queue.name)) if redis_ok else 0
     ready = redis_ok and workers > 0
     message = None
     if not redis_ok:
@@ -50,9 +51,9 @@ def readyz(request: Request, settings: SettingsD):
 @router.get("/metrics", response_class=PlainTextResponse, responses=errors(503),
             summary="Prometheus text format: jobs by state, durations (succeeded and failed), queue wait and depth, "
                     "workers, images scored, build info")
-def metrics(settings: SettingsD, store: StoreD):
+def metrics(store: StoreD, queue: QueueD):
     from prometheus_client import CONTENT_TYPE_LATEST
 
     from app.metrics import render
 
-    return Response(render(store, settings.queue), media_type=CONTENT_TYPE_LATEST)
+    return Response(render(store, queue.name), media_type=CONTENT_TYPE_LATEST)

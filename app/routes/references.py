@@ -7,8 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from app import jobs
-from app.http import Owner, SettingsD, StoreD, cancel_or_delete, owned_response, submit
+from app.http import JobsD, Owner, QueueD, StoreD, cancel_or_delete, owned_response, submit
 from app.openapi import deletion, errors, json_text, submit_body
 from trustfid.records import ReferenceList, ReferenceRecord, ReferenceSubmit
 from trustfid.schemas import ScoreOptions
@@ -23,8 +22,8 @@ TEXTS = {"options": json_text(ScoreOptions, "JSON: the score options the statist
              summary="Register a real set: its statistics are computed once, then used by id",
              openapi_extra=submit_body(ReferenceSubmit, SETS, TEXTS),
              responses=errors(401, 408, 413, 415, 422, 429, 503))
-async def submit_reference(request: Request, settings: SettingsD, store: StoreD, owner: Owner):
-    return await submit(request, settings, store, owner, body_model=ReferenceSubmit,
+async def submit_reference(request: Request, jobs: JobsD, owner: Owner):
+    return await submit(request, jobs, owner, body_model=ReferenceSubmit,
                         from_json=jobs.submit_reference_json, from_upload=jobs.submit_reference_upload,
                         set_fields=SETS, text_fields=tuple(TEXTS), collection="references")
 
@@ -37,11 +36,11 @@ def list_references(store: StoreD, owner: Owner, limit: Annotated[int, Query(ge=
 
 @router.get("/{ref_id}", response_model=ReferenceRecord, summary="State of a reference",
             responses=errors(401, 404, 422, 503))
-async def get_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
-    return await owned_response(store, settings, ref_id, owner, "reference")
+async def get_reference(ref_id: str, store: StoreD, queue: QueueD, owner: Owner):
+    return await owned_response(store, queue.name, ref_id, owner, "reference")
 
 
 @router.delete("/{ref_id}", status_code=204, responses=deletion(ReferenceRecord, "its statistics"),
                summary="Cancel a reference being computed (202) or delete a finished one (204)")
-def delete_reference(ref_id: str, settings: SettingsD, store: StoreD, owner: Owner):
-    return cancel_or_delete(store, settings, owner, ref_id, "reference")
+def delete_reference(ref_id: str, jobs: JobsD, owner: Owner):
+    return cancel_or_delete(jobs, owner, ref_id, "reference")

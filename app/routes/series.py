@@ -18,7 +18,9 @@ router = APIRouter(prefix="/v1/series", tags=["series"])
             summary="The caller's succeeded jobs with a tag, as points ordered by their step= tag")
 def get_series(store: StoreD, owner: Owner,
                tag: Annotated[str, Query(min_length=1, max_length=128, description="e.g. run=abc")],
-               cursor: Annotated[str | None, Query(max_length=256, description="next_cursor of the previous page")] = None,
-               since: Annotated[float | None, Query(ge=0, description="only jobs finished at or after this unix time")] = None,
+               cursor: Annotated[str | None, Query(max_length=256,
+                                                   description="next_cursor of the previous page")] = None,
+               since: Annotated[float | None,
+                                Query(ge=0, description="only jobs finished at or after this unix time")] = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100):
     return jobs.series(store, owner, tag, cursor=cursor, since=since, limit=limit)

@@ -10,8 +10,8 @@ Everything the engine scores comes through :func:`open_images`, which returns an
   (a slice of a set, for sharded jobs);
 - ``containers``: folder, single file, zip and tar readers; ``gzindex``: seeking inside a .tar.gz;
 - ``arrays``: .npy, .npz and in-memory numpy arrays / torch tensors;
-- ``decode``: one file through Pillow (or OpenCV for 16-bit colour) and the intensity mapping;
-  ``dicom``: DICOM through pydicom.
+- ``decode``: one file through Pillow (or OpenCV for 16-bit colour); ``dicom``: DICOM through
+  pydicom; ``intensity``: the intensity mapping both share.
 
 docs/IMAGES.md describes the behaviour for users. Importing this package is cheap: the readers (and
 numpy) load when ``open_images`` or ``ImageSet`` is first used.

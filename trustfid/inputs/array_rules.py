@@ -2,8 +2,8 @@
 without ever unpickling, the accepted dtypes and layouts, and the pixel and image limits.
 
 The companion of rules.py, and asked by the same paths: the engine's array readers (arrays.py) and
-the service's upload check (app/ingest.py). Only the standard library is imported at module import
-time; numpy is imported inside the functions that parse .npy headers.
+the service's upload check (app/ingest/screening.py). Only the standard library is imported at module
+import time; numpy is imported inside the functions that parse .npy headers.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..errors import InputError, TrustfidError
 from .array_rules import check_image_array, npy_header, npz_image_key, npz_keys, unreadable
-from .decode import EIGHT_BIT, FLOAT_01, Decoding, to_rgb
 from .events import Reader
+from .intensity import EIGHT_BIT, FLOAT_01, Decoding, to_rgb
 from .rules import Limits, first_line
 
 

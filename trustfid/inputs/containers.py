@@ -17,9 +17,10 @@ from pathlib import Path
 
 from ..errors import TrustfidError
 from . import rules
-from .decode import Decoding, decode_events
+from .decode import decode_events
 from .events import Reader, Skip, select_listed, skipped
 from .gzindex import GzIndex, IndexedGzip
+from .intensity import Decoding
 from .rules import ArchiveBudget, Limits, first_line
 
 _READ_CHUNK = 1 << 20

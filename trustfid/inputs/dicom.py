@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..errors import TrustfidError
-from .decode import EIGHT_BIT, Decoding, to_rgb
 from .events import Event, Skip, Unreadable
+from .intensity import EIGHT_BIT, Decoding, to_rgb
 from .rules import check_pixels, first_line
 
 # What to pip install for compressed transfer syntaxes pydicom cannot decode on its own.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,8 +20,8 @@ from ..errors import InputError
 from ..schemas import SkippedFile
 from .arrays import MemoryArrayReader, NpyReader, NpzReader
 from .containers import FolderReader, SingleFileReader, TarReader, ZipReader
-from .decode import Decoding
 from .events import Reader, Skip
+from .intensity import Decoding
 from .rules import ACCEPTED_INPUTS, Limits, check_image_count, kind_of, read_head
 
 
@@ -64,6 +65,15 @@ class ImageSet:
         """How many images of the last pass went through each intensity mapping (decode.py)."""
         return dict(sorted(self._decoding.used.items()))
 
+    def units(self):
+        """The reader's units of work (a file, an archive member, rows of an array), each decodable on
+        its own: the parallel loader (loader.py) hands them to other processes."""
+        return self._reader.units()
+
+    def count_intensity(self, tally) -> None:
+        """Add the intensity mappings other processes counted for this set (loader.py)."""
+        self._decoding.used.update(tally)
+
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         return self.images_of(self._reader.events())
 
@@ -90,34 +100,33 @@ class ImageSet:
             events.close()
 
 
-def open_images(source, *, strict: bool = False, max_pixels: int = 2**26, max_images: int | None = None,
-                max_archive_members: int = 200_000, max_member_bytes: int = 2**30,
-                max_expanded_bytes: int | None = None, max_compression_ratio: float | None = None,
-                window: tuple[float, float] | None = None) -> ImageSet:
+def open_images(source, *, strict: bool = False, limits: Limits | None = None,
+                window: tuple[float, float] | None = None, **limit_fields) -> ImageSet:
     """Open an image source for lazy reading. See the package docstring and docs/IMAGES.md.
 
-    The listing (folder walk, archive directory, array header) happens here, so limits on the number
-    of images and archive members, and declared member sizes, fail fast, before any decoding work.
-    ``max_expanded_bytes`` and ``max_compression_ratio`` (None: unchecked) hold the candidate
-    members of an archive to the same limits as an upload. ``window`` (LOW, HIGH) maps images wider than
-    8 bits from that fixed range instead of each image's own min..max (decode.py).
+    ``limits`` (rules.Limits, by default ``Limits()``) holds the set to its limits; single fields may
+    be given as keywords too (``max_images=100``). The listing (folder walk, archive directory, array
+    header) happens here, so limits on the number of images and archive members, and declared member
+    sizes, fail fast, before any decoding work. ``max_expanded_bytes`` and ``max_compression_ratio``
+    (None: unchecked) hold the candidate members of an archive to the same limits as an upload.
+    ``window`` (LOW, HIGH) maps images wider than 8 bits from that fixed range instead of each image's
+    own min..max (intensity.py).
 
     ``source`` may be a :class:`SetShard`: only candidates start..stop-1 of its set are read (the
     image-count limit still applies to the whole set) and ``len()`` is the shard's number of candidates.
     """
-    limits = Limits(max_pixels=max_pixels, max_images=max_images, max_archive_members=max_archive_members,
-                    max_member_bytes=max_member_bytes, max_expanded_bytes=max_expanded_bytes,
-                    max_compression_ratio=max_compression_ratio)
-    decoding = Decoding(max_pixels=max_pixels, window=tuple(window) if window is not None else None)
+    limits = replace(limits or Limits(), **limit_fields)
+    decoding = Decoding(max_pixels=limits.max_pixels, window=tuple(window) if window is not None else None)
     shard = source if isinstance(source, SetShard) else None
     reader = _make_reader(shard.source if shard else source, limits, decoding)
-    check_image_count(reader.label, reader.count, max_images)
+    check_image_count(reader.label, reader.count, limits.max_images)
     if shard is not None:
         stop = min(shard.stop, reader.count)
         if not 0 <= shard.start <= stop:
-            raise InputError(f"{reader.label}: no candidates {shard.start}..{shard.stop - 1} in a set of {reader.count}")
+            raise InputError(f"{reader.label}: no candidates {shard.start}..{shard.stop - 1} in a set of "
+                             f"{reader.count}")
         reader.select(shard.start, stop)
-    return ImageSet(reader, decoding, strict=strict, max_images=max_images)
+    return ImageSet(reader, decoding, strict=strict, max_images=limits.max_images)
 
 
 def _make_reader(source, limits: Limits, decoding: Decoding) -> Reader:

@@ -3,8 +3,8 @@ members and arrays are refused, and the size limits every input is held to.
 
 Three paths read what users send, and all three ask this module, so a set gives the same images
 however it arrives: the engine's readers (this package), the service's upload checks
-(app/ingest.py) and the Python client's folder upload (trustfid/client.py, which packs exactly the
-files the engine would read). What each path does with a verdict is its own: the engine lists an
+(app/ingest/screening.py) and the Python client's folder upload (trustfid/client.py, which packs
+exactly the files the engine would read). What each path does with a verdict is its own: the engine lists an
 unsafe archive member as skipped and reads the rest, the upload check refuses the whole archive; the
 upload check screens every member an archive declares, the engine holds the members it reads to the
 limits (and checks again while reading, since a header may lie).
@@ -250,7 +250,9 @@ def zip_members(zf, budget: ArchiveBudget) -> list[Member]:
 
 @dataclass(frozen=True)
 class Limits:
-    """The limits one input is held to: the EngineSettings fields of the same names. None = unchecked."""
+    """The limits one input is held to: the EngineSettings fields of the same names. None = unchecked.
+    ``Limits()`` is what a direct ``open_images`` call holds a set to; ``DEFAULT_LIMITS`` is what the
+    settings hold it to when no TRUSTFID_MAX_* variable says otherwise (trustfid/settings.py)."""
 
     max_pixels: int = 2**26
     max_images: int | None = None
@@ -262,6 +264,9 @@ class Limits:
     @classmethod
     def of(cls, settings) -> Limits:
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+DEFAULT_LIMITS = Limits(max_images=200_000, max_expanded_bytes=8 * 2**30, max_compression_ratio=200.0)
 
 
 def check_pixels(subject: str, w: int, h: int, max_pixels: int) -> None:

@@ -1,0 +1,210 @@
+"""Job and reference records, their indexes (per owner, per tag, per tag by step), reports and cancel
+flags. Every record is one JSON string (``keys.record``) holding its owner (the sha256 of the API key
+that made it) and the paths of its staged inputs beside the public record, so the public part is
+exactly the schema the API returns. Changes are WATCH transactions."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.errors import NotFoundError
+from trustfid.records import FINAL_STATES, JobRecord, ReferenceRecord
+
+from . import keys
+from .base import call, call_async, execute
+from .counters import record_state_change
+
+
+class Stored(BaseModel):
+    """What Redis holds for one job or reference."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    owner: str
+    paths: dict[str, str] = Field(default_factory=dict,
+                                  description="staged input paths / stats file; never shown to callers")
+    queue: str | None = Field(None, description="the Celery queue its task went to: only that queue's "
+                                                "workers queue it again (one Redis may serve several services)")
+    record: Annotated[JobRecord | ReferenceRecord, Field(discriminator="kind")]
+
+
+def finish(state: str, **changes) -> Callable[[Stored], Stored | None]:
+    """An updater for ``Store.update`` that ends a record in ``state`` (succeeded, failed or cancelled)
+    with ``finished_at`` now and the given record fields, unless it has already ended (first end wins)."""
+    assert state in FINAL_STATES, state
+
+    def update(s: Stored) -> Stored | None:
+        if s.record.state in FINAL_STATES:
+            return None
+        s.record.state = state
+        s.record.finished_at = time.time()
+        for name, value in changes.items():
+            setattr(s.record, name, value)
+        return s
+    return update
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Records:
+    """The records part of the Store (app/store/__init__.py): ``r`` the client, ``ar`` the async one,
+    ``ttl`` how long job records live."""
+
+    def _ttl_for(self, st: Stored) -> int | None:
+        # Job records expire; a registered reference stays until deleted.
+        return self.ttl if st.record.kind == "score" else None
+
+    def create(self, st: Stored) -> None:
+        rec = st.record
+        pipe = self.r.pipeline()
+        ttl = self._ttl_for(st)
+        pipe.set(keys.record(rec.id), st.model_dump_json(), ex=ttl)
+        indexes = [(keys.index(rec.kind, st.owner), rec.created_at)]
+        indexes += [(keys.tag(st.owner, tag), rec.created_at) for tag in _tags(rec)]
+        step = rec.options.step() if rec.kind == "score" else None
+        if step is not None:  # the series of each of its tags, ordered by (step, id)
+            indexes += [(keys.series(st.owner, tag), step) for tag in _tags(rec)]
+        for index, score in indexes:
+            pipe.zadd(index, {rec.id: score})
+            if ttl:  # an index outlives its newest record by at most the TTL
+                pipe.expire(index, ttl)
+        pipe.sadd(keys.state(rec.kind, rec.state), rec.id)
+        execute(pipe)
+
+    def get(self, id_: str) -> Stored | None:
+        raw = call(self.r.get, keys.record(id_))
+        return Stored.model_validate_json(raw) if raw else None
+
+    def get_owned(self, id_: str, owner: str, kind: str) -> Stored:
+        """The record if it exists, is of this kind and belongs to this owner; else 404 — a caller
+        cannot tell another key's record from a missing one."""
+        return _owned(self.get(id_) if _plausible_id(id_) else None, id_, owner, kind)
+
+    async def get_owned_async(self, id_: str, owner: str, kind: str) -> Stored:
+        """``get_owned`` on the API's event loop (redis.asyncio): the hot read of every poll, without
+        a thread-pool hop."""
+        raw = await call_async(self.ar.get(keys.record(id_))) if _plausible_id(id_) else None
+        return _owned(Stored.model_validate_json(raw) if raw else None, id_, owner, kind)
+
+    def update(self, id_: str, fn: Callable[[Stored], Stored | None]) -> Stored | None:
+        """Read-modify-write under WATCH (redis-py's ``transaction``: retried when another writer got
+        there first). ``fn`` returns the new value, or None to leave it as is. Returns the stored value
+        afterwards (None if the record is gone). State changes move the record between the state sets
+        and feed the metrics: queue wait when it first starts, duration when it ends."""
+        key = keys.record(id_)
+
+        def attempt(pipe) -> Stored | None:
+            raw = pipe.get(key)
+            if not raw:
+                return None
+            old = Stored.model_validate_json(raw)
+            new = fn(old.model_copy(deep=True))
+            if new is None:
+                return old
+            pipe.multi()
+            pipe.set(key, new.model_dump_json(), ex=self._ttl_for(new))
+            record_state_change(pipe, old.record, new.record)
+            return new
+
+        return call(self.r.transaction, attempt, key, value_from_callable=True)
+
+    def delete(self, st: Stored) -> None:
+        rec = st.record
+        pipe = self.r.pipeline()
+        pipe.delete(keys.record(rec.id), keys.report(rec.id), keys.cancel(rec.id), keys.shards(rec.id))
+        pipe.zrem(keys.index(rec.kind, st.owner), rec.id)
+        for tag in _tags(rec):
+            pipe.zrem(keys.tag(st.owner, tag), rec.id)
+            pipe.zrem(keys.series(st.owner, tag), rec.id)
+        pipe.srem(keys.state(rec.kind, rec.state), rec.id)
+        execute(pipe)
+
+    def list(self, owner: str, kind: str, *, tags: list[str] | None = None, limit: int = 50) -> list[Stored]:
+        """The owner's records of one kind, newest first; with tags, those carrying all of them.
+        Index entries of expired records are dropped on the way."""
+        index = keys.tag(owner, tags[0]) if tags else keys.index(kind, owner)
+        out: list[Stored] = []
+        start, page = 0, max(limit, 50)
+        while len(out) < limit:
+            ids = call(self.r.zrevrange, index, start, start + page - 1)
+            if not ids:
+                break
+            raws = call(self.r.mget, [keys.record(i) for i in ids])
+            stale = [i for i, raw in zip(ids, raws) if raw is None]
+            if stale:
+                call(self.r.zrem, index, *stale)
+            for raw in raws:
+                if raw is None:
+                    continue
+                st = Stored.model_validate_json(raw)
+                if st.owner != owner or st.record.kind != kind:
+                    continue
+                if tags and not set(tags) <= set(st.record.options.tags):
+                    continue
+                out.append(st)
+                if len(out) >= limit:
+                    break
+            start += page - len(stale)
+        return out
+
+    def series(self, owner: str, tag: str, after: tuple[float, str] | None = None,
+               chunk: int = 200) -> Iterator[tuple[float, Stored]]:
+        """The owner's jobs that carry ``tag`` and a numeric step, as (step, record) in (step, id) order,
+        starting after the (step, id) ``after``. Redis orders equal scores by member, so the order is
+        total and stable: a page boundary neither repeats nor skips a job, whatever is added meanwhile.
+        Index entries of expired records are dropped on the way."""
+        index = keys.series(owner, tag)
+        low, offset = (after[0], 0) if after else ("-inf", 0)
+        while True:
+            got = call(self.r.zrangebyscore, index, low, "+inf", start=offset, num=chunk, withscores=True)
+            if not got:
+                return
+            offset += len(got)
+            if after:
+                got = [(i, s) for i, s in got if (s, i) > (after[0], after[1])]
+            raws = call(self.r.mget, [keys.record(i) for i, _ in got]) if got else []
+            stale = [i for (i, _), raw in zip(got, raws) if raw is None]
+            if stale:
+                call(self.r.zrem, index, *stale)
+                offset -= len(stale)
+            for (_, step), raw in zip(got, raws):
+                if raw is not None:
+                    yield step, Stored.model_validate_json(raw)
+
+    # --- reports and cancel flags -------------------------------------------------------------
+    def save_report(self, id_: str, report_json: str) -> None:
+        call(self.r.set, keys.report(id_), report_json, ex=self.ttl)
+
+    def get_report(self, id_: str) -> str | None:
+        return call(self.r.get, keys.report(id_))
+
+    def get_reports(self, ids: list[str]) -> list[str | None]:
+        return call(self.r.mget, [keys.report(i) for i in ids]) if ids else []
+
+    def request_cancel(self, id_: str) -> None:
+        call(self.r.set, keys.cancel(id_), "1", ex=self.ttl)
+
+    def cancel_requested(self, id_: str) -> bool:
+        return bool(call(self.r.exists, keys.cancel(id_)))
+
+
+def _tags(rec) -> list[str]:
+    return getattr(rec.options, "tags", []) or []
+
+
+def _owned(st: Stored | None, id_: str, owner: str, kind: str) -> Stored:
+    if st is None or st.owner != owner or st.record.kind != kind:
+        what = "job" if kind == "score" else "reference"
+        raise NotFoundError(f"no {what} {id_!r} for this API key", code="not_found")
+    return st
+
+
+def _plausible_id(id_: str) -> bool:
+    return 0 < len(id_) <= 64 and id_.isalnum()

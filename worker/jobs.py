@@ -1,0 +1,157 @@
+"""Running a job or a reference computation to its end: read the record, fetch its inputs, call the
+engine, write progress and the outcome back to the store (app/store/), then clean up and queue its
+callback.
+
+Every delivery is safe to repeat: a finished record is left alone; a record another live worker is
+running (its lease is fresh) raises LeaseHeld, and the task tries again later; a record whose worker
+died is run again from its staged inputs (same seed ⇒ same report) until ``max_attempts`` deliveries,
+after which it fails with code ``worker_lost``. Whatever happens, an accepted job ends succeeded,
+failed with a reason, or cancelled; nothing a user sent raises out of here.
+
+A job with ``shard_size`` is planned here and run as a Celery chord of its shards and their merge
+(worker/shards.py, worker/merge.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from app.errors import UnavailableError
+from app.queue import TASK_CALLBACK
+from app.staging import atomic_path
+from app.store import Stored, finish
+from trustfid.records import FINAL_STATES, JobError
+from trustfid.schemas import Progress
+
+from . import shards
+from .errors import job_error
+from .hooks import Hooks
+from .process import Worker
+
+log = logging.getLogger("trustfid.worker")
+
+
+def run(w: Worker, record_id: str) -> str:
+    """Run one job or reference computation to its end; returns its final (or current) state. Raises
+    LeaseHeld when another live worker holds it."""
+    st = w.store.get(record_id)
+    if st is None:
+        return "gone"  # deleted or expired
+    if st.record.state in FINAL_STATES:
+        w.staging.discard(record_id)
+        return st.record.state
+    with w.store.lease(record_id, w.id):
+        if st.record.kind == "score" and shards.planned(w, record_id):
+            # a sharded job queued again (a shard's or the merge's worker died, or a delivery repeated):
+            # send the shards not done yet and the merge; not a new attempt of the job
+            log.warning("job %s: sending its shards again", record_id)
+            shards.send_shards(record_id, shards.pending(w, record_id))
+            return "running"
+        return _run_leased(w, record_id)
+
+
+def _start(s: Stored):
+    if s.record.state in FINAL_STATES:
+        return None
+    s.record.state = "running"
+    s.record.attempts += 1
+    s.record.started_at = s.record.started_at or time.time()
+    s.record.progress = Progress(stage="loading")
+    return s
+
+
+def _run_leased(w: Worker, record_id: str) -> str:
+    st = w.store.update(record_id, _start)
+    if st is None or st.record.state in FINAL_STATES:
+        return st.record.state if st else "gone"
+    if st.record.attempts > w.limits.max_attempts:
+        return after_end(w, w.store.update(record_id, finish("failed", error=JobError(
+            code="worker_lost",
+            message=f"the job was started {st.record.attempts - 1} times and its worker died each time"))))
+    hooks = Hooks(w.store, record_id, w.limits)
+    try:
+        end = _score(w, st, hooks) if st.record.kind == "score" else _reference(w, st, hooks)
+    except Exception as e:
+        end = finish("failed", error=job_error(e, hooks, w.staging, record_id))  # cancelled: a no-op
+    if end is None:
+        return "running"  # sharded: its shards and their merge run it now
+    return after_end(w, w.store.update(record_id, end))
+
+
+def _inputs(w: Worker, st: Stored, sides: tuple[str, ...]) -> list[Path]:
+    """Where the engine reads each input: ``staged:<path>`` in the record's staging folder (pulled from
+    the object store first, when there is one), ``reference:<id>`` statistics, or ``uri:`` fetched."""
+    rec_id = st.record.id
+    if any(st.paths[side].startswith("staged:") for side in sides):
+        w.staging.pull(rec_id)
+    work = w.staging.local_dir(rec_id)
+    out = []
+    for side in sides:
+        spec = st.paths[side]
+        if spec.startswith("uri:"):
+            out.append(w.services.inputs.uris.fetch(spec[4:], work / f"{side}-fetched", side))
+        elif spec.startswith("staged:"):
+            out.append(work / spec[7:])
+        elif spec.startswith("reference:"):
+            out.append(w.staging.get_reference(spec[10:], work / f"{side}-reference.npz"))
+        else:
+            out.append(Path(spec))
+    return out
+
+
+def _score(w: Worker, st: Stored, hooks: Hooks):
+    from trustfid import score
+
+    rec = st.record
+    real, gen = _inputs(w, st, ("real", "generated"))
+    if rec.options.shard_size:
+        shards.send_shards(rec.id, shards.plan_job(w, st, {"real": real, "generated": gen}))
+        return None
+    report = score(real, gen, rec.options.score_options(), progress=hooks.progress, should_cancel=hooks.should_cancel)
+    return succeeded(w, rec.id, report)
+
+
+def succeeded(w: Worker, job_id: str, report):
+    """Save a job's report; the updater that ends its record succeeded (sharded or not)."""
+    w.store.save_report(job_id, report.model_dump_json())
+    images = report.counts.real.used + report.counts.generated.used
+    return finish("succeeded", fid=report.fid, fid_mc_std=report.fid_mc.std, trust_level=report.trust.level,
+                  headline=report.headline,
+                  progress=Progress(stage="done", images_done=images, images_total=images,
+                                    passes=report.fid_mc.passes))
+
+
+def _reference(w: Worker, st: Stored, hooks: Hooks):
+    from trustfid import compute_stats
+
+    rec = st.record
+    (source,) = _inputs(w, st, ("source",))
+    stats = compute_stats(source, rec.options, progress=hooks.progress, should_cancel=hooks.should_cancel)
+    out = w.staging.local_reference(rec.id)
+    with atomic_path(out) as tmp:
+        stats.save(tmp)
+    fingerprint = hashlib.sha256(out.read_bytes()).hexdigest()
+    w.staging.put_reference(rec.id, out)  # to the object store, when there is one
+    return finish("succeeded", fingerprint=fingerprint, images=stats.n,
+                  progress=Progress(stage="done", images_done=stats.n, images_total=stats.n))
+
+
+def after_end(w: Worker, st: Stored | None) -> str:
+    """After the final state: drop staged inputs, send the callback."""
+    if st is None:
+        return "gone"
+    w.staging.discard(st.record.id)
+    with contextlib.suppress(UnavailableError):
+        w.store.forget_shards(st.record.id)
+    if st.record.kind == "reference" and st.record.state != "succeeded":
+        w.staging.remove_reference(st.record.id)
+    if getattr(st.record.options, "callback_url", None) and st.record.state in FINAL_STATES:
+        try:
+            w.queue.send(TASK_CALLBACK, st.record.id)
+        except UnavailableError as e:
+            log.warning("callback of %s not queued: %s", st.record.id, e)
+    return st.record.state
