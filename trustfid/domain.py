@@ -1,8 +1,8 @@
 """Is an image like the natural photos the FID Inception was trained on? A per-image domain score
-from the network's own ImageNet statistics.
+from the network's own ImageNet statistics and its embedding.
 
-The signal. Every convolution of the FID InceptionV3 is followed by a batch-norm whose stored mean
-and variance describe that convolution's output over ImageNet. The network is loaded with the
+The first signal. Every convolution of the FID InceptionV3 is followed by a batch-norm whose stored
+mean and variance describe that convolution's output over ImageNet. The network is loaded with the
 batch-norm folded into the convolution (inception.py), so the folded conv's pre-ReLU output z minus
 the batch-norm's beta is the standardised activation s = (conv(x) - mean) / sqrt(var + eps): over
 ImageNet photos each channel of s has mean 0 and variance about 1. For one image and one channel c,
@@ -11,17 +11,23 @@ let m_c and v_c be the spatial mean and variance of s_c. Then
     KL( N(m_c, v_c) || N(0, 1) ) = ½ (v_c + m_c² - 1 - ln v_c) = ½ (m_c²  +  (v_c - 1 - ln v_c))
 
 measures how far this image's activations sit from ImageNet's. We keep the two halves apart, each
-averaged over the channels of every convolution of a stage (the stem, Mixed_5b ... Mixed_7a): the
-*mean term* mean_c m_c² and the *variance term* mean_c (v_c - 1 - ln v_c). Those stages all run
-exactly once per image (in the deterministic trunk or the plain pass), so forward hooks on their
-convolutions collect the statistics at the cost of a mean and a variance per feature map.
+averaged over the channels of every convolution of a stage (the stem, Mixed_5b ... Mixed_7c): the
+*mean term* mean_c m_c² and the *variance term* mean_c (v_c - 1 - ln v_c). Every stage runs exactly
+once per image in the deterministic pass (trunk + plain tail), so forward hooks on their convolutions
+collect the statistics at the cost of a mean and a variance per feature map. They are stored per image
+(``STATS_KEY``, columns ``RAW_INPUTS``) whatever the model, so saved statistics keep them.
 
-The score. ``DomainModel`` is a small logistic model over standardised log inputs (some of the
-per-stage terms, the log embedding norm, optionally the log latent variance), fitted by the
-validation study on natural photos against medical images with cross-validation grouped by source
-image, and shipped as JSON coefficients in trust_baseline.json. Its output, the *domain score*, is the
-model's log-odds: higher means less like a natural photo. The trust rule (trust.py) compares a set's
-scores with the natural photos' score distribution stored beside it.
+The second signal: the embedding itself. Low detail (an upsampled 32-px photo, blur) moves the
+early stages' statistics as much as a change of domain does; what the image shows moves the 2048-d
+pool3 embedding. A linear function of its square root, fitted by the study, is the model's
+``embedding`` term; extraction stores it per image under a key naming that function
+(``embedding_key``), so statistics saved for another model are never scored with this one.
+
+The score. ``DomainModel`` is linear: an intercept, coefficients over standardised log terms and the
+embedding term, fitted by the validation study (natural photos at 32 px to full size, grayscale and
+JPEG, against medical images; cross-validation grouped by source; held-out sources chosen before any
+fit) and shipped in trust_baseline.json. Higher means less like a natural photo. The trust rule
+(trust.py) compares a set's scores with the natural photos' score distribution stored beside it.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import threading
 
 import numpy as np
 
-# Stages whose convolutions are observed (all run once per image whatever the dropout points).
+# Stages whose convolutions are observed (all run once per image in the deterministic pass).
 STAGES: tuple[str, ...] = ("stem", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
-                           "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a")
-# Columns of the raw per-image domain inputs that extraction stores (SetStats.per_image["domain_inputs"]).
+                           "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+# Columns of the raw per-image domain statistics that extraction stores (SetStats.per_image[STATS_KEY]).
+# Statistics saved before Mixed_7b/7c were observed have 21 columns: they are not scored.
 RAW_INPUTS: tuple[str, ...] = tuple(f"{t}:{s}" for s in STAGES for t in ("m", "v")) + ("norm",)
+STATS_KEY = "domain_inputs"
 V_FLOOR = 1e-6  # a constant feature map (v = 0) would make ln v infinite
 
 
@@ -117,11 +125,9 @@ class DomainProbe:
         return torch.cat([terms, norm], dim=1).numpy()
 
 
-def model_inputs(raw: np.ndarray, names: list[str] | tuple[str, ...],
-                 latent_variance: np.ndarray | None = None) -> np.ndarray:
-    """The model's inputs from the raw per-image columns (``RAW_INPUTS``): ``log_kl:STAGE`` (log of
-    the stage's mean KL), ``log_m:STAGE`` / ``log_v:STAGE`` (its two terms), ``log_norm`` and
-    ``log_latent_variance``."""
+def model_inputs(raw: np.ndarray, names: list[str] | tuple[str, ...]) -> np.ndarray:
+    """The model's log inputs from the raw per-image columns (``RAW_INPUTS``): ``log_kl:STAGE`` (log of
+    the stage's mean KL), ``log_m:STAGE`` / ``log_v:STAGE`` (its two terms) and ``log_norm``."""
     raw = np.asarray(raw, np.float64)
     col = {name: raw[:, i] for i, name in enumerate(RAW_INPUTS)}
     out = []
@@ -129,24 +135,37 @@ def model_inputs(raw: np.ndarray, names: list[str] | tuple[str, ...],
         kind, _, stage = name.partition(":")
         if kind == "log_kl":
             x = 0.5 * (col[f"m:{stage}"] + col[f"v:{stage}"])
-        elif kind == "log_m":
-            x = col[f"m:{stage}"]
-        elif kind == "log_v":
-            x = col[f"v:{stage}"]
+        elif kind in ("log_m", "log_v"):
+            x = col[f"{kind[-1]}:{stage}"]
         elif kind == "log_norm":
             x = col["norm"]
-        elif kind == "log_latent_variance":
-            if latent_variance is None or len(latent_variance) != len(raw):
-                raise ValueError("this domain model needs the per-image latent variance (at least 2 MC passes)")
-            x = np.asarray(latent_variance, np.float64)
         else:
             raise ValueError(f"unknown domain model input {name!r}")
         out.append(np.log(np.maximum(x, 1e-12)))
     return np.stack(out, axis=1) if out else np.zeros((len(raw), 0))
 
 
+def embedding_features(plain_features) -> np.ndarray:
+    """What the embedding term is linear in: the square root of each pool3 feature (float64)."""
+    f = plain_features.double().cpu().numpy() if hasattr(plain_features, "double") else np.asarray(plain_features)
+    return np.sqrt(np.maximum(np.asarray(f, np.float64), 0.0))
+
+
+def embedding_dot(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each row of ``features`` (from embedding_features) dotted with ``weights``, summed row by row so
+    that an image's term never depends on the batch it came in (a BLAS matrix-vector product may
+    round differently for a different number of rows)."""
+    return np.sum(features * weights, axis=1)
+
+
+def embedding_key(embedding_id: str) -> str:
+    """The per-image key of an embedding term: it names the linear function that made it."""
+    return f"domain_embedding_{embedding_id}"
+
+
 class DomainModel:
-    """score = intercept + sum_j coef_j (x_j - center_j) / scale_j over the named log inputs."""
+    """score = intercept + sum_j coef_j (x_j - center_j) / scale_j over the named log inputs
+    + w . sqrt(pool3 embedding) when the model has an ``embedding`` term."""
 
     def __init__(self, spec: dict):
         self.inputs = list(spec["inputs"])
@@ -154,14 +173,45 @@ class DomainModel:
         self.scale = np.asarray(spec["scale"], np.float64)
         self.coef = np.asarray(spec["coef"], np.float64)
         self.intercept = float(spec["intercept"])
+        emb = spec.get("embedding")
+        self.embedding_id = emb["id"] if emb else None
+        self.embedding = np.asarray(emb["weights"], np.float64) if emb else None
 
-    @property
-    def needs_latent_variance(self) -> bool:
-        return "log_latent_variance" in self.inputs
+    def embedding_term(self, plain_features) -> np.ndarray | None:
+        """(N,) w . sqrt(f) for a batch of plain pool3 features; None without an embedding term."""
+        if self.embedding is None:
+            return None
+        return embedding_dot(embedding_features(plain_features), self.embedding)
 
-    def score(self, raw: np.ndarray, latent_variance: np.ndarray | None = None) -> np.ndarray:
-        x = model_inputs(raw, self.inputs, latent_variance)
-        return self.intercept + ((x - self.center) / self.scale) @ self.coef
+    def score(self, raw: np.ndarray, embedding: np.ndarray | None = None) -> np.ndarray:
+        x = model_inputs(raw, self.inputs)
+        out = self.intercept + ((x - self.center) / self.scale) @ self.coef
+        if self.embedding is not None:
+            if embedding is None or len(embedding) != len(out):
+                raise ValueError("this domain model needs the embedding term of every image")
+            out = out + np.asarray(embedding, np.float64)
+        return out
+
+    def per_image(self, raw: np.ndarray, plain_features) -> dict[str, np.ndarray]:
+        """What extraction stores for a batch: the raw statistics, and this model's embedding term."""
+        out = {STATS_KEY: raw}
+        if self.embedding is not None:
+            out[embedding_key(self.embedding_id)] = self.embedding_term(plain_features)
+        return out
+
+    def score_stats(self, per_image: dict[str, np.ndarray], n: int) -> np.ndarray | None:
+        """Scores of a set's stored per-image arrays; None when they are missing or of another layout
+        (statistics saved by an earlier version, or for another domain model)."""
+        raw = per_image.get(STATS_KEY)
+        if raw is None or raw.ndim != 2 or raw.shape != (n, len(RAW_INPUTS)):
+            return None
+        emb = None
+        if self.embedding is not None:
+            emb = per_image.get(embedding_key(self.embedding_id))
+            if emb is None or emb.shape != (n,):
+                return None
+        return self.score(raw, emb)
 
     def describe(self) -> str:
-        return "logistic on " + ", ".join(self.inputs)
+        what = "linear on " + ", ".join(self.inputs)
+        return what + (" and the pool3 embedding" if self.embedding is not None else "")

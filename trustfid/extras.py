@@ -16,7 +16,7 @@ import heapq
 
 import numpy as np
 
-from .domain import DomainModel, DomainProbe
+from .domain import STATS_KEY, DomainModel, DomainProbe
 from .inception import FIDInceptionV3
 from .rows import KeptRows
 
@@ -53,9 +53,9 @@ class Collector:
         # entered around each batch's deterministic pass (mc.MCDropout.features)
         self.watch = self.probe.active if self.probe is not None else contextlib.nullcontext
         self.kept = KeptRows(ex.feature_dim, options.max_feature_rows, options.seed)
-        self.inputs: list[np.ndarray] = []
+        self.parts: list[dict[str, np.ndarray]] = []  # per batch: the per-image domain arrays
         self.k = options.thumbnails
-        self.scorer = shipped_model(ex.weights_sha256, options.resize) if self.k and self.probe else None
+        self.model = shipped_model(ex.weights_sha256, options.resize) if self.probe else None
         self._heap: list = []  # (score, -index, name, thumbnail): the k highest scores
 
     def add(self, x, f_plain, f_mc, names: list[str], first_index: int) -> None:
@@ -63,15 +63,14 @@ class Collector:
         if self.probe is None:
             return
         raw = self.probe.take(f_plain)
-        self.inputs.append(raw)
-        if self.scorer is None:
+        if self.model is None:
+            self.parts.append({STATS_KEY: raw})
             return
-        lv = None
-        if self.scorer.needs_latent_variance:
-            if len(f_mc) < 2:
-                return
-            lv = f_mc.double().var(dim=0, unbiased=True).mean(dim=1).numpy()
-        scores = self.scorer.score(raw, lv)
+        part = self.model.per_image(raw, f_plain)
+        self.parts.append(part)
+        if not self.k:
+            return
+        scores = self.model.score_stats(part, len(raw))
         for i, (s, name) in enumerate(zip(scores, names)):
             item = (float(s), -(first_index + i), name)
             if len(self._heap) < self.k:
@@ -82,5 +81,5 @@ class Collector:
     def finish(self) -> dict:
         """Keyword arguments for SetStats."""
         thumbs = [(name, score, im) for score, _, name, im in sorted(self._heap, reverse=True)]
-        per_image = {"domain_inputs": np.concatenate(self.inputs)} if self.inputs else {}
+        per_image = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]} if self.parts else {}
         return {"per_image": per_image, "rows": self.kept, "thumbnails": thumbs}

@@ -175,12 +175,7 @@ def _png_data_uri(im: np.ndarray) -> str:
 
 
 def domain_scores(stats: SetStats, model) -> np.ndarray | None:
-    raw = stats.per_image.get("domain_inputs")
-    if raw is None or len(raw) != stats.n or raw.ndim != 2:
-        return None
-    if model.needs_latent_variance and len(stats.latent_variance) != stats.n:
-        return None
-    return model.score(raw, stats.latent_variance)
+    return model.score_stats(stats.per_image, stats.n)
 
 
 def binomial_sf(k: int, n: int, p: float) -> float:
