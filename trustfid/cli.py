@@ -169,8 +169,8 @@ def summary(report) -> str:
     if d and d.available:
         parts = [f"{side} {100 * s.fraction_above:.0f}% ({s.above}/{s.images})"
                  for side, s in (("real", d.real), ("generated", d.generated)) if s is not None]
-        lines.append(f"domain check: outside the natural-photo range: {', '.join(parts)} "
-                     f"(natural photos: {100 * d.natural_rate:.1f}%)")
+        lines.append(f"domain check: images unlike natural photos to the FID network: {', '.join(parts)} "
+                     f"(natural photos: {100 * d.natural_rate:.0f}%)")
         for side, s in (("real", d.real), ("generated", d.generated)):
             if s is not None and s.most_atypical:
                 lines.append(f"  most atypical {side}: " + ", ".join(
@@ -179,8 +179,9 @@ def summary(report) -> str:
     if lv.real.mean is not None:
         lines.append(f"latent variance: real {lv.real.mean:.4g}   generated {lv.generated.mean:.4g}")
     level = report.trust.level
-    lines.append(f"trust: {level.upper()} ({report.trust.score:.2f}) — {LEVEL_MEANING[level]}")
+    lines.append(f"trust: {level.upper()} — {LEVEL_MEANING[level]}")
     lines += [f"  - {r}" for r in report.trust.reasons]
+    lines += [f"finding: {f}" for f in report.trust.findings]
     skipped = [(side, s) for side in ("real", "generated") for s in getattr(report.counts, side).skipped]
     if skipped:
         lines.append(f"{len(skipped)} file(s) skipped:")

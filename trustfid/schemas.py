@@ -15,8 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.2"  # 1.1 added: headline, kid, fid_infinity, feature_rows, domain, intensity, model.extractor;
-# 1.2 added: config.precision
+SCHEMA_VERSION = "1.3"  # what each version added: CHANGELOG.md
 
 # The feature network every published FID uses, by its registry name (trustfid/extractor.py).
 DEFAULT_EXTRACTOR = "inception-v3-tf-2015-12-05"
@@ -276,8 +275,16 @@ class Domain(_Strict):
 
 class Trust(_Strict):
     level: TrustLevel
-    score: float = Field(description="0 (do not trust) .. 1 (trust)")
-    reasons: list[str]
+    score: float = Field(description="0 (do not trust) .. 1 (no concern): 1 - (sum of the concerns' weights) / 2; "
+                                     "a reference outside the network's domain weighs 1, any other concern 0.5")
+    reasons: list[str] = Field(description="what limits trust, most serious first, then notes")
+    findings: list[str] = Field(default_factory=list,
+                                description="what the domain check found about the generated set; never lowers "
+                                            "the level (a generator whose images do not look like photos gets a "
+                                            "large FID, rightly)")
+    reference_domain: Literal["natural", "partly_outside", "outside", "unknown"] | None = Field(
+        None, description="the domain check's verdict on the reference (real) set, which decides the level; "
+                          "None in reports before schema 1.3")
 
 
 class ModelInfo(_Strict):
