@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.validation import data as D
 from bench.validation import domain as study_domain
+from bench.validation import domain_sets as DS
+from bench.validation import split
 from trustfid import score, trust
 from trustfid.domain import RAW_INPUTS, STATS_KEY, DomainModel
 from trustfid.schemas import AtypicalImage, Domain, FidBootstrap, FidMC, ScoreOptions, SetDomain
@@ -40,18 +41,29 @@ def _assess(real: SetDomain | None, generated: SetDomain | None, n: int = 500, p
                         domain=dom, n_real=n, n_generated=n, foreign=foreign)
 
 
-# --- the model is the study's ---------------------------------------------------------------
+# --- the model and the split are the study's -------------------------------------------------------
 
 def test_the_shipped_model_and_rule_are_the_studys_choice():
-    """The shipped model is the candidate the study's stated rule chose, with the rule's constants."""
-    assert SPEC["model"]["inputs"] in study_domain.CANDIDATES.values()
-    assert RULE == study_domain.RULE and SPEC["natural_rate"] == study_domain.NATURAL_RATE
     m = SPEC["model"]
+    assert any(m["inputs"] == c["inputs"] and bool(m.get("embedding")) == c["embedding"]
+               for c in study_domain.CANDIDATES.values())
+    assert RULE == study_domain.RULE and SPEC["natural_rate"] == study_domain.NATURAL_RATE
     assert len(m["coef"]) == len(m["center"]) == len(m["scale"]) == len(m["inputs"])
+    if m.get("embedding"):
+        assert len(m["embedding"]["weights"]) == 2048
     q = SPEC["natural_quantiles"]
     assert q["q"] == study_domain.QUANTILES and q["value"] == sorted(q["value"])
     assert SPEC["threshold"] == pytest.approx(np.interp(1 - SPEC["natural_rate"], q["q"], q["value"]), rel=1e-9)
     assert SPEC["measured_with"]["weights_sha256"] == BASE["measured_with"]["weights_sha256"]
+
+
+def test_the_held_out_sources_are_the_rules_and_never_fitted_on():
+    """The split is the mechanical rule's (a new source cannot move it silently), and no training image
+    comes from a held-out source."""
+    assert list(split.HELDOUT) == split.heldout_by_rule()
+    frames = {name: [np.zeros((40, 40, 3), np.uint8)] for name in [*split.HELDOUT, "skimage:coffee.png"]}
+    items, _ = DS.training(1, frames)
+    assert items and {it.source for it in items} == {"skimage:coffee.png"}
 
 
 def test_engine_defaults_are_the_settings_the_baseline_was_measured_with():
@@ -123,27 +135,79 @@ def test_statistics_of_an_older_layout_or_another_model_are_not_scored():
     assert model.score_stats(current, n).shape == (n,)
 
 
-# --- on real images, through the engine ---------------------------------------------------------
+# --- on the held-out sources, through the engine ---------------------------------------------------------
+
+NEEDED = [f"natural_{v}_{h}" for v in ("full", "128", "64", "32") for h in "ab"] + \
+    ["natural_blur", "natural_noise", "medical_a", "medical_b"]
+
 
 @pytest.fixture(scope="module")
-def medical():
-    """The study's medical crops (same sources, seeds and order as bench.validation)."""
-    sources, _ = D.medical_sources()
-    return D.crop_set("medical", sources, 4, seed=4)
+def heldout():
+    """The study's held-out sets (bench/validation/domain_sets.heldout, >= 100 images each), extracted
+    by the engine with MC dropout off (the verdict does not use it)."""
+    from trustfid.pipeline import extract
+
+    held = DS.heldout(100)
+    assert not held.notes, f"held-out sources missing (scripts/setup.sh installs them): {held.notes}"
+    opts = ScoreOptions(device="cpu", batch_size=16, passes=0)
+    stats = {k: extract(np.stack(held.sets[k].images), "generated", opts) for k in NEEDED}
+    return held, stats, opts
 
 
-def _score(real: np.ndarray, generated: np.ndarray, passes: int = 2):
-    return score(real, generated, ScoreOptions(passes=passes, bootstrap_resamples=0, device="cpu", batch_size=16))
+def _report(heldout, real: str, generated: str):
+    _, stats, opts = heldout
+    return score(stats[real], stats[generated], opts)
+
+
+def _only_sample_size(reasons: list[str]) -> bool:
+    concerns = [r for r in reasons if not r.startswith(("domain check:", "no MC-dropout"))]
+    return all(r.startswith(("only ", "the sampling interval")) for r in concerns)
+
+
+MISSED_AT_64 = pytest.mark.xfail(strict=True, reason=(
+    "held-out goal missed (docs/VALIDATION.md, 'Where the domain check falls short'): 34 of the 104 held-out "
+    "natural photos at 64 px in half a score above the natural threshold, 33% against the 30% that makes a "
+    "reference 'partly outside'; half b has 24 of 104"))
 
 
 @pytest.mark.slow
-def test_medical_images_as_generated_are_a_finding_and_a_medical_reference_is_low(medical):
-    rgb = D.natural_rgb_sources()
-    natural = np.stack(D.crop_set("a", rgb, 2, seed=11).images)
-    med = np.stack([im for i, im in enumerate(medical.images) if i % 4 == 1])  # one crop per source
-    report = _score(natural, med)
-    assert report.trust.level != "low" and report.trust.reference_domain == "natural", report.trust.reasons
-    assert report.trust.findings and "of the generated images" in report.trust.findings[0]
-    report = _score(med, natural)
-    assert report.trust.level == "low" and report.trust.reference_domain == "outside"
-    assert report.trust.reasons[0].startswith("the reference set is outside the FID network's domain")
+@pytest.mark.parametrize("form", ["full", "128", pytest.param("64", marks=MISSED_AT_64), "32"])
+def test_natural_against_natural_is_high_at_every_resolution(heldout, form):
+    rep = _report(heldout, f"natural_{form}_a", f"natural_{form}_b")
+    assert rep.counts.real.used >= 100 and rep.counts.generated.used >= 100
+    assert rep.trust.reference_domain == "natural", rep.trust.reasons
+    assert rep.trust.level == "high" or (rep.trust.level == "medium" and _only_sample_size(rep.trust.reasons)), \
+        rep.trust.reasons
+    assert rep.trust.findings == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["full", "128", "64", "32"])
+def test_natural_photos_are_never_low_and_never_outside_at_any_resolution(heldout, form):
+    for real, generated in ((f"natural_{form}_a", f"natural_{form}_b"), (f"natural_{form}_b", f"natural_{form}_a")):
+        rep = _report(heldout, real, generated)
+        assert rep.trust.level != "low" and rep.trust.reference_domain != "outside", rep.trust.reasons
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("generated", ["natural_64_b", "natural_32_b", "natural_blur", "natural_noise", "medical_b"])
+def test_natural_against_a_poor_generator_is_never_low(heldout, generated):
+    rep = _report(heldout, "natural_full_a", generated)
+    assert rep.trust.level != "low" and rep.trust.reference_domain == "natural", rep.trust.reasons
+    clean = _report(heldout, "natural_full_a", "natural_full_b")
+    assert rep.fid > clean.fid  # the FID does its job: the poor generator is further from the reference
+    if generated == "medical_b":
+        g = rep.domain.generated
+        assert rep.trust.findings and rep.trust.findings[0].startswith(
+            f"{100 * g.fraction_above:.0f}% of the generated images ({g.above} of {g.images}) do not look like photos")
+        assert g.most_atypical[0].name in rep.trust.findings[0]
+
+
+@pytest.mark.slow
+def test_medical_against_medical_is_low(heldout):
+    rep = _report(heldout, "medical_a", "medical_b")
+    assert rep.trust.level == "low" and rep.trust.reference_domain == "outside"
+    assert rep.trust.reasons[0].startswith("the reference set is outside the FID network's domain")
+    r = rep.domain.real
+    assert r.fraction_above >= RULE["fraction_low"] and r.p_value < RULE["alpha"]
+    assert r.most_atypical[0].thumbnail.startswith("data:image/png;base64,")

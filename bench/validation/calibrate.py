@@ -143,106 +143,31 @@ def calibrate(results: dict) -> dict:
             "operating_points": points, "per_setting": per_setting, "domain": dom}
 
 
-NATURAL_KEYS, MEDICAL_KEYS = ["reference", "clean", "gray"], ["medical"]
-
-
 def domain_calibration(results: dict) -> dict:
-    """The domain check (bench/validation/domain.py): signals, candidates, the choice, the shipped
-    model and threshold, and the set-level verdicts under nested leave-one-source-out CV."""
-    conf = results["confirmed"]
-    raw = {k: np.asarray(v, np.float64) for k, v in results["domain_raw"].items()}
-    lv = {k: np.asarray(v, np.float64) for k, v in conf["per_image_all"].items()}
-    src = results["sources_all"]
-    d = DM.Data(raw, lv, src, NATURAL_KEYS, MEDICAL_KEYS)
-    signals = DM.signals(d)
-    cands = DM.candidates(d)
-    chosen, why = DM.choose(cands)
-    names = DM.CANDIDATES[chosen]
-    spec = DM.fit(d.x(names), d.y, names)
-    oof = np.asarray(cands[chosen]["oof"])
-    nat_oof = oof[d.y == 0]
-    threshold = DM.natural_threshold(nat_oof)
-    folds = DM.nested(d, names)
-
-    def cv(key: str, select=None) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.arange(len(raw[key])) if select is None else np.asarray(select)
-        sources = [src[key][i] for i in idx]
-        return DM.above_under_cv(folds, names, raw[key][idx], lv[key][idx] if key in lv else None, sources)
-
-    above = {k: cv(k) for k in raw}  # (scores, above) of every image of every set, each by its own fold
-    side = {k: DM.side_concern(a) for k, (_, a) in above.items()}
-    n = {k: len(raw[k]) for k in raw}
-    med_even, med_odd = np.arange(0, n["medical"], 2), np.arange(1, n["medical"], 2)
-    verdicts = {
-        "natural: reference vs test (clean)": ("reference", "clean"),
-        "natural: reference vs grayscale photos": ("reference", "gray"),
-    }
-    rows = {}
-    for label, (a, b) in verdicts.items():
-        rows[label] = _verdict(side[a], side[b], min(n[a], n[b]))
-    ma = DM.side_concern(above["medical"][1][med_even])
-    mb = DM.side_concern(above["medical"][1][med_odd])
-    rows["medical vs medical (halves of the medical set)"] = _verdict(ma, mb, len(med_even))
-    for fam in D_FAMILIES():
-        rows[f"{fam} severity 5 vs reference"] = _verdict(side["reference"], side[f"{fam}/5"], n[f"{fam}/5"])
-    per_source = {}
-    for cls, keys in (("natural", NATURAL_KEYS), ("medical", MEDICAL_KEYS)):
-        for s in sorted({x for k in keys for x in src[k]}):
-            flags = np.concatenate([above[k][1][np.asarray(src[k]) == s] for k in keys])
-            scores = np.concatenate([above[k][0][np.asarray(src[k]) == s] for k in keys])
-            c = DM.side_concern(flags)
-            per_source[s] = {"class": cls, "images": int(len(flags)), "above": c["above"], "p": c["p"],
-                             "mean_score": float(scores.mean()), "domain_level": DM.level(c),
-                             "rule_level": DM.level(c, n_min=len(flags))}
-    curves = {fam: [float(np.mean(above["clean"][1]))] + [float(np.mean(above[f"{fam}/{s}"][1])) for s in range(1, 6)]
-              for fam in D_FAMILIES()}
-    checks = {
-        "medical": rows["medical vs medical (halves of the medical set)"]["domain_level"],
-        "natural": max((rows[k]["domain_level"] for k in rows if k.startswith("natural")),
-                       key=["high", "medium", "low"].index),
-        "severity5": {fam: rows[f"{fam} severity 5 vs reference"]["domain_level"] for fam in D_FAMILIES()},
-    }
-    q = np.quantile(nat_oof, DM.QUANTILES)
-    spec_out = {
-        "model": spec,
-        "threshold": threshold,
+    """The shipped domain check (bench/validation/domain.py, run on the training sources): its model,
+    threshold and set rule, for trust_baseline.json."""
+    dom = results["domain"]
+    n_nat = sum(1 for y in dom["labels"] if y == 0)
+    n_med = len(dom["labels"]) - n_nat
+    spec = {
+        "model": dom["model"],
+        "threshold": dom["threshold"],
         "natural_rate": DM.NATURAL_RATE,
-        "natural_quantiles": {"q": DM.QUANTILES, "value": [float(v) for v in q]},
+        "natural_quantiles": {"q": DM.QUANTILES, "value": dom["natural_quantiles"]},
         "rule": DM.RULE,
         "measured_with": {"resize": "clean", "weights_sha256": results["weights_sha256"]},
         "derived": {
-            "model": f"{chosen}: logistic regression (C={DM.C}, balanced classes) on standardised log inputs, "
-                     f"{int(np.sum(d.y == 0))} natural crops of {len(set(d.groups[d.y == 0]))} photos against "
-                     f"{int(np.sum(d.y == 1))} medical crops of {len(set(d.groups[d.y == 1]))} sources",
-            "threshold": f"{100 * (1 - DM.NATURAL_RATE):.0f}% quantile of the natural crops' leave-one-source-out "
-                         "scores",
-            "rule": f"one-sided binomial test against {100 * DM.NATURAL_RATE:.0f}% at alpha {DM.RULE['alpha']}; a "
-                    f"concern from {100 * DM.RULE['fraction_medium']:.0f}% of a set above the threshold, low from "
-                    f"{100 * DM.RULE['fraction_low']:.0f}% (set once, after a pilot on the calibration sources, "
-                    "before the held-out sources were scored)",
+            "model": f"{dom['chosen']}: {n_nat} natural images of {dom['sources_natural']} photos against {n_med} "
+                     f"medical images of {dom['sources_medical']} sources, in every form (full size, 128, 64, 32 px, "
+                     "grayscale, JPEG); held-out sources never fitted (bench/validation/split.py)",
+            "threshold": f"{100 * (1 - DM.NATURAL_RATE):.0f}% quantile of the natural training images' "
+                         "leave-one-source-out scores",
+            "rule": f"one-sided binomial test against {100 * DM.NATURAL_RATE:.0f}% at alpha {DM.RULE['alpha']}; "
+                    f"partly outside from {100 * DM.RULE['fraction_medium']:.0f}% of a set above the threshold, "
+                    f"outside from {100 * DM.RULE['fraction_low']:.0f}%",
         },
         "study": {"document": "docs/VALIDATION.md", "generated": time.strftime("%Y-%m-%d"),
-                  "auroc_cv": round(cands[chosen]["auroc"], 3), "auroc_cv_sources": round(cands[chosen]["auroc_sources"], 3)},
+                  "auroc_cv": round(dom["candidates"][dom["chosen"]]["auroc"], 3),
+                  "auroc_cv_sources": round(dom["candidates"][dom["chosen"]]["auroc_sources"], 3)},
     }
-    return {"spec": spec_out, "signals": signals,
-            "candidates": {k: {kk: vv for kk, vv in v.items() if kk != "oof"} for k, v in cands.items()},
-            "chosen": chosen, "choice": why, "threshold": threshold, "verdicts": rows, "per_source": per_source,
-            "severity_curves": curves, "checks": checks,
-            "scores_cv": {k: above[k][0].tolist() for k in ["reference", "clean", "gray", "medical"]
-                          + [f"{f}/5" for f in D_FAMILIES()]},
-            "oof": {"natural_rgb": oof[: n["reference"] + n["clean"]].tolist(),
-                    "natural_gray": oof[n["reference"] + n["clean"]: n["reference"] + n["clean"] + n["gray"]].tolist(),
-                    "medical": oof[d.y == 1].tolist()}}
-
-
-def D_FAMILIES() -> list[str]:
-    from .data import FAMILIES
-
-    return list(FAMILIES)
-
-
-def _verdict(a: dict, b: dict, n_min: int) -> dict:
-    reasons = [f"{name}: {s['above']} of {s['n']} above (p={s['p']:.2g})" for name, s in (("real", a), ("generated", b))
-               if s["penalty"] > 0]
-    return {"domain_level": DM.level(a, b), "rule_level": DM.level(a, b, n_min=n_min),
-            "real": [a["above"], a["n"]], "generated": [b["above"], b["n"]], "reasons": reasons or ["none"]}
+    return {"spec": spec}

@@ -62,7 +62,7 @@ def plots(results: dict, out: Path) -> list[str]:
         ax.set_title(fam)
         ax.set_xlabel("severity (0 = clean)")
     axes[0].set_ylabel("set mean / clean set")
-    axes[0].plot([], [], color="0.75", label="other grid settings (T=%d)" % results["grid_passes"])
+    axes[0].plot([], [], color="0.75", label=f"other grid settings (T={results['grid_passes']})")
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle("Mean latent predictive variance of a corrupted set, relative to the same crops clean")
     fig.tight_layout()
@@ -147,52 +147,9 @@ def plots(results: dict, out: Path) -> list[str]:
 
 
 def domain_plots(results: dict, out: Path, plt) -> list[str]:
-    made = []
-    dom = results.get("calibration", {}).get("domain")
-    if dom:
-        thr = dom["threshold"]
-        groups = [("natural colour photos (CV)", dom["oof"]["natural_rgb"], "C2"),
-                  ("natural grayscale photos (CV)", dom["oof"]["natural_gray"], "C8"),
-                  ("medical (CV)", dom["oof"]["medical"], "C1")]
-        groups += [(f"{FAM_SHORT[f]} severity 5 (CV)", dom["scores_cv"][f"{f}/5"], "C7") for f in FAMILIES]
-        ho = results.get("heldout")
-        if ho:
-            groups += [("held-out natural", ho["scores"]["natural"], "C2"),
-                       ("held-out medical", ho["scores"]["medical"], "C1"),
-                       ("held-out natural + noise 5", ho["scores"]["natural_noise5"], "C7"),
-                       ("held-out tiny faces", ho["scores"]["faces"], "C9")]
-        fig, ax = plt.subplots(figsize=(9, 0.42 * len(groups) + 1.6))
-        rng = np.random.default_rng(0)
-        for i, (label, v, color) in enumerate(groups):
-            v = np.asarray(v)
-            ax.scatter(v, i + rng.uniform(-0.18, 0.18, len(v)), s=9, alpha=0.6, color=color)
-            ax.plot([np.median(v)] * 2, [i - 0.3, i + 0.3], color="k", lw=1.5)
-            ax.text(ax.get_xlim()[1] if False else 0, i, "", fontsize=7)
-        rate = results["calibration"]["baseline"]["domain"]["natural_rate"]
-        ax.axvline(thr, color="k", ls="--", lw=1, label=f"natural {100 * (1 - rate):.0f}% quantile ({thr:.2f})")
-        ax.set_yticks(range(len(groups)), [f"{g[0]} (n={len(g[1])})" for g in groups], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel("domain score (log-odds; higher = less like a natural photo)")
-        ax.set_title(f"Per-image domain scores ({dom['chosen']}); black tick: median")
-        ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        made.append(_save(fig, out / "domain_scores.png"))
+    from . import domain_report
 
-        fig, axes = plt.subplots(1, 5, figsize=(17, 3.4), sharey=True)
-        for ax, fam in zip(axes, FAMILIES):
-            ax.plot([0] + SEVERITIES, dom["severity_curves"][fam], "o-", color="C0")
-            rule = results["calibration"]["baseline"]["domain"]["rule"]
-            ax.axhline(results["calibration"]["baseline"]["domain"]["natural_rate"], color="k", lw=0.5, ls=":")
-            ax.axhline(rule["fraction_medium"], color="C1", lw=0.8, ls="--")
-            ax.axhline(rule["fraction_low"], color="C3", lw=0.8, ls="--")
-            ax.set_title(fam)
-            ax.set_xlabel("severity (0 = clean)")
-        axes[0].set_ylabel("share of images above the natural threshold")
-        fig.suptitle("Domain check against corruption severity (each crop scored by the model fitted without its photo); "
-                     "dotted: natural rate; dashed: concern and low")
-        fig.tight_layout()
-        made.append(_save(fig, out / "domain_vs_severity.png"))
-
+    made = domain_report.plots(results, out, plt)
     small = results.get("smallsample")
     if small:
         fig, axes = plt.subplots(1, len(small["pairs"]), figsize=(12, 4))
@@ -216,7 +173,8 @@ def domain_plots(results: dict, out: Path, plt) -> list[str]:
             h1, l1 = ax.get_legend_handles_labels()
             h2, l2 = ax2.get_legend_handles_labels()
             ax.legend(h1 + h2, l1 + l2, fontsize=8)
-        fig.suptitle(f"Small-sample bias: mean ± sd over {small['repeats']} draws per N (pools of {small['pool']} crops)")
+        fig.suptitle(f"Small-sample bias: mean ± sd over {small['repeats']} draws per N "
+                     f"(pools of {small['pool']} crops)")
         fig.tight_layout()
         made.append(_save(fig, out / "kid_fid_infinity.png"))
     return made
@@ -272,19 +230,22 @@ def measured_section(results: dict) -> str:
               f"- Wall time of the one command: {t.get('measure_total', 0) + t.get('report', 0):.0f} s "
               f"({(t.get('measure_total', 0) + t.get('report', 0)) / 60:.1f} min) in all "
               f"(data {t.get('data')}, trunk + plain pass with the domain hooks {t.get('trunk_and_plain')}, "
+              f"domain study {t.get('domain')}, "
               f"KID/FID∞ pools {t.get('kid_fid_infinity')}, grid {t.get('grid')}, "
               f"confirmation {t.get('confirm')}, engine check {t.get('engine_check')}, held-out sets through "
               f"the product {t.get('heldout')}; calibration, plots and this document take under a minute "
               "more). "
               f"CPU time of the process (user + system, both torch threads): {t.get('cpu_s', 0):.0f} s "
-              f"({t.get('cpu_s', 0) / 60:.1f} min); on a quiet 2-core machine the wall time is at best about half of it "
+              f"({t.get('cpu_s', 0) / 60:.1f} min); on a quiet 2-core machine the wall time is at best about half "
+              "of it "
               f"(load average {', '.join(f'{x:.1f}' for x in t.get('load_average_at_report', []))} when the "
               "report was written).",
               f"- Images: reference {sizes['reference']}, test {sizes['clean']} per condition × 26 conditions, "
               f"natural grayscale {sizes['gray']}, medical {sizes['medical']} "
               f"({sum(sizes.values())} network inputs in all); plus "
-              f"{3 * results['smallsample']['pool'] if results.get('smallsample') else 0} crops for KID/FID∞ (plain pass "
-              f"only) and {sum(v for k, v in results.get('heldout', {}).get('sizes', {}).items() if k != 'natural')} "
+              f"{3 * results['smallsample']['pool'] if results.get('smallsample') else 0} crops for KID/FID∞ "
+              "(plain pass "
+              f"only) and {sum(v for k, v in results.get('heldout', {}).get('sizes', {}).items())} "
               "held-out images through the product.",
               f"- Grid at T={results['grid_passes']}; chosen setting confirmed at T={results['default_passes']}. "
               f"The study's MC loop matches `pipeline.extract` to {results['engine_check_max_rel_diff']:.1e} "
@@ -343,7 +304,8 @@ def measured_section(results: dict) -> str:
     if ftr:
         parts += ["Set-level distance to the natural reference (plain FID against the 28 reference crops): "
                   + ", ".join(f"{k} {v:.0f}" for k, v in ftr.items())
-                  + " (test-clean crops come from the same 7 photos as the reference; the grayscale photos do not).", ""]
+                  + " (test-clean crops come from the same 7 photos as the reference; the grayscale photos "
+                  "do not).", ""]
 
     parts += ["### Variants that need no extra passes", "",
               "ρ of the MC-FID coefficient of variation (std / mean: the spread with the FID's size divided out), "
@@ -417,97 +379,9 @@ def measured_section(results: dict) -> str:
 
 
 def domain_section(results: dict) -> list[str]:
-    dom = results["calibration"].get("domain")
-    if not dom:
-        return []
-    ho = results.get("heldout", {})
-    spec = results["calibration"]["baseline"]["domain"]
-    cand = dom["candidates"][dom["chosen"]]
-    chk = dom["checks"]
-    sev = chk["severity5"]
-    ho_v = ho.get("verdicts", {})
+    from . import domain_report
 
-    def ho_level(key: str) -> str:
-        return next((v["level"] for k, v in ho_v.items() if k.startswith(key)), "–")
-
-    parts = ["### Domain check: goals", "",
-             _table(["goal", "measured", "met"], [
-                 ["per-image AUROC natural vs medical ≥ 0.9, leave-one-source-out CV",
-                  f"{cand['auroc']:.3f} (over per-source means {cand['auroc_sources']:.3f}); held-out sources, shipped "
-                  f"model: {ho.get('auroc', {}).get('medical', float('nan')):.3f}", _yes(cand["auroc"] >= 0.9)],
-                 ["trust “low” on medical sets (domain part, CV)", f"medical halves: {chk['medical']}",
-                  _yes(chk["medical"] == "low")],
-                 ["trust “low” on medical sets (held-out, full rule, the product)",
-                  ho_level("natural vs medical"), _yes(ho_level("natural vs medical") == "low")],
-                 ["trust “high” on clean natural sets (domain part, CV)", chk["natural"], _yes(chk["natural"] == "high")],
-                 ["trust “high” on clean natural sets (held-out halves, full rule, the product)",
-                  ho_level("natural vs natural"), _yes(ho_level("natural vs natural") == "high")],
-                 ["severity-5 corrupted natural sets never “high” (domain part, CV)",
-                  ", ".join(f"{FAM_SHORT[f]} {v}" for f, v in sev.items()), _yes(all(v != "high" for v in sev.values()))],
-                 ["severity-5 noise never “high” (held-out, full rule, the product)", ho_level("natural vs the same"),
-                  _yes(ho_level("natural vs the same") not in ("high", "–"))],
-             ]), "",
-             "“Domain part”: the level from the domain check alone; the full rule adds the sample-size checks "
-             "(fewer than 50 images in a set makes any study set of 14-48 crops at least “medium”). CV: every "
-             "image is scored by the model fitted without its source photo, against that model's own threshold "
-             "(nested leave-one-source-out).", ""]
-
-    rows = [[k, _f(v["auroc"], 3), _f(v["auroc_sources"], 3)] for k, v in dom["signals"].items()]
-    parts += ["### Domain check: each signal alone (no fitting; higher = less natural)", "",
-              "AUROC = P(score of a medical crop > score of a natural crop); natural = reference, test-clean and "
-              "grayscale crops; “src”: over per-source means.", "",
-              _table(["signal", "AUROC", "AUROC src"], rows), ""]
-    rows = [[k + (" ⟵ chosen" if k == dom["chosen"] else ""), str(len(v["inputs"])), _bold(v["auroc"], 0.9, 3),
-             _f(v["auroc_sources"], 3)] for k, v in dom["candidates"].items()]
-    parts += ["### Domain check: candidate models, leave-one-source-out cross-validation", "",
-              f"Logistic regression on standardised log inputs; every crop scored by the model fitted without its "
-              f"source image. Choice: {dom['choice']}.", "",
-              _table(["model", "inputs", "CV AUROC (per image)", "CV AUROC (per source)"], rows), ""]
-    m = spec["model"]
-    parts += ["Shipped model (fitted on all calibration crops; `trustfid/trust_baseline.json`):", "",
-              _table(["input", "centre", "scale", "coefficient"],
-                     [[n, _f(c, 3), _f(sc, 3), _f(w, 3)] for n, c, sc, w in zip(m["inputs"], m["center"], m["scale"],
-                                                                              m["coef"])]
-                     + [["intercept", "", "", _f(m["intercept"], 3)]]), "",
-              f"Threshold ({spec['derived']['threshold']}): {spec['threshold']:.3f}. "
-              f"Set rule (fixed before the run): {spec['derived']['rule']}.", ""]
-
-    old = results["calibration"]["trust_on_sets"]
-    rows = []
-    for k, v in dom["verdicts"].items():
-        rows.append([k, f"{v['real'][0]}/{v['real'][1]}", f"{v['generated'][0]}/{v['generated'][1]}",
-                     v["domain_level"], v["rule_level"], old.get(k, {}).get("level", "–")])
-    parts += ["### Domain check: verdicts on the study's sets (nested CV)", "",
-              "Images above the threshold per side; the level from the domain check alone, with the sample-size "
-              "check, and what the old latent-variance rule said.", "",
-              _table(["set", "real above", "generated above", "domain level", "full rule", "old rule"], rows), ""]
-    rows = [[v["class"], k, str(v["images"]), str(v["above"]), _f(v["mean_score"]), v["domain_level"],
-             old.get(f"medical source alone: {k}", {}).get("level", "–") if v["class"] == "medical" else "–"]
-            for k, v in sorted(dom["per_source"].items(), key=lambda kv: (kv[1]["class"], kv[1]["mean_score"]))]
-    parts += ["Per source image alone (all its crops as one set, CV):", "",
-              _table(["class", "source", "crops", "above", "mean score", "domain level", "old rule"], rows), ""]
-    rows = [[fam] + [f"{100 * v:.0f}%" for v in dom["severity_curves"][fam]] for fam in FAMILIES]
-    parts += ["Share of corrupted crops above the threshold, severity 0..5 (CV):", "",
-              _table(["family", "0", "1", "2", "3", "4", "5"], rows), ""]
-
-    if ho:
-        parts += ["### Held-out sources through the product", "",
-                  "Sources never used to fit or calibrate anything: " + "; ".join(
-                      f"{k} ({', '.join(v)})" for k, v in ho["sources"].items() if k in ("natural_a", "medical", "faces"))
-                  + f". `pipeline.extract` + `pipeline.score` with the default options and the baseline just written. "
-                  f"Per-image AUROC of the shipped score against the held-out natural crops: medical "
-                  f"{ho['auroc']['medical']:.3f}, natural under noise severity 5 {ho['auroc']['natural_noise5']:.3f}, "
-                  f"tiny faces {ho['auroc']['faces']:.3f}.", ""]
-        rows = [[k, f"{v['n_real']} / {v['n_generated']}", f"{v['fid']:.1f}",
-                 "–" if v["kid"] is None else f"{v['kid']:.4f}",
-                 "–" if v["fid_infinity"] is None else f"{v['fid_infinity']:.1f}",
-                 f"{v['above']['real'][0]}/{v['above']['real'][1]}, {v['above']['generated'][0]}/{v['above']['generated'][1]}",
-                 v["level"], "; ".join(r.split(". ")[0] for r in v["reasons"])] for k, v in ho_v.items()]
-        parts += [_table(["comparison", "images", "FID", "KID", "FID∞", "above (real, generated)", "trust", "reasons"],
-                         rows), ""]
-        if ho.get("notes"):
-            parts += ["Notes: " + "; ".join(ho["notes"]), ""]
-
+    parts = domain_report.section(results)
     small = results.get("smallsample")
     if small:
         parts += ["### KID and FID∞ at small N against large N, same photos", "",
@@ -518,9 +392,7 @@ def domain_section(results: dict) -> list[str]:
                      f"{r['fid_inf']['mean']:.1f} ± {r['fid_inf']['sd']:.1f}",
                      f"{1e3 * r['kid']['mean']:.2f} ± {1e3 * r['kid']['sd']:.2f}"] for r in rows_]
             parts += [f"{label}:", "", _table(["N per set", "plain FID", "FID∞", "KID ×10³"], rows), ""]
-    parts += ["![domain scores](validation/domain_scores.png)", "",
-              "![domain check vs severity](validation/domain_vs_severity.png)", "",
-              "![KID and FID∞ vs N](validation/kid_fid_infinity.png)", ""]
+    parts += ["![KID and FID∞ vs N](validation/kid_fid_infinity.png)", ""]
     return parts
 
 

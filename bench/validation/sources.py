@@ -224,7 +224,8 @@ SOURCES: tuple[Source, ...] = (
     _natural(C, "pydicom-data:OT-PAL-8-face.dcm", PDD, "data/OT-PAL-8-face.dcm", _without_file_meta,
              note="a 1996 photo of a face stored as palette-colour DICOM"),
     # natural grayscale photos
-    *(_natural(G, f"skimage:{f}", SK, f"data/{f}") for f in ("camera.png", "coins.png", "moon.png", "clock_motion.png")),
+    *(_natural(G, f"skimage:{f}", SK, f"data/{f}") for f in
+      ("camera.png", "coins.png", "moon.png", "clock_motion.png")),
     _natural(G, "skimage:lfw_subset.npy (faces)", SK, "data/lfw_subset.npy", _faces,
              note="12 of its 100 25-px face crops"),
     _natural(G, "pywt:aero.npz", "pywt", "data/aero.npz", _npz, note="aerial photo"),

@@ -294,7 +294,7 @@ def measure(args, quick: bool) -> dict:
 
     net, weights = load_network()
     from trustfid.domain import DomainProbe
-    probe = DomainProbe(net, weights.tensors)
+    probe = DomainProbe(net)
     threads = torch.get_num_threads()
     t0 = lap("network", t0)
 
@@ -311,6 +311,9 @@ def measure(args, quick: bool) -> dict:
     splits = {k: (split_domain if k in names["domain_sets"] else split_all) for k in sets}
     feats = extract_features(net, sets, splits, probe=probe)
     t0 = lap("trunk_and_plain", t0)
+
+    domain_results = measure_domain(net, probe, feats, quick, log)
+    t0 = lap("domain", t0)
 
     pools = smallsample.sets(quick)
     small = smallsample.run({k: plain_features(net, v) for k, v in pools.items()}, quick)
@@ -355,12 +358,49 @@ def measure(args, quick: bool) -> dict:
         "crops_per_source": sizes, "notes": data.notes, "grid_passes": args.grid_passes,
         "default_passes": args.default_passes, "engine_check_max_rel_diff": eq,
         "engine_check_domain_max_rel_diff": eq_domain,
-        "domain_raw": {k: v.tolist() for k, v in feats.domain.items()},
+        "domain": domain_results,
         "sources_all": {k: list(v) for k, v in sources_of(data).items()}, "smallsample": small,
         "baselines": base, "grid": rows, "chosen": chosen["setting"], "choice": why,
         "confirmed": confirmed, "timings_s": timings, "weights_sha256": weights.sha256,
         "sources": {k: sorted(set(v)) for k, v in names["sources"].items()}, "quick": quick,
     }
+
+
+def measure_domain(net, probe, feats, quick: bool, log) -> dict:
+    """The domain study (bench/validation/domain.py) on every form of the training sources' crops; then,
+    descriptively, the share of the first study's corrupted crops the chosen score puts above its
+    threshold, by severity."""
+    from trustfid.domain import DomainModel
+
+    from . import domain as DM
+    from . import domain_sets as DS
+
+    items, notes = DS.training(1 if quick else DM.CROPS)
+    log(f"domain study: {len(items)} training images" + ("; " + "; ".join(notes) if notes else ""))
+    images = [it.image for it in items]
+    raws, plains = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), 32):
+            with probe.active():
+                f = net(model_input(images[i:i + 32])).float()
+            plains.append(f.numpy())
+            raws.append(probe.take(f))
+    raw, plain = np.concatenate(raws), np.concatenate(plains)
+    y = np.array([int(it.medical) for it in items])
+    groups = np.array([it.source for it in items])
+    variants = np.array([it.variant for it in items])
+    out = DM.run(raw, plain, y, groups, variants, log=log)
+    model = DomainModel(out["model"])
+
+    def above(key: str) -> float:
+        emb = model.embedding_term(feats.plain[key]) if model.embedding is not None else None
+        return float(np.mean(model.score(feats.domain[key], emb) > out["threshold"]))
+
+    if all(f"{f}/5" in feats.domain for f in D.FAMILIES):
+        out["severity_curves"] = {f: [above("clean")] + [above(f"{f}/{k}") for k in D.SEVERITIES] for f in D.FAMILIES}
+    out.update(labels=y.tolist(), variants=variants.tolist(), groups=groups.tolist(), notes=notes,
+               sources_natural=len(set(groups[y == 0])), sources_medical=len(set(groups[y == 1])))
+    return out
 
 
 def sources_of(data) -> dict[str, list[str]]:
