@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .schemas import Headline, Progress, ScoreOptions, TrustLevel, _Strict
+from .schemas import Headline, Progress, ScoreOptions, Strict, TrustLevel
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -65,7 +65,7 @@ class JobOptions(ScoreOptions):
         return None
 
 
-class InputRef(_Strict):
+class InputRef(Strict):
     """One side of a JSON job submission: a URI to fetch, or a registered reference."""
 
     uri: str | None = Field(None, max_length=4096, description="file:// (under allowed roots), http(s)://, s3://")
@@ -83,7 +83,7 @@ class InputRef(_Strict):
             raise ValueError("give exactly one of uri or reference_id")
 
 
-class JobSubmit(_Strict):
+class JobSubmit(Strict):
     """JSON body of POST /v1/jobs."""
 
     real: InputRef
@@ -91,7 +91,7 @@ class JobSubmit(_Strict):
     options: JobOptions | None = None
 
 
-class ReferenceSubmit(_Strict):
+class ReferenceSubmit(Strict):
     """JSON body of POST /v1/references."""
 
     source: InputRef
@@ -99,7 +99,7 @@ class ReferenceSubmit(_Strict):
     options: ScoreOptions | None = None
 
 
-class InputInfo(_Strict):
+class InputInfo(Strict):
     """Where one input set came from, as the caller sees it."""
 
     kind: Literal["upload", "uri", "reference"]
@@ -109,20 +109,20 @@ class InputInfo(_Strict):
     bytes: int | None = None
 
 
-class JobError(_Strict):
+class JobError(Strict):
     """What went wrong, and what to do about it."""
 
     code: str = Field(description="stable, machine-readable, e.g. bad_options, not_found, rate_limited")
     message: str = Field(description="one line for a person: what was wrong and what to do")
 
 
-class ErrorResponse(_Strict):
+class ErrorResponse(Strict):
     """The body of every error the API answers, whatever the status."""
 
     error: JobError
 
 
-class _TaskRecord(_Strict):
+class _TaskRecord(Strict):
     id: str
     state: JobState = "queued"
     progress: Progress | None = None
@@ -149,7 +149,7 @@ class JobRecord(_TaskRecord):
     headline: Headline | None = None
 
 
-class JobList(_Strict):
+class JobList(Strict):
     jobs: list[JobRecord]
 
 
@@ -164,11 +164,11 @@ class ReferenceRecord(_TaskRecord):
     images: int | None = None
 
 
-class ReferenceList(_Strict):
+class ReferenceList(Strict):
     references: list[ReferenceRecord]
 
 
-class SeriesPoint(_Strict):
+class SeriesPoint(Strict):
     """One succeeded job of a series: its step, its FID and how far that FID can be trusted."""
 
     step: int | float = Field(description="from the job's numeric step= tag")
@@ -183,7 +183,7 @@ class SeriesPoint(_Strict):
     finished_at: float
 
 
-class Series(_Strict):
+class Series(Strict):
     """GET /v1/series: the caller's succeeded jobs with one tag, by step."""
 
     tag: str

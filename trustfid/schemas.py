@@ -35,7 +35,7 @@ TrustLevel = Literal["high", "medium", "low"]
 LENIENT = {"lenient": True}
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     """Unknown fields are an error, unless validated with ``context=LENIENT`` (then they are dropped,
     at every level of nesting)."""
 
@@ -68,7 +68,7 @@ def lenient(model: type[BaseModel], data):
     return model.model_validate(data, context=LENIENT)
 
 
-class ScoreOptions(_Strict):
+class ScoreOptions(Strict):
     """Everything that changes the numbers of a score, plus a few knobs that do not (batch_size,
     device, strict). The MC defaults are the ones the validation study chose from data
     (docs/VALIDATION.md); the trust rule's baseline was measured with them."""
@@ -132,22 +132,22 @@ class ScoreOptions(_Strict):
         return self
 
 
-class SkippedFile(_Strict):
+class SkippedFile(Strict):
     name: str
     reason: str
 
 
-class SetCounts(_Strict):
+class SetCounts(Strict):
     used: int
     skipped: list[SkippedFile] = Field(default_factory=list)
 
 
-class Counts(_Strict):
+class Counts(Strict):
     real: SetCounts
     generated: SetCounts
 
 
-class FidMC(_Strict):
+class FidMC(Strict):
     passes: int
     mean: float | None = None
     std: float | None = None
@@ -155,18 +155,18 @@ class FidMC(_Strict):
     samples: list[float] = Field(default_factory=list)
 
 
-class FidBootstrap(_Strict):
+class FidBootstrap(Strict):
     resamples: int
     ci95: tuple[float, float] | None = None
     std: float | None = None
 
 
-class ImageVariance(_Strict):
+class ImageVariance(Strict):
     name: str
     latent_variance: float
 
 
-class VarianceSummary(_Strict):
+class VarianceSummary(Strict):
     mean: float | None = None
     median: float | None = None
     p95: float | None = None
@@ -176,7 +176,7 @@ class SetVariance(VarianceSummary):
     most_uncertain: list[ImageVariance] = Field(default_factory=list)
 
 
-class LatentVariance(_Strict):
+class LatentVariance(Strict):
     """Mean over the 2048 feature dimensions of the per-image predictive variance across the T
     passes (the trace of each image's predictive covariance divided by 2048)."""
 
@@ -184,7 +184,7 @@ class LatentVariance(_Strict):
     generated: SetVariance
 
 
-class Headline(_Strict):
+class Headline(Strict):
     """The numbers to lead with, and the same words everywhere (CLI, HTML report, job records).
     Both intervals are about the plain FID and contain it by construction: each is the plain FID
     moved by the spread of its resamples around their median."""
@@ -203,7 +203,7 @@ class Headline(_Strict):
     warnings: list[str] = Field(default_factory=list)
 
 
-class Kid(_Strict):
+class Kid(Strict):
     """Kernel Inception Distance as clean-fid computes it (kid.py)."""
 
     value: float
@@ -212,14 +212,14 @@ class Kid(_Strict):
     subset_size: int
 
 
-class FidInfinityPoint(_Strict):
+class FidInfinityPoint(Strict):
     n_real: int
     n_generated: int
     fid: float = Field(description="mean over the repeats at this size")
     repeats: int
 
 
-class FidInfinity(_Strict):
+class FidInfinity(Strict):
     """FID extrapolated to infinitely many images (Chong & Forsyth 2020; kid.py)."""
 
     value: float
@@ -227,12 +227,12 @@ class FidInfinity(_Strict):
     points: list[FidInfinityPoint]
 
 
-class SetRows(_Strict):
+class SetRows(Strict):
     kept: int
     used: int
 
 
-class FeatureRows(_Strict):
+class FeatureRows(Strict):
     """How many plain feature rows KID, FID∞ and the bootstrap rest on."""
 
     cap: int
@@ -241,13 +241,13 @@ class FeatureRows(_Strict):
     generated: SetRows
 
 
-class AtypicalImage(_Strict):
+class AtypicalImage(Strict):
     name: str
     domain_score: float
     thumbnail: str | None = Field(None, max_length=24_000, pattern=r"^data:image/png;base64,[A-Za-z0-9+/=]+$")
 
 
-class SetDomain(_Strict):
+class SetDomain(Strict):
     images: int
     mean: float
     median: float
@@ -259,7 +259,7 @@ class SetDomain(_Strict):
     most_atypical: list[AtypicalImage] = Field(default_factory=list)
 
 
-class Domain(_Strict):
+class Domain(Strict):
     """Per-image domain scores (domain.py): higher means less like a natural photo."""
 
     available: bool
@@ -273,7 +273,7 @@ class Domain(_Strict):
     note: str | None = None
 
 
-class Trust(_Strict):
+class Trust(Strict):
     level: TrustLevel
     score: float = Field(description="0 (do not trust) .. 1 (no concern): 1 - (sum of the concerns' weights) / 2; "
                                      "a reference outside the network's domain weighs 1, any other concern 0.5")
@@ -287,7 +287,7 @@ class Trust(_Strict):
                           "None in reports before schema 1.3")
 
 
-class ModelInfo(_Strict):
+class ModelInfo(Strict):
     name: str = "inception-v3-tf-2015-12-05 pool3 (2048-d)"
     weights_sha256: str
     weights_source: str
@@ -297,7 +297,7 @@ class ModelInfo(_Strict):
     input_size: tuple[int, int] | None = Field(None, description="(height, width) of the network input")
 
 
-class Timing(_Strict):
+class Timing(Strict):
     load_s: float = 0.0
     extract_s: float = 0.0
     frechet_s: float = 0.0
@@ -306,7 +306,7 @@ class Timing(_Strict):
     finished_at: str | None = Field(None, description="UTC time the report was made (ISO 8601)")
 
 
-class Report(_Strict):
+class Report(Strict):
     schema_version: str = SCHEMA_VERSION
     fid: float = Field(description="plain FID, dropout off; equals pytorch-fid/clean-fid for the same resize")
     fid_mc: FidMC
@@ -330,13 +330,13 @@ class Report(_Strict):
     domain: Domain | None = None
 
 
-class InspectImage(_Strict):
+class InspectImage(Strict):
     name: str
     latent_variance: float
     domain_score: float | None = Field(None, description="higher means less like a natural photo")
 
 
-class InspectReport(_Strict):
+class InspectReport(Strict):
     schema_version: str = SCHEMA_VERSION
     images: list[InspectImage]
     summary: VarianceSummary
@@ -345,7 +345,7 @@ class InspectReport(_Strict):
     domain: SetDomain | None = None
 
 
-class Progress(_Strict):
+class Progress(Strict):
     """What a running job reports; the engine calls its progress callback with one of these as each
     stage starts: loading (the worker: inputs and network), extracting (per set, per batch), frechet
     (FID of the plain and MC passes), report (intervals, trust), done."""
