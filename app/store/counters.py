@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import time
 
+import app.store.keys as keys
 from trustfid.records import FINAL_STATES
 
-from . import keys
 from .base import execute
 
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, float("inf"))

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import redis
 
-from . import keys
+import app.store.keys as keys
+
 from .base import call, call_async, execute
 
 

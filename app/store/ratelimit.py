@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 
+import app.store.keys as keys
 from app.errors import RateLimitError
 
-from . import keys
 from .base import call
 
 # A sliding window as a sorted set of submission tokens scored by the Redis server's clock (one clock

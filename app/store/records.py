@@ -12,10 +12,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+import app.store.keys as keys
 from app.errors import NotFoundError
 from trustfid.records import FINAL_STATES, JobRecord, ReferenceRecord
 
-from . import keys
 from .base import call, call_async, execute
 from .counters import record_state_change
 
