@@ -44,6 +44,21 @@ def crops(names: list[str], count: int, size: int = 96, seed: int = 0) -> list[n
     return out
 
 
+
+def mixed_crops(names: list[str], count: int, sizes: tuple[int, int] = (48, 320), seed: int = 0) -> list[np.ndarray]:
+    """``count`` square crops of seeded sizes between ``sizes`` (at most the photo's shorter side),
+    cycling over the named images, at seeded positions: a set of mixed resolutions."""
+    rng = np.random.default_rng(seed)
+    photos = [load(n) for n in names]
+    out = []
+    for i in range(count):
+        im = photos[i % len(photos)]
+        size = int(rng.integers(sizes[0], min(sizes[1], *im.shape[:2]) + 1))
+        y = int(rng.integers(0, im.shape[0] - size + 1))
+        x = int(rng.integers(0, im.shape[1] - size + 1))
+        out.append(np.ascontiguousarray(im[y:y + size, x:x + size]))
+    return out
+
 def write_folder(folder: Path, images: list[np.ndarray], fmt: str = "png") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images):

@@ -42,6 +42,25 @@ def test_features_are_bit_identical_whatever_the_batch_size(net, mask_mode):
     assert torch.equal(mc5, torch.cat([m for _, m in parts], dim=1))
 
 
+
+def test_features_are_bit_identical_whatever_the_batch_size_with_one_thread_too(net):
+    # With one thread torch sent a 1x1 convolution of fewer than 16 images another way than a larger
+    # batch (numerics.py): a sharded job's last shard, in a batch of 10, differed from the unsharded job.
+    x = torch.rand(16, 3, 96, 96, generator=torch.Generator().manual_seed(5)) * 1.99 - 1  # small: fast
+    model = _mc(net, passes=2, dropout_at=["Mixed_7a"], seed=7)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        plain16, mc16 = model.features(x)
+        parts = [model.features(x[i:i + 5], first_index=i) for i in range(0, 16, 5)]  # 5, 5, 5, 1
+        torch.set_num_threads(2)
+        plain2, mc2 = model.features(x[:3])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(plain16, torch.cat([p for p, _ in parts]))
+    assert torch.equal(mc16, torch.cat([m for _, m in parts], dim=1))
+    assert torch.equal(plain2, plain16[:3]) and torch.equal(mc2, mc16[:, :3])
+
 def test_shared_masks_make_pass_t_one_network_for_every_image(net):
     """The same image gets the same pass-t features in either set and at any position."""
     x = _x(2, seed=2)

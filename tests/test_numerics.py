@@ -11,7 +11,7 @@ from tests.engine_helpers import our_net
 from trustfid.errors import IncompatibleStatsError
 from trustfid.extras import Collector
 from trustfid.mc import MCDropout, stacked_passes
-from trustfid.numerics import _cudnn_fp32, precision_scope
+from trustfid.numerics import _cudnn_fp32, onednn_conv2d, precision_scope
 from trustfid.schemas import ScoreOptions
 from trustfid.settings import EngineSettings
 
@@ -67,6 +67,23 @@ def test_precision_flags_stay_inside_the_engine():
         assert torch.is_autocast_enabled("cpu")
     assert not torch.is_autocast_enabled("cpu")
 
+
+
+@pytest.mark.parametrize("kw", [{}, {"stride": 2, "padding": 1}, {"padding": "same", "dilation": 2},
+                                {"padding": "valid", "groups": 2}, {"stride": (1, 2), "padding": (0, 3)},
+                                {"padding": "same", "bias": None}])
+def test_cpu_convolutions_through_onednn_compute_what_torch_does(kw):
+    # every float32 2-D convolution on the CPU goes through oneDNN inside the engine (numerics.py):
+    # whatever arguments a network passes, the result is torch's convolution
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 4, 11, 13, generator=gen), torch.randn(6, 4 // kw.get("groups", 1), 3, 5, generator=gen)
+    kw = {"bias": torch.randn(6, generator=gen), **kw}
+    assert onednn_conv2d(x, w, **kw) is not None
+    with precision_scope("fp32", torch.device("cpu")):
+        inside = torch.nn.functional.conv2d(x, w, **kw)
+    torch.testing.assert_close(inside, torch.nn.functional.conv2d(x, w, **kw), rtol=1e-5, atol=1e-5)
+    assert onednn_conv2d(x.double(), w.double(), **{**kw, "bias": None}) is None  # not float32: torch decides
+    assert onednn_conv2d(x, w[..., :4], padding="same") is None  # an even kernel pads asymmetrically
 
 def test_precision_reaches_the_provenance_and_the_report(sets):
     from trustfid import compute_stats, score

@@ -193,3 +193,42 @@ def test_shards_past_a_chunk_and_the_dimension_merge_through_their_npz_as_one_pa
     other = _feed(ref, 64).gaussian()
     for a, b in zip([merged.plain, *merged.mc], [whole.plain, *whole.mc]):
         assert frechet_distance(a.gaussian(), other) == pytest.approx(frechet_distance(b.gaussian(), other), rel=1e-9)
+
+
+def test_shards_below_the_dimension_merge_through_their_npz_to_the_one_pass_report_numbers(tmp_path):
+    """Issue 18's shape: 100 images in shards of 30 (the last of 10), every shard and the whole set below
+    the 2048 dimensions, saved and loaded as a worker does. The merged statistics are the one-pass
+    ones: the same rows, so the Fréchet step takes the same route (the cross-Gram matrix of the two
+    row factors, never a covariance matrix) and fid and every fid_mc sample are identical."""
+    from trustfid.report import fid_mc
+    from trustfid.rows import KeptRows
+    from trustfid.shards import plan
+
+    n, d, passes = 100, 2048, 4
+    options = ScoreOptions(passes=passes)
+
+    def stats(x, a, b):  # as the pipeline builds a set's (or a shard's) statistics
+        rows = KeptRows(d, options.max_feature_rows, options.seed)
+        rows.add(x[0][a:b], a)
+        return SetStats(plain=_feed(x[0][a:b], 32), mc=[_feed(m[a:b], 32) for m in x[1:]],
+                        names=[str(i) for i in range(a, b)], latent_variance=np.arange(a, b, dtype=np.float64),
+                        provenance=provenance("abc", options), rows=rows)
+
+    sets = {side: [_rows(n, d, seed=10 * k + t, offset=k) for t in range(1 + passes)] for k, side in enumerate("rg")}
+    whole, merged = {}, {}
+    for side, x in sets.items():
+        whole[side] = stats(x, 0, n)
+        for k, (a, b) in enumerate(plan(n, 30)):
+            stats(x, a, b).save(tmp_path / f"{side}{k}.npz", thumbnails=True)
+            part = load_stats(tmp_path / f"{side}{k}.npz")
+            merged[side] = part if side not in merged else merged[side].merge(part)
+        for m, w in zip([merged[side].plain, *merged[side].mc], [whole[side].plain, *whole[side].mc]):
+            gm, gw = m.gaussian(), w.gaussian()
+            assert gm.sigma is None and gm.factor_rows() == gw.factor_rows() == n  # the rows route, both
+            assert np.array_equal(gm.rows, gw.rows) and np.array_equal(gm.mu, gw.mu)
+    assert [a.n for a in map(load_stats, sorted(tmp_path.glob("r*.npz")))] == [30, 30, 30, 10]
+
+    fid = [frechet_distance(s["r"].plain.gaussian(), s["g"].plain.gaussian()) for s in (merged, whole)]
+    mc = [fid_mc(s["r"], s["g"]).samples for s in (merged, whole)]
+    assert fid[0] == pytest.approx(fid[1], rel=1e-9) and mc[0] == pytest.approx(mc[1], rel=1e-9)
+    assert fid[0] == fid[1] and mc[0] == mc[1] and len(mc[0]) == passes  # below 2048 images: identical
