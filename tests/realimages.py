@@ -44,7 +44,6 @@ def crops(names: list[str], count: int, size: int = 96, seed: int = 0) -> list[n
     return out
 
 
-
 def mixed_crops(names: list[str], count: int, sizes: tuple[int, int] = (48, 320), seed: int = 0) -> list[np.ndarray]:
     """``count`` square crops of seeded sizes between ``sizes`` (at most the photo's shorter side),
     cycling over the named images, at seeded positions: a set of mixed resolutions."""
@@ -58,6 +57,7 @@ def mixed_crops(names: list[str], count: int, sizes: tuple[int, int] = (48, 320)
         x = int(rng.integers(0, im.shape[1] - size + 1))
         out.append(np.ascontiguousarray(im[y:y + size, x:x + size]))
     return out
+
 
 def write_folder(folder: Path, images: list[np.ndarray], fmt: str = "png") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
