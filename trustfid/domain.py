@@ -87,15 +87,19 @@ class DomainProbe:
             import torch
 
             n, c = z.shape[:2]
-            # (N, H*W, C) is a view of a channels_last tensor; the sums of z and z^2 over positions as
-            # two batched matrix products with a ones vector (2x faster on CPU than var_mean)
-            flat = z.permute(0, 2, 3, 1).reshape(n, -1, c) if z.is_contiguous(memory_format=torch.channels_last) \
-                else z.reshape(n, c, -1).transpose(1, 2)
-            flat = flat.float()
+            # The sums of z and z^2 over positions as matrix products with a ones vector (2x faster on
+            # CPU than var_mean), on one layout (N, H*W, C). On a CPU one image at a time, so that an
+            # image's terms are the same whatever batch it ran in and whatever layout the convolution
+            # gave (a shard's batches differ from the unsharded job's); on a GPU every call has the
+            # same shape already (mc.py), and per-image products would cost a launch each.
+            flat = z.permute(0, 2, 3, 1).reshape(n, -1, c).float()
             hw = flat.shape[1]
-            ones = torch.full((n, 1, hw), 1.0 / hw, dtype=flat.dtype, device=flat.device)
-            mz = torch.bmm(ones, flat)[:, 0]
-            v = (torch.bmm(ones, flat * flat)[:, 0] - mz * mz).clamp_min(V_FLOOR)
+            ones = torch.full((1, 1, hw), 1.0 / hw, dtype=flat.dtype, device=flat.device)
+            step = n if flat.is_cuda else 1
+            rows = [flat[i:i + step] for i in range(0, n, step)]
+            mz = torch.cat([torch.bmm(ones.expand(len(r), 1, hw), r)[:, 0] for r in rows])
+            sq = torch.cat([torch.bmm(ones.expand(len(r), 1, hw), r * r)[:, 0] for r in rows])
+            v = (sq - mz * mz).clamp_min(V_FLOOR)
             m = mz - beta.to(mz.device)
             self._terms.append((stage, conv_index, (m * m).sum(dim=1), (v - 1.0 - torch.log(v)).sum(dim=1)))
         return hook
