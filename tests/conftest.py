@@ -175,15 +175,27 @@ class Stack:
         return httpx.Client(base_url=self.url, headers=auth(key) if key else {}, timeout=60)
 
     def wait_job(self, job_id: str, key: str = KEY_A, timeout: float = 240, path: str = "/v1/jobs/") -> dict:
+        return self.wait_jobs([job_id], key, timeout, path)[job_id]
+
+    def wait_jobs(self, job_ids: list[str], key: str = KEY_A, timeout: float = 240, path: str = "/v1/jobs/",
+                  seen: dict | None = None) -> dict[str, dict]:
+        """Each job's record once it has ended, polling them together; ``seen`` (id -> list) gets every
+        record polled on the way."""
         deadline = time.monotonic() + timeout
+        ended: dict[str, dict] = {}
         with self.client(key) as c:
             while True:
-                r = c.get(path + job_id)
-                assert r.status_code == 200, r.text
-                rec = r.json()
-                if rec["state"] in ("succeeded", "failed", "cancelled"):
-                    return rec
-                assert time.monotonic() < deadline, f"job still {rec['state']}:\n" + self.log(f"worker{self._n}.log")
+                for job_id in [j for j in job_ids if j not in ended]:
+                    r = c.get(path + job_id)
+                    assert r.status_code == 200, r.text
+                    rec = r.json()
+                    if seen is not None:
+                        seen.setdefault(job_id, []).append(rec)
+                    if rec["state"] in ("succeeded", "failed", "cancelled"):
+                        ended[job_id] = rec
+                    assert time.monotonic() < deadline, f"job still {rec['state']}:\n" + self.log(f"worker{self._n}.log")
+                if len(ended) == len(job_ids):
+                    return ended
                 time.sleep(0.2)
 
 

@@ -127,6 +127,23 @@ def test_path_traversal_and_links_in_archives_are_refused(stack, image_sets):
         err(upload(c, [("link.tar.gz", buf.getvalue())], pngs(image_sets["generated"])), 422, "unsafe_archive")
 
 
+def test_an_archive_without_images_is_refused_at_submission_naming_what_it_holds(stack, image_sets):
+    # Not queued to fail later in the worker as too_few_images: the 422 comes back with the upload.
+    texts = zip_bytes({"a.txt": b"caption", "b.txt": b"caption", "c.txt": b"caption"})
+    one = zip_bytes({"only.png": png_bytes(8, 8), "notes.txt": b"caption"})
+    with stack.client() as c:
+        ids = lambda: [j["id"] for j in c.get("/v1/jobs").json()["jobs"]]  # noqa: E731
+        before = ids()
+        e = err(upload(c, pngs(image_sets["real"]), [("texts.zip", texts)]), 422, "too_few_images")
+        assert e["message"].startswith("generated: ") and "0 usable images in archive 'texts.zip'" in e["message"]
+        assert "3 files skipped: a.txt, b.txt, c.txt — not images" in e["message"]
+        e = err(upload(c, [("one.zip", one)], pngs(image_sets["generated"])), 422, "too_few_images")
+        assert "real: " in e["message"] and "1 usable image in archive 'one.zip'" in e["message"]
+        e = err(upload(c, pngs(image_sets["real"])[:1], pngs(image_sets["generated"])), 422, "too_few_images")
+        assert "1 usable image;" in e["message"]
+        assert ids() == before  # nothing was queued
+
+
 def test_unsupported_types_are_415(stack, image_sets):
     obj = io.BytesIO()
     np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -140,7 +157,7 @@ def test_bad_forms_and_options_are_422(stack, image_sets):
     real, gen = pngs(image_sets["real"]), pngs(image_sets["generated"])
     with stack.client() as c:
         err(upload(c, real, []), 422, "missing_field")
-        r = c.post("/v1/jobs", files=[("real", ("a.png", b"x")), ("generated", ("b.png", b"x"))],
+        r = c.post("/v1/jobs", files=[(side, (f"{side}{i}.png", b"x")) for side in ("real", "generated") for i in (1, 2)],
                    data={"options": "{not json"})
         err(r, 422, "bad_options")
         e = err(upload(c, real, gen, {"passes": -1}), 422, "bad_options")
@@ -190,7 +207,7 @@ def test_rate_limit_per_key_is_429(make_stack, image_sets):
     key = f"rate-{uuid.uuid4().hex}"  # a key of its own: the budget is per key, across servers
     s = make_stack(TRUSTFID_RATE_LIMIT_PER_MINUTE="2", TRUSTFID_API_KEYS=f"{key},test-key-bob")
     s.start_api()
-    real, gen = pngs(image_sets["real"])[:1], pngs(image_sets["generated"])[:1]
+    real, gen = pngs(image_sets["real"])[:2], pngs(image_sets["generated"])[:2]  # the least a set may hold
     with s.client(key) as c:
         assert upload(c, real, gen).status_code == 202
         assert upload(c, real, gen).status_code == 202

@@ -39,6 +39,9 @@ def test_score_the_samples_writes_the_report(tmp_path):
     assert lines[0] == report.headline.text
     assert "warning: the sampling interval rests on only 5 resamples" in p.stdout
     assert f"KID {report.kid.value:.5f}" in p.stdout and f"FID∞ {report.fid_infinity.value:.2f}" in p.stdout
+    # 24 images a side, subsets of up to 1000: one subset, and no fake "± 0.00000"
+    assert report.kid.std is None and "KID" in p.stdout and "±" not in p.stdout.split("KID")[1].split("\n")[0]
+    assert "at N = 24 (one subset, the whole of both sets: no spread)" in p.stdout
     d = report.domain.generated
     assert f"generated {100 * d.fraction_above:.0f}% ({d.above}/{d.images})" in p.stdout
     assert f"most atypical generated: {d.most_atypical[0].name}" in p.stdout
@@ -62,6 +65,40 @@ def test_inspect_json(tmp_path):
     assert set(data["images"][0]) == {"name", "latent_variance", "domain_score"}
     assert all(isinstance(im["domain_score"], float) for im in data["images"])
     InspectReport.model_validate(data)
+    # the text names the images worth a look, with their scores, and says where every image is
+    worst = max(data["images"], key=lambda im: im["domain_score"])
+    shakiest = max(data["images"], key=lambda im: im["latent_variance"])
+    assert f"most atypical (domain score): {worst['name']} ({worst['domain_score']:.2f})" in p.stdout
+    assert f"most uncertain (latent variance): {shakiest['name']}" in p.stdout
+    assert f"every image's scores: {out}" in p.stdout
+
+
+def test_inspect_text_says_how_to_get_every_image():
+    p = trustfid("inspect", str(SAMPLES / "real"), "--passes", "2", "--top-k", "3")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("24 images: latent variance")
+    atypical = p.stdout.split("most atypical (domain score): ")[1].split("\n")[0]
+    assert atypical.count(".png (") == 3
+    assert "add --json FILE" in p.stdout
+
+
+def test_a_folder_of_text_files_as_generated_fails_before_the_real_set_is_read(tmp_path):
+    gen = tmp_path / "generated"
+    gen.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (gen / name).write_text("caption")
+    # The real set ends in a corrupt PNG, which --strict refuses when it is decoded: an error about the
+    # generated set instead proves that the real set was not extracted first.
+    real = tmp_path / "real"
+    real.mkdir()
+    for f in sorted((SAMPLES / "real").iterdir())[:4]:
+        (real / f.name).write_bytes(f.read_bytes())
+    (real / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    for extra in ([], ["--strict"]):
+        p = trustfid("score", str(real), str(gen), *extra)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert "zz_corrupt.png" not in p.stderr and "the generated set has 0 usable images" in p.stderr
+        assert "3 files skipped: a.txt, b.txt, c.txt — not images (read are PNG, JPEG" in p.stderr
 
 
 @pytest.mark.parametrize("args,says", [

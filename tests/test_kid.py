@@ -51,6 +51,21 @@ def test_kid_equals_clean_fid_on_the_same_features_and_draws(features, subset_si
                                        rel=1e-5)
 
 
+def test_kid_on_sets_no_larger_than_a_subset_reports_no_spread(features):
+    # 36 rows a side, subsets of up to 1000: every subset is the whole of both sets, so the 100
+    # estimates differ by round-off only (clean-fid's spread here is ~1e-17). The report says "no
+    # spread" (std None, one subset) instead of a "± 0.00000" that claims a precision it does not have.
+    real, gen = features
+    real = real[:36]
+    ours = kid(real, gen, subsets=100, subset_size=1000, seed=3)
+    assert ours.std is None and ours.subsets == 1 and ours.subset_size == 36
+    theirs = _clean_fid(real.astype(np.float64), gen.astype(np.float64), 3, num_subsets=100, max_subset_size=1000)
+    assert ours.value == pytest.approx(theirs, rel=1e-6)
+    # one side larger than the subset size: subsets differ, and their spread is reported
+    wider = kid(features[0], gen, subsets=100, subset_size=1000, seed=3)
+    assert wider.subsets == 100 and wider.std > 1e-6
+
+
 def test_kid_is_unbiased_where_fid_is_not():
     """Two independent samples of one distribution (Gaussian, d = 64, 50 rows each), 60 times: the
     mean KID is zero within 3 standard errors, while every FID is far above zero."""

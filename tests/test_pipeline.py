@@ -84,6 +84,47 @@ def test_arrays_in_memory_are_accepted():
     assert r.fid > 0 and r.counts.real.used == 4 and r.fid_mc.passes == 0
 
 
+def _not_images(folder):
+    folder.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (folder / name).write_text("a caption, not an image")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("text saved under an image name")
+    return folder
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_bad_generated_set_fails_before_any_image_is_extracted(tmp_path, sets, strict):
+    # The real set comes first and would take the time: nothing of it may be extracted before the
+    # mistake in the second argument is found (issue 17: it used to fail only after the first set).
+    seen = []
+    bad = _not_images(tmp_path / "bad")
+    with pytest.raises(InputError) as e:
+        score(str(sets[0]), str(bad), ScoreOptions(passes=0, strict=strict), progress=seen.append)
+    assert seen == [] and e.value.code == "too_few_images"
+    message = e.value.message
+    assert "the generated set has 0 usable images in" in message
+    assert "empty.png (empty file)" in message and "notes.png (not a PNG file" in message
+    assert "3 files skipped: a.txt, b.txt, c.txt — not images" in message and "PNG, JPEG" in message
+    for missing in (tmp_path / "missing", tmp_path / "empty"):
+        if missing.name == "empty":
+            missing.mkdir()
+        with pytest.raises(InputError, match=str(missing)):
+            score(str(sets[0]), str(missing), ScoreOptions(passes=0), progress=seen.append)
+    assert seen == []
+
+
+def test_a_single_dicom_file_may_hold_the_set(tmp_path):
+    # A multi-frame DICOM counts once in the listing and gives many images: the early check lets it in.
+    from pydicom.data import get_testdata_file
+
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "rtdose.dcm").write_bytes(open(get_testdata_file("rtdose.dcm", download=False), "rb").read())  # 15 frames
+    r = score(str(one), str(one), ScoreOptions(passes=0, bootstrap_resamples=0, kid_subsets=0))
+    assert r.counts.real.used == 15
+
+
 def test_fewer_than_two_images_is_a_clear_error(tmp_path, sets):
     one = realimages.write_folder(tmp_path / "one", realimages.crops(realimages.NATURAL, 1, size=64))
     with pytest.raises(InputError, match="1 usable image") as e:
@@ -112,7 +153,7 @@ def test_inspect_lists_every_image(sets):
 
 def test_headline_leads_with_the_plain_fid_and_both_intervals_contain_it(report):
     h = report.headline
-    assert report.schema_version == "1.3" and report.config.precision == "fp32"
+    assert report.schema_version == "1.4" and report.config.precision == "fp32"
     assert h.fid == report.fid and h.text.startswith(f"FID {report.fid:.2f}, 95% interval")
     lo, hi = h.sampling_ci95
     assert lo <= report.fid <= hi and h.resamples == 8

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from trustfid import score
 from trustfid.schemas import Progress
 
@@ -21,6 +23,20 @@ def test_the_engine_reports_every_stage_as_it_starts(image_sets):
     for side in ("real", "generated"):
         done = [e.images_done for e in events if e.set == side]
         assert done[0] == 0 and done[-1] == 4 and done == sorted(done)
+
+
+def test_progress_moves_within_a_batch(image_sets):
+    # One batch per set (4 images, batch 32): images_done can only jump from 0 to 4, so a dashboard's bar
+    # follows fraction_done, which moves after the plain pass and each of the 3 MC passes.
+    events: list[Progress] = []
+    score(image_sets["real"], image_sets["generated"],
+          {"passes": 3, "bootstrap_resamples": 0, "device": "cpu"}, progress=events.append)
+    for side in ("real", "generated"):
+        fractions = [e.fraction_done for e in events if e.set == side]
+        assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] == 1
+        within = [f for e, f in zip([e for e in events if e.set == side], fractions) if e.images_done == 0]
+        assert sorted(set(within)) == pytest.approx([0, 0.25, 0.5, 0.75])
+    assert all(e.fraction_done is None for e in events if e.stage != "extracting")
 
 
 def test_a_new_set_and_a_sets_last_event_always_reach_the_record(redis_url, monkeypatch, tmp_path):

@@ -41,17 +41,15 @@ def _head(path: str, ctype: str, length: int, key: str = KEY_A) -> bytes:
 
 @pytest.mark.parametrize("nested", ["[" * 30000 + "]" * 30000, '{"a":' * 10000 + "1" + "}" * 10000])
 def test_deeply_nested_json_in_a_form_field_is_422_not_500(stack, image_sets, nested):
-    real, gen = pngs(image_sets["real"])[:1], pngs(image_sets["generated"])[:1]
+    real, gen = pngs(image_sets["real"])[:2], pngs(image_sets["generated"])[:2]
+    files = lambda side, paths: [(side, (p.name, p.read_bytes())) for p in paths]  # noqa: E731
     with stack.client() as c:
-        r = c.post("/v1/jobs", files=[("real", (real[0].name, real[0].read_bytes()))],
-                   data={"options": nested, "generated": nested})
+        r = c.post("/v1/jobs", files=files("real", real), data={"options": nested, "generated": nested})
         e = err(r, 422)
         assert "recursion" in e["message"] or "JSON" in e["message"]
-        err(c.post("/v1/jobs", files=[("real", (real[0].name, real[0].read_bytes())),
-                                      ("generated", (gen[0].name, gen[0].read_bytes()))],
-                   data={"options": nested}), 422, "bad_options")
-        err(c.post("/v1/references", files=[("source", (real[0].name, real[0].read_bytes()))],
-                   data={"options": nested}), 422, "bad_options")
+        err(c.post("/v1/jobs", files=files("real", real) + files("generated", gen), data={"options": nested}),
+            422, "bad_options")
+        err(c.post("/v1/references", files=files("source", real), data={"options": nested}), 422, "bad_options")
         assert c.get("/healthz").status_code == 200  # the same client goes on working
     assert "Traceback" not in stack.log("api.log")
 
@@ -62,7 +60,7 @@ def test_a_concurrent_burst_gets_exactly_the_limit_and_refusals_cost_nothing(mak
     key = f"burst-{uuid.uuid4().hex}"
     s = make_stack(TRUSTFID_RATE_LIMIT_PER_MINUTE="10", TRUSTFID_API_KEYS=key)
     s.start_api()  # no worker: accepted jobs just wait
-    real, gen = pngs(image_sets["real"])[:1], pngs(image_sets["generated"])[:1]
+    real, gen = pngs(image_sets["real"])[:2], pngs(image_sets["generated"])[:2]
 
     def invalid(_):
         with s.client(key) as c:

@@ -146,11 +146,17 @@ def test_100_photos_in_shards_of_30_on_one_thread_workers_give_the_unsharded_rep
     with s.client() as c:  # both jobs at once: the shards go to whichever worker is free
         jobs = {name: upload(c, pngs(real), pngs(gen), {**options, "shard_size": size}).json()["id"]
                 for name, size in (("sharded", 30), ("unsharded", None))}
-        reports = {}
-        for name, job in jobs.items():
-            rec = s.wait_job(job, timeout=600)
+        polled: dict[str, list] = {}
+        for rec in s.wait_jobs(list(jobs.values()), timeout=600, seen=polled).values():
             assert rec["state"] == "succeeded", rec.get("error") or rec
-            reports[name] = c.get(f"/v1/jobs/{job}/report").json()
+        reports = {name: c.get(f"/v1/jobs/{job}/report").json() for name, job in jobs.items()}
+    # a dashboard polling the unsharded job sees its bar move during extraction, within batches too
+    # (100 images a set in batches of 32, 5 steps a batch: the record is written at most every 0.5 s)
+    shown = [(p["set"], p["fraction_done"]) for p in (r["progress"] for r in polled[jobs["unsharded"]])
+             if p and p["stage"] == "extracting"]
+    for side in ("real", "generated"):
+        moving = sorted({f for s_, f in shown if s_ == side and 0 < f < 1})
+        assert len(moving) >= 4, shown
     logs = [(s.logs / f"worker{n}.log").read_text(errors="replace") for n in (1, 2)]
     done = set().union(*(re.findall(rf"job {jobs['sharded']}: shard (\S+) done", text) for text in logs))
     assert done == {f"{side}:{k}" for side in ("real", "generated") for k in range(4)}, done

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import TrustfidError, UnreachableError
+from .inputs.rules import plural
 from .schemas import BLOCKS, Progress, ScoreOptions, validation_message
 from .stats import STATS_OPTIONS, merge_options, saved_options
 
@@ -154,16 +155,19 @@ def summary(report) -> str:
     if h:
         lines += [f"  warning: {w}" for w in h.warnings]
     small = []
-    if report.kid:
-        small.append(f"KID {report.kid.value:.5f} ± {report.kid.std:.5f} ({report.kid.subsets} subsets of "
-                     f"{report.kid.subset_size})")
+    k = report.kid
+    if k and k.std is None:
+        small.append(f"KID {k.value:.5f} at N = {k.subset_size} (one subset, the whole of both sets: no spread)")
+    elif k:
+        small.append(f"KID {k.value:.5f} ± {k.std:.5f} (spread over {k.subsets} subsets of {k.subset_size})")
     if report.fid_infinity:
         small.append(f"FID∞ {report.fid_infinity.value:.2f} (fit over {len(report.fid_infinity.points)} subset sizes)")
     if small:
         lines.append("small-sample: " + "   ".join(small))
     mc = report.fid_mc
     if mc.passes:
-        lines.append(f"MC dropout ({mc.passes} passes): per-pass FID mean {mc.mean:.4f}  std {mc.std:.4f} "
+        spread = f"  std {mc.std:.4f}" if mc.std is not None else " (one pass: no spread)"
+        lines.append(f"MC dropout ({plural(mc.passes, 'pass', 'passes')}): per-pass FID mean {mc.mean:.4f}{spread} "
                      "(dropout shifts the features, so the passes centre away from the plain FID)")
     d = report.domain
     if d and d.available:
@@ -184,7 +188,7 @@ def summary(report) -> str:
     lines += [f"finding: {f}" for f in report.trust.findings]
     skipped = [(side, s) for side in ("real", "generated") for s in getattr(report.counts, side).skipped]
     if skipped:
-        lines.append(f"{len(skipped)} file(s) skipped:")
+        lines.append(f"{plural(len(skipped), 'file')} skipped:")
         lines += [f"  {side}: {s.name}: {s.reason}" for side, s in skipped[:20]]
         if len(skipped) > 20:
             lines.append(f"  ... and {len(skipped) - 20} more (counts.*.skipped in the JSON report)")
@@ -227,15 +231,34 @@ def cmd_inspect(args) -> int:
 
     result = _with_progress(args, inspect, args.set)
     write_json(args.json, result)
-    s = result.summary
-    d = result.domain
-    dom = (f"; domain score median {d.median:.2f}, {100 * d.fraction_above:.0f}% outside the natural-photo range"
-           if d is not None else "")
-    print(f"{len(result.images)} images: latent variance mean {s.mean:.4g}, median {s.median:.4g}, p95 {s.p95:.4g}"
-          + dom + (f"; wrote {args.json}" if args.json not in (None, "-") else ""))
     if args.json == "-":
         print(result.model_dump_json(indent=2))
+    else:
+        print(inspect_summary(result, args.json, args.top_k))
     return 0
+
+
+def inspect_summary(result, json_path: str | None, top: int) -> str:
+    """What `trustfid inspect` prints: the set in numbers, then the images most worth a look by name."""
+    s, d = result.summary, result.domain
+    lines = [f"{plural(len(result.images), 'image')}: latent variance (the network's uncertainty about an "
+             f"image's embedding) mean {s.mean:.4g}, median {s.median:.4g}, p95 {s.p95:.4g}"]
+    if d is not None:
+        lines.append(f"domain check: {100 * d.fraction_above:.0f}% of the images ({d.above} of {d.images}) score "
+                     f"above the natural-photo range (median domain score {d.median:.2f}; higher is less like a "
+                     "photo)")
+        by_domain = sorted(result.images, key=lambda im: -(im.domain_score or 0.0))[:top]
+        lines.append("most atypical (domain score): "
+                     + ", ".join(f"{im.name} ({im.domain_score:.2f})" for im in by_domain))
+    by_variance = sorted(result.images, key=lambda im: -im.latent_variance)[:top]
+    lines.append("most uncertain (latent variance): "
+                 + ", ".join(f"{im.name} ({im.latent_variance:.4g})" for im in by_variance))
+    if result.skipped:
+        lines.append(f"{plural(len(result.skipped), 'file')} skipped: "
+                     + ", ".join(f"{f.name} ({f.reason})" for f in result.skipped[:top]))
+    lines.append(f"every image's scores: {json_path}" if json_path
+                 else "every image's scores: add --json FILE (or --json - to print them)")
+    return "\n".join(lines)
 
 
 EXIT_CODES = ("exit codes: 0 success; 2 bad input (one line says what was wrong); 3 the service could not be "

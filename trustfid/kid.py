@@ -11,7 +11,9 @@ generated rows, then the real ones. Here the draws come from ``numpy.random.Rand
 2^32)``, i.e. the draws clean-fid makes after ``numpy.random.seed(seed mod 2^32)``; with the same
 features the value equals clean-fid's (tests/test_kid.py: within 1e-6 relative; we compute in float64,
 clean-fid in its input's dtype). ``std`` is the spread of the per-subset estimates (ddof 1), not a
-standard error: the subsets overlap.
+standard error: the subsets overlap. When both sets are no larger than the subset size, every subset
+is the whole of both sets (in another order) and gives the same estimate: one subset is computed and
+``std`` is None, rather than a spread of rounding noise (3e-16 at 24 images).
 
 FID∞ (Chong & Forsyth, CVPR 2020, "Effectively Unbiased FID and Inception Score and where to find
 them"): FID is very nearly linear in 1/N, so FID at several subset sizes N, fitted by a straight line
@@ -79,8 +81,10 @@ def kid(real: np.ndarray | None, generated: np.ndarray | None, subsets: int = KI
         subset_size: int = KID_SUBSET_SIZE, seed: int = 0) -> Kid | None:
     if real is None or generated is None or subsets < 1 or min(len(real), len(generated)) < 2:
         return None
+    if min(subset_size, len(real), len(generated)) == len(real) == len(generated):
+        subsets = 1  # every subset would be the whole of both sets: the same estimate, no spread
     values, m = kid_subsets(real, generated, subsets, subset_size, seed)
-    return Kid(value=float(values.mean()), std=float(values.std(ddof=1)) if subsets > 1 else 0.0,
+    return Kid(value=float(values.mean()), std=float(values.std(ddof=1)) if subsets > 1 else None,
                subsets=subsets, subset_size=m)
 
 

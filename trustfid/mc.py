@@ -25,6 +25,7 @@ the passes run one by one, batch by batch.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -138,30 +139,40 @@ class MCDropout:
 
     @torch.inference_mode()
     def features(self, x: torch.Tensor, set_tag: int = 0, first_index: int = 0,
-                 watch=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+                 watch=contextlib.nullcontext,
+                 on_step: Callable[[float], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(plain (N, d), mc (T, N, d)) for one batch of network inputs, on the CPU. ``watch()`` is entered
         around the deterministic pass (trunk + plain tail), where forward hooks may observe every stage
-        exactly once per network call (extras.Collector's domain probe). In ``options.precision``."""
+        exactly once per network call (extras.Collector's domain probe). In ``options.precision``.
+        ``on_step(fraction)`` hears how much of the batch is done before each MC pass (progress within a
+        batch, which takes many seconds on a CPU); the caller reports the batch's end itself."""
+        step = on_step or (lambda fraction: None)
         with evaluating(self.net), precision_scope(self.precision, self.device):
             if not self.gpu:
-                return self._features(x, set_tag, first_index, watch)
+                return self._features(x, set_tag, first_index, watch, step)
             n, parts = x.shape[0], []
             for start in range(0, n, self.micro):  # fixed-shape calls (module docstring)
                 chunk = x[start:start + self.micro]
                 k = chunk.shape[0]
                 if k < self.micro:
                     chunk = torch.cat([chunk, chunk.new_zeros((self.micro - k, *chunk.shape[1:]))])
-                plain, mc = self._features(chunk, set_tag, first_index + start, watch)
+                plain, mc = self._features(chunk, set_tag, first_index + start, watch,
+                                           lambda f, start=start, k=k: step((start + f * k) / n))
                 parts.append((plain[:k], mc[:, :k]))
             return torch.cat([p for p, _ in parts]), torch.cat([m for _, m in parts], dim=1)
 
-    def _features(self, x, set_tag, first_index, watch):
+    def _features(self, x, set_tag, first_index, watch, step):
         with watch():
             h = self.trunk(x)
             plain = self.tail(h, None).float().cpu()
         if self.stack > 1:
             groups = [list(range(t, min(t + self.stack, self.passes))) for t in range(0, self.passes, self.stack)]
-            mc = [self.tail_stacked(h, ts, set_tag, first_index).float().cpu() for ts in groups]
-            return plain, torch.cat(mc) if mc else torch.empty(0, *plain.shape)
-        mc = [self.tail(h, t, set_tag, first_index).float().cpu() for t in range(self.passes)]
-        return plain, torch.stack(mc) if mc else torch.empty(0, *plain.shape)
+        else:
+            groups = [[t] for t in range(self.passes)]
+        mc = []
+        for i, ts in enumerate(groups):  # the share done before each MC pass (group)
+            step((i + 1) / (len(groups) + 1))
+            out = (self.tail_stacked(h, ts, set_tag, first_index) if self.stack > 1
+                   else self.tail(h, ts[0], set_tag, first_index)[None])
+            mc.append(out.float().cpu())
+        return plain, torch.cat(mc) if mc else torch.empty(0, *plain.shape)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,9 @@ from .errors import CancelledError, InputError
 from .extractor import Extractor
 from .extras import Collector
 from .inception import FIDInceptionV3
-from .inputs import open_images
+from .inputs import ImageSet, open_images
 from .inputs.array_rules import is_stats_npz
+from .inputs.rules import MIN_IMAGES, too_few_images
 from .loader import ParallelLoader, batched, prefetched, worker_count
 from .mc import SET_TAGS, MCDropout
 from .preprocess import describe, to_model_input
@@ -36,7 +38,6 @@ from .weights import Weights
 
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
-MIN_IMAGES = 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,6 +108,14 @@ def load_extractor(options: ScoreOptions | dict | None, extractor=None, settings
     return ex, ex.options_for(options), device
 
 
+def reading_options(options: ScoreOptions | dict | None) -> ScoreOptions:
+    """The options that decide how a set is read (``strict``, ``window``), before the extractor that
+    checks the rest is loaded."""
+    if isinstance(options, dict):
+        return as_options({k: v for k, v in options.items() if k in ("strict", "window")})
+    return as_options(options)
+
+
 def input_rules(options: ScoreOptions, settings: EngineSettings) -> dict:
     """``open_images`` keyword arguments: the settings' limits and the options' reading rules."""
     return dict(strict=options.strict, limits=settings.limits, window=options.window)
@@ -143,39 +152,50 @@ class SetFeatures:
         self.names.extend(names)
 
     def stats(self, set_name: str, provenance: dict, source: str, skipped=(), min_images: int = MIN_IMAGES) -> SetStats:
-        require_images(set_name, self.n, skipped, min_images)
+        require_images(set_name, self.n, skipped, min_images, source)
         return SetStats(plain=self.plain, mc=self.mc, names=list(self.names),
                         latent_variance=np.concatenate(self._variances) if self._variances else np.zeros(0),
                         skipped=list(skipped), provenance=provenance, source=source,
                         intensity=dict(sorted(self.intensity.items())), **self.collector.finish())
 
 
-def require_images(set_name: str, n: int, skipped=(), min_images: int = MIN_IMAGES) -> None:
-    """InputError ``too_few_images`` when a set has fewer than ``min_images`` usable images."""
+def require_images(set_name: str, n: int, skipped=(), min_images: int = MIN_IMAGES, label: str = "") -> None:
+    """InputError ``too_few_images`` when a set has fewer than ``min_images`` usable images once decoded
+    (``ImageSet.check_usable`` has already refused a set that could not have had enough)."""
     if n < min_images:
-        why = "; ".join(f"{s.name}: {s.reason}" for s in list(skipped)[:5])
-        raise InputError(f"the {set_name} set has {n} usable image(s); at least {min_images} are "
-                         f"needed (and a few hundred for a stable FID)" + (f". Skipped: {why}" if why else ""),
-                         code="too_few_images")
+        raise too_few_images(set_name, label, n, min_images, [(s.name, s.reason) for s in skipped])
+
+
+def open_set(source, set_name: str, options: ScoreOptions, settings: EngineSettings | None = None,
+             min_images: int = MIN_IMAGES) -> ImageSet | None:
+    """A set's images listed and checked (``ImageSet.check_usable``: enough entries that may be images),
+    nothing decoded; None for saved statistics. ``score()`` opens both sets this way before extracting
+    either, so a mistake in the second argument fails in seconds."""
+    if isinstance(source, SetStats) or is_stats_source(source):
+        return None
+    images = open_images(source, **input_rules(options, settings or get_engine_settings()))
+    images.check_usable(set_name, min_images)
+    return images
 
 
 def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extractor=None,
             progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
             settings: EngineSettings | None = None,
-            first_index: int = 0, min_images: int = MIN_IMAGES) -> SetStats:
+            first_index: int = 0, min_images: int = MIN_IMAGES, images: ImageSet | None = None) -> SetStats:
     """Statistics of one set: plain pass plus T MC passes, per-image latent variance.
     ``first_index`` offsets image indices when a set is sharded (per-image masks depend on it); a
-    shard (inputs.SetShard) may hold fewer than MIN_IMAGES (``min_images=0``), the merged set may not."""
+    shard (inputs.SetShard) may hold fewer than MIN_IMAGES (``min_images=0``), the merged set may not.
+    ``images``: the source already opened by ``open_set``."""
     if isinstance(source, SetStats):
         return source
-    if isinstance(source, (str, Path)) and str(source).endswith(".npz") and is_stats_file(Path(source)):
+    if is_stats_source(source):
         return load_stats(source)
 
     settings = settings or get_engine_settings()
     ex, options, device = load_extractor(options, extractor, settings)
     model = MCDropout(ex, options, device, settings)
     open_kwargs = input_rules(options, settings)
-    images = open_images(source, **open_kwargs)
+    images = images or open_set(source, set_name, options, settings, min_images)
     total = len(images)
     found = SetFeatures(ex.feature_dim, options.passes, Collector(ex, options))
     input_range = ex.input_range_for(options.resize)
@@ -191,23 +211,32 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
     workers = worker_count(settings.decode_workers, device, source, total)
     batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, options.resize, ex.input_size,
                                   input_range) if workers else prefetched(prepared()))
-    if progress:
-        progress(Progress(stage="extracting", set=set_name, images_done=0, images_total=total))
+    def report(batch: int = 0, fraction: float = 0.0) -> None:
+        if progress:
+            progress(Progress(stage="extracting", set=set_name, images_done=found.n, images_total=total,
+                              passes=options.passes,
+                              fraction_done=min(1.0, (found.n + fraction * batch) / total) if total else None))
+
+    report()
     try:
         for batch_names, x in batches:
             if should_cancel and should_cancel():
                 raise CancelledError("the job was cancelled")
-            features = model.features(x, SET_TAGS[set_name], first_index + found.n, watch=found.collector.watch)
+            features = model.features(x, SET_TAGS[set_name], first_index + found.n, watch=found.collector.watch,
+                                      on_step=partial(report, len(batch_names)) if progress else None)
             found.add(batch_names, *features, x=x, first_index=first_index + found.n)
-            if progress:
-                progress(Progress(stage="extracting", set=set_name, images_done=found.n, images_total=total,
-                                  passes=options.passes))
+            report()
     finally:
         batches.close()  # stops the decode processes or the prefetch thread
     found.intensity.update(images.intensity)
     return found.stats(set_name, provenance(ex.weights_sha256, options),
                        str(source) if isinstance(source, (str, Path)) else type(source).__name__, images.skipped,
                        min_images)
+
+
+def is_stats_source(source) -> bool:
+    """A path to a saved statistics .npz (not an image array)."""
+    return isinstance(source, (str, Path)) and str(source).endswith(".npz") and is_stats_file(Path(source))
 
 
 def is_stats_file(path: Path) -> bool:
@@ -230,13 +259,18 @@ def compute_stats(source, options: ScoreOptions | dict | None = None, *, extract
 def score(real, generated, options: ScoreOptions | dict | None = None, *, extractor=None,
           progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> Report:
     t0 = time.perf_counter()
+    # Both sets are listed and checked before the network loads or any image is decoded: a mistake in
+    # either argument fails in seconds. The generated set first: the reference is usually the large
+    # one (listing a .tar.gz reads all of it), and a training loop's generated set the one that changes.
+    sources = {"real": real, "generated": generated}
+    opened = {set_name: open_set(sources[set_name], set_name, reading_options(options))
+              for set_name in ("generated", "real")}
     ex, options, device = load_extractor(options, extractor)
     t_load = time.perf_counter() - t0
 
-    sides = {}
-    for set_name, source in (("real", real), ("generated", generated)):
-        sides[set_name] = extract(source, set_name, options, extractor=ex, progress=progress,
-                                  should_cancel=should_cancel)
+    sides = {set_name: extract(source, set_name, options, extractor=ex, progress=progress,
+                               should_cancel=should_cancel, images=opened[set_name])
+             for set_name, source in sources.items()}
     t_extract = time.perf_counter() - t0 - t_load
     return report_from_stats(sides["real"], sides["generated"], options, ex, device, load_s=t_load,
                              extract_s=t_extract, progress=progress)

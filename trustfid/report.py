@@ -54,7 +54,7 @@ def fid_mc(real: SetStats, generated: SetStats, device=None) -> FidMC:
     if not samples:
         return FidMC(passes=0)
     s = np.asarray(samples)
-    return FidMC(passes=passes, mean=float(s.mean()), std=float(s.std(ddof=1)) if passes > 1 else 0.0,
+    return FidMC(passes=passes, mean=float(s.mean()), std=float(s.std(ddof=1)) if passes > 1 else None,
                  ci95=_ci95(s), samples=[float(v) for v in s])
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.3"  # what each version added: CHANGELOG.md
+SCHEMA_VERSION = "1.4"  # what each version added: CHANGELOG.md
 
 # The feature network every published FID uses, by its registry name (trustfid/extractor.py).
 DEFAULT_EXTRACTOR = "inception-v3-tf-2015-12-05"
@@ -207,7 +207,9 @@ class Kid(Strict):
     """Kernel Inception Distance as clean-fid computes it (kid.py)."""
 
     value: float
-    std: float
+    std: float | None = Field(description="spread of the per-subset estimates (ddof 1); null when there is "
+                                          "one subset, as when both sets are no larger than the subset size "
+                                          "and every subset would be the whole of both")
     subsets: int
     subset_size: int
 
@@ -355,3 +357,6 @@ class Progress(Strict):
     images_done: int = 0
     images_total: int | None = None
     passes: int = 0
+    fraction_done: float | None = Field(None, ge=0, le=1, description="share of this set's extraction done, "
+                                        "moving within a batch too (after the plain pass and each MC pass): "
+                                        "the number for a progress bar; None outside extraction")

@@ -26,10 +26,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from .inputs import SetShard, open_images
-from .pipeline import CancelFn, ProgressFn, extract, input_rules, is_stats_file, require_images
+from .inputs import SetShard
+from .pipeline import CancelFn, ProgressFn, extract, is_stats_source, open_set, require_images
 from .schemas import ScoreOptions
-from .settings import EngineSettings, get_engine_settings
+from .settings import EngineSettings
 from .stats import SetStats
 
 
@@ -42,14 +42,14 @@ def plan(count: int, size: int) -> list[tuple[int, int]]:
 
 def is_image_source(source) -> bool:
     """Whether a source holds images to shard (not saved statistics, which ``extract`` just reads)."""
-    return not isinstance(source, SetStats) and not (
-        isinstance(source, (str, Path)) and str(source).endswith(".npz") and is_stats_file(Path(source)))
+    return not isinstance(source, SetStats) and not is_stats_source(source)
 
 
-def count_candidates(source, options: ScoreOptions, settings: EngineSettings | None = None) -> int:
+def count_candidates(source, set_name: str, options: ScoreOptions, settings: EngineSettings | None = None) -> int:
     """The number of candidate images of a source, from its listing (nothing is decoded). The limits
-    on the listing (image count, archive members and sizes) apply here as in ``pipeline.extract``."""
-    return len(open_images(source, **input_rules(options, settings or get_engine_settings())))
+    on the listing (image count, archive members and sizes) and the check that the set may hold
+    enough images apply here as in ``pipeline.extract``."""
+    return len(open_set(source, set_name, options, settings))
 
 
 def extract_shard(source, set_name: str, options: ScoreOptions, start: int, stop: int, *, extractor=None,
@@ -77,7 +77,7 @@ def merge_set(source, set_name: str, options: ScoreOptions, shards: list[tuple[i
                                  should_cancel=should_cancel)
         before += part.n
         merged = part if merged is None else merged.merge(part)
-    require_images(set_name, merged.n, merged.skipped)
+    require_images(set_name, merged.n, merged.skipped, label=str(source))
     merged.top_thumbnails(options.thumbnails)
     merged.source = str(source) if isinstance(source, (str, Path)) else type(source).__name__
     return merged

@@ -123,7 +123,7 @@ def domain_assessment(domain, *, base: dict | None = None) -> tuple[str, list[tu
                         "generator, and the FID is large for that reason")
         findings.append(finding)
     if ref == NATURAL:
-        gen_note = f", generated {100 * gen.fraction_above:.0f}%" if gen is not None else ""
+        gen_note = f", generated {100 * gen.fraction_above:.0f}%" if gen is not None and not findings else ""
         concerns.append((0.0, f"domain check: the reference images look like natural photos to the FID network "
                               f"(real {100 * real.fraction_above:.0f}% above the natural photos' "
                               f"{100 * (1 - rate):.0f}% quantile{gen_note}; natural photos: {100 * rate:.0f}%)"))

@@ -75,7 +75,7 @@ def plan_job(w: Worker, st: Stored, sources: dict[str, Path]) -> list[ShardId]:
     sets = {}
     for set_name in SETS:
         source = sources[set_name]
-        sets[set_name] = SetPlan(path=str(source), shards=plan(count_candidates(source, options), size)
+        sets[set_name] = SetPlan(path=str(source), shards=plan(count_candidates(source, set_name, options), size)
                                  if is_image_source(source) else [])
         if source.is_relative_to(work):  # where every worker finds it in its own staging folder
             relative = source.relative_to(work)
@@ -211,7 +211,8 @@ def record_progress(w: Worker, job_id: str, shard: ShardId, p: Progress) -> None
             return None
         old = s.record.progress
         before = old.images_done if old is not None and old.stage == "extracting" else 0
-        s.record.progress = Progress(stage="extracting", images_done=max(done, before), images_total=total,
-                                     passes=p.passes)
+        shown = max(done, before)
+        s.record.progress = Progress(stage="extracting", images_done=shown, images_total=total, passes=p.passes,
+                                     fraction_done=min(1.0, shown / total) if total else None)
         return s
     w.store.update(job_id, f)

@@ -82,6 +82,10 @@ def check_set(staged: StagedSet, limits: Limits, what: str) -> Path:
         rules.check_image_count("the upload", len(staged.files), limits.max_images)
     for f in staged.files:
         check_file(f, limits, what, staged.kind(f))
+    if kinds == {"image"} and len(staged.files) < rules.MIN_IMAGES and not any(
+            rules.is_dicom(f.name, rules.read_head(f)) for f in staged.files):  # a DICOM file may hold frames
+        with _about(what):
+            raise rules.too_few_images("uploaded", "", len(staged.files), rules.MIN_IMAGES)
     return staged.engine_path()
 
 
@@ -95,34 +99,44 @@ def check_file(path: Path, limits: Limits, what: str, kind: str | None = None) -
             (_check_zip if path.name.lower().endswith(".zip") else _check_tar)(path, limits)
         elif kind == "array":
             if path.name.lower().endswith(".npz"):
-                _check_zip(path, limits)
+                _check_zip(path, limits, of_images=False)
             check_array_file(path, limits)
         else:
             _check_image(path, limits)
 
 
-def _screen(members, budget: ArchiveBudget) -> None:
+def _screen(members, budget: ArchiveBudget, of_images: bool = True) -> None:
     """The upload's policy on an archive listing: one unsafe member (escaping path, link, device)
     refuses the whole archive, every declared size counts against the limits, and the members that
-    may be images against the image limit."""
-    images = 0
+    may be images against the image limit; an archive of images (``of_images``: not a .npz) needs at
+    least MIN_IMAGES of them."""
+    images, frames, passed_over = 0, 0, []
     for m in members:
         if m.unsafe:
             raise InputError(f"archive '{budget.label}' holds '{m.name}', which is refused: {m.problem}. Repack it "
                              f"with regular files under relative paths only.", code="unsafe_archive")
         budget.member(m.name, m.size, m.packed)
-        images += not m.is_dir and rules.kind_of(m.name) in ("image", "unknown")
+        if m.is_dir or rules.is_hidden(m.name):
+            continue
+        if rules.kind_of(m.name) in ("image", "unknown"):
+            images += 1
+            frames += rules.suffix(m.name) in rules.DICOM_SUFFIXES  # may hold many images
+        else:
+            passed_over.append(m.name)
     rules.check_image_count(f"archive '{budget.label}'", images, budget.limits.max_images)
+    if of_images and images < rules.MIN_IMAGES and not frames:
+        raise rules.too_few_images("uploaded", f"archive '{budget.label}'", images, rules.MIN_IMAGES,
+                                   passed_over=passed_over)
 
 
-def _check_zip(path: Path, limits: Limits) -> None:
+def _check_zip(path: Path, limits: Limits, of_images: bool = True) -> None:
     budget = ArchiveBudget(path.name, limits)
     try:
         with zipfile.ZipFile(path) as zf:
             members = rules.zip_members(zf, budget)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
         raise rules.unreadable_archive(path.name, "zip", e) from None
-    _screen(members, budget)
+    _screen(members, budget, of_images)
 
 
 def _check_tar(path: Path, limits: Limits) -> None:

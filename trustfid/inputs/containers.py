@@ -31,8 +31,14 @@ class FolderReader(Reader):
 
     def __init__(self, root: Path, label: str, limits: Limits, decoding: Decoding):
         self.label, self.decoding = label, decoding
-        self.entries = rules.list_folder(root, label)
+        passed_over: list[str] = []
+        self.entries = rules.list_folder(root, label, passed_over)
+        self.passed_over = tuple(passed_over)
         self.count = sum(1 for e in self.entries if e[1] is not None)
+
+    def peek(self):
+        for name, path, reason in self.entries:
+            yield name, None if path is None else _head(lambda p=path: rules.read_head(p)), reason
 
     def select(self, start: int, stop: int) -> None:
         self.entries = select_listed(self.entries, start, stop)
@@ -50,6 +56,9 @@ class SingleFileReader(Reader):
     def units(self):
         yield partial(decode_events, self.path.name, str(self.path), self.decoding)
 
+    def peek(self):
+        yield self.path.name, _head(lambda: rules.read_head(self.path)), None
+
 
 class _ArchiveReader(Reader):
     """The listing shared by zip and tar: ``plan`` holds (name, where its bytes are, skip reason)."""
@@ -58,6 +67,7 @@ class _ArchiveReader(Reader):
         self.label, self.path, self.limits, self.decoding = label, path, limits, decoding
         self.budget = ArchiveBudget(label, limits)
         self.plan: list[tuple[str, object, str | None]] = []
+        self.passed_over: list[str] = []
 
     def _plan(self, m: rules.Member, where, head_fn) -> None:
         """Skip-list a refused member; keep a candidate image within the member limits; pass over the rest."""
@@ -68,6 +78,8 @@ class _ArchiveReader(Reader):
         elif rules.kind_of(m.name, head_fn) == "image":
             self.budget.member(m.name, m.size, m.packed)
             self.plan.append((m.name, where, None))
+        elif not rules.is_hidden(m.name):
+            self.passed_over.append(m.name)
 
     def _finish(self) -> None:
         self.plan.sort(key=lambda p: p[0])
@@ -81,6 +93,11 @@ class _ArchiveReader(Reader):
         with self._open() as source:
             for name, where, reason in self.plan:
                 yield skipped(name, reason) if where is None else partial(self._member, source, where, name)
+
+    def peek(self):
+        with self._open() as source:
+            for name, where, reason in self.plan:
+                yield name, None if where is None else _head(lambda w=where: self._head(source, w)), reason
 
     def _member(self, source, where, name: str):
         try:
@@ -111,6 +128,9 @@ class ZipReader(_ArchiveReader):
 
     def _open(self):
         return zipfile.ZipFile(self.path)
+
+    def _head(self, zf: zipfile.ZipFile, index: int) -> bytes:
+        return _zip_head(zf, zf.infolist()[index])
 
     def _read(self, zf: zipfile.ZipFile, index: int, name: str) -> bytes:
         with zf.open(zf.infolist()[index]) as fp:
@@ -146,6 +166,11 @@ class TarReader(_ArchiveReader):
             return open(self.path, "rb")
         return io.BufferedReader(IndexedGzip(self.path, self.gz_index), buffer_size=1 << 16)
 
+    def _head(self, f, where: tuple[int, int]) -> bytes:
+        offset, size = where
+        f.seek(offset)
+        return f.read(min(size, rules.HEAD_BYTES))
+
     def _read(self, f, where: tuple[int, int], name: str) -> bytes | Skip:
         offset, size = where
         f.seek(offset)
@@ -153,6 +178,15 @@ class TarReader(_ArchiveReader):
         if len(data) < size:
             return Skip(name, f"archive member is truncated ({len(data)} of {size} bytes)")
         return data
+
+
+def _head(read) -> bytes | None:
+    """A candidate's first bytes; None for one that cannot even be peeked at, which then counts as an
+    image (reading it says why it fails, as rules.kind_of does)."""
+    try:
+        return read()
+    except Exception:
+        return None
 
 
 def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:

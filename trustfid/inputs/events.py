@@ -47,6 +47,14 @@ class Reader:
     count: int
     first: int = 0  # index of the first candidate read (select)
     total: int | None = None  # candidates of the whole source, once select narrowed it
+    passed_over: tuple[str, ...] = ()  # files the listing found that are not images, for messages
+
+    def peek(self) -> Iterator[tuple[str, bytes | None, str | None]]:
+        """``(name, first bytes, skip reason)`` of each listed entry in order, without decoding: the
+        first bytes (rules.HEAD_BYTES) of a candidate, None where there is nothing to sniff (an array's
+        rows); a reason for an entry the listing already skips. ImageSet.check_usable reads it."""
+        for i in self.rows():
+            yield f"row {i}", None, None
 
     def units(self) -> Iterator[Unit]:  # pragma: no cover - interface
         raise NotImplementedError

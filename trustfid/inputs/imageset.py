@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..schemas import SkippedFile
+from . import rules
 from .arrays import MemoryArrayReader, NpyReader, NpzReader
 from .containers import FolderReader, SingleFileReader, TarReader, ZipReader
 from .events import Reader, Skip
@@ -73,6 +74,24 @@ class ImageSet:
     def count_intensity(self, tally) -> None:
         """Add the intensity mappings other processes counted for this set (loader.py)."""
         self._decoding.used.update(tally)
+
+    def check_usable(self, set_name: str, min_images: int) -> None:
+        """Fail fast, before anything is decoded: InputError ``too_few_images`` unless at least
+        ``min_images`` entries may be images by the listing and their first bytes (a DICOM file counts
+        as enough: it may hold many frames). The message names what was found instead. Candidates
+        are sniffed in order until enough are found, so a large set costs a few reads."""
+        if min_images <= 0:
+            return
+        found, skipped = 0, []
+        for name, head, reason in self._reader.peek():
+            why = reason or (head is not None and rules.not_an_image(name, head))
+            if why:
+                skipped.append((name, why))
+                continue
+            found += min_images if head is not None and rules.is_dicom(name, head) else 1
+            if found >= min_images:
+                return
+        raise rules.too_few_images(set_name, self.label, found, min_images, skipped, self._reader.passed_over)
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         return self.images_of(self._reader.events())

@@ -45,6 +45,7 @@ ARRAY_SUFFIXES = (".npy", ".npz")
 # The only Pillow plugins Image.open may try: guessing among all would hand untrusted bytes to rarely
 # used parsers (and EPS to Ghostscript). "JPEG" also covers MPO camera files.
 PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "DIB", "WEBP", "GIF", "PPM")
+MIN_IMAGES = 2  # a set needs at least this many usable images (and a few hundred for a stable FID)
 HEAD_BYTES = 132  # enough for every signature below (DICOM's marker sits at bytes 128..132)
 
 ACCEPTED_INPUTS = (
@@ -78,6 +79,59 @@ def looks_like_image(head: bytes) -> bool:
 
 def is_dicom(name: str, head: bytes) -> bool:
     return suffix(name) in DICOM_SUFFIXES or head[128:132] == b"DICM"
+
+
+# What the first bytes of a file with each image suffix must be; the suffixes left out (DICOM, whose
+# preamble is optional) are taken on their name.
+_SIGNATURES = {
+    ".png": (b"\x89PNG\r\n\x1a\n",), ".gif": (b"GIF87a", b"GIF89a"), ".tif": (b"II*\x00", b"MM\x00*"),
+    ".jpg": (b"\xff\xd8\xff",), ".bmp": (b"BM",), ".webp": (b"RIFF",),
+    ".ppm": (b"P3", b"P6"), ".pgm": (b"P2", b"P5"), ".pbm": (b"P1", b"P4"),
+}
+_SIGNATURES.update({".jpeg": _SIGNATURES[".jpg"], ".jpe": _SIGNATURES[".jpg"], ".jfif": _SIGNATURES[".jpg"],
+                    ".tiff": _SIGNATURES[".tif"], ".dib": _SIGNATURES[".bmp"],
+                    ".pnm": _SIGNATURES[".ppm"] + _SIGNATURES[".pgm"] + _SIGNATURES[".pbm"]})
+
+
+def not_an_image(name: str, head: bytes) -> str | None:
+    """Why a candidate's first bytes say it cannot be an image (an empty file, a text file named
+    .png), or None when they may be one: the set is checked this way before anything is decoded."""
+    if not head:
+        return "empty file"
+    signatures = _SIGNATURES.get(suffix(name))
+    if signatures is None or head.startswith(signatures) or looks_like_image(head):
+        return None
+    return f"not a {suffix(name)[1:].upper()} file (its first bytes say otherwise)"
+
+
+READ_FORMATS = "PNG, JPEG, TIFF, BMP, WebP, GIF, PNM and DICOM files and .npy/.npz arrays"
+
+
+def too_few_images(set_name: str, label: str, n: int, needed: int, skipped=(), passed_over=(),
+                   shown: int = 5) -> InputError:
+    """The ``too_few_images`` error, naming what was found instead: ``skipped`` (name, reason) pairs
+    and ``passed_over`` names (files that are not images)."""
+    def names(items):
+        items = list(items)
+        more = f", and {len(items) - shown} more" if len(items) > shown else ""
+        return ", ".join(items[:shown]) + more
+
+    found = []
+    if skipped:
+        found.append(f"{plural(len(skipped), 'file')} skipped: "
+                     + names(f"{name} ({reason})" for name, reason in skipped))
+    if passed_over:
+        found.append(f"{plural(len(passed_over), 'file')} skipped: {names(passed_over)} — not images "
+                     f"(read are {READ_FORMATS})")
+    where = f" in {label}" if label else ""
+    return InputError(f"the {set_name} set has {plural(n, 'usable image')}{where}; at least {needed} are needed "
+                      f"(and a few hundred for a stable FID)" + "".join(f". {f}" for f in found),
+                      code="too_few_images")
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """'1 file', '3 files', '0 usable images', '2 passes' (``nouns`` where adding 's' is wrong)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {nouns or noun + 's'}"
 
 
 def first_line(e: BaseException) -> str:
@@ -120,11 +174,13 @@ def kind_of(name: str, head_fn: Callable[[], bytes] | None = None, *, member: bo
     return "image" if looks_like_image(head) else None
 
 
-def list_folder(root: Path, label: str) -> list[tuple[str, str | None, str | None]]:
+def list_folder(root: Path, label: str,
+                passed_over: list[str] | None = None) -> list[tuple[str, str | None, str | None]]:
     """The candidate images under a folder, recursively, as sorted (relative name, path, None), plus
     (name, None, reason) for candidates that cannot be read. Symlinked files and folders are
     followed (a folder reached twice, e.g. through a link loop, is listed once); broken links,
-    sockets and FIFOs with image names are listed with a reason."""
+    sockets and FIFOs with image names are listed with a reason. ``passed_over``, when given, gets
+    the names of the other files (not images: captions, metadata), for messages."""
     entries: list[tuple[str, str | None, str | None]] = []
 
     def walk(folder: Path, prefix: str, seen: set) -> None:
@@ -150,6 +206,8 @@ def list_folder(root: Path, label: str) -> list[tuple[str, str | None, str | Non
                 elif entry.is_file():
                     if kind_of(name, lambda p=entry.path: read_head(p)) == "image":
                         entries.append((name, entry.path, None))
+                    elif passed_over is not None:
+                        passed_over.append(name)
                 elif kind_of(name) == "image":
                     entries.append((name, None, "broken symbolic link" if entry.is_symlink()
                                     else "not a regular file (socket, FIFO or device)"))
