@@ -11,15 +11,23 @@ if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   echo "trustfid needs Python >= 3.10 (found $("$py" --version 2>&1)); set PYTHON=python3.11 or similar" >&2
   exit 2
 fi
+pip_quietly() {  # pip install; its and the build's chatter go to a log, shown only when it fails
+  local log="$venv/install.log"
+  if ! "$venv/bin/pip" install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "pip install $* failed: see the lines above ($log)" >&2
+    exit 1
+  fi
+}
 if [ ! -x "$venv/bin/python" ]; then
   echo "creating $venv" >&2
   "$py" -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
+  pip_quietly --upgrade pip
 fi
 stamp="$venv/.trustfid-installed-$(echo "$extras" | tr ',' '-')"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "installing trustfid[$extras] into $venv (first time: a few minutes, torch is large)" >&2
-  "$venv/bin/pip" install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v "is ignored" >&2 || true
+  echo "installing trustfid[$extras] into $venv (first time: about 5 minutes on 2 cores, torch is large)" >&2
+  pip_quietly -e ".[$extras]"
   "$venv/bin/python" -c "import app, worker" # fails loudly if the install did not work
   touch "$stamp"
 fi
@@ -29,8 +37,7 @@ if [[ ",$extras," == *",test,"* || ",$extras," == *",study,"* ]]; then
   images="$venv/study-images"
   if [ ! -f "$images/.installed" ] || [ bench/validation/images.txt -nt "$images/.installed" ]; then
     echo "installing the validation study's images into $images" >&2
-    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --only-binary=:all: --upgrade \
-      --target "$images" -r bench/validation/images.txt 2> >(grep -v "is ignored" >&2)
+    pip_quietly --no-deps --only-binary=:all: --upgrade --target "$images" -r bench/validation/images.txt
     touch "$images/.installed"
   fi
 fi

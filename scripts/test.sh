@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh engine,embedded,test
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "installing Debian's chromium for the HTML report test" >&2
+if ! command -v chromium >/dev/null 2>&1 || ! command -v pdftotext >/dev/null 2>&1; then
+  echo "installing Debian's chromium and poppler-utils for the HTML report tests" >&2
   if [ "$(id -u)" = 0 ]; then (apt-get install -y -q chromium poppler-utils >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium poppler-utils >/dev/null; }); fi
 fi
 "${TRUSTFID_VENV:-.venv}/bin/ruff" check .
