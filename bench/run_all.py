@@ -18,6 +18,7 @@ Run on their own, their sections of RESULTS.md written from their output (run_al
 (e) bench/load_bench.py     the API under load while a job runs
 (f) bench/shard_bench.py    a sharded job on 1 and 2 workers; bench/gpu_bench.py --only decode
 (g) bench/gpu_bench.py      on a GPU machine (bench/gpu_check.sh, DEVELOPERS.md)
+(h) bench/fail_fast_bench.py  a bad generated argument against a 20,000-image reference (goal < 5 s)
 """
 
 from __future__ import annotations
