@@ -109,6 +109,9 @@ def _saved(*sources: str) -> list[tuple[str, dict]]:
     return [(Path(s).name, o) for s in sources if s.endswith(".npz") and (o := saved_options(s)) is not None]
 
 
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]"
+
+
 class Bars:
     """tqdm bars on stderr, one per set; silent when stderr is not a terminal or with --quiet, unless
     ``lines``: then one line per stage instead of bars (for logs)."""
@@ -129,9 +132,10 @@ class Bars:
         from tqdm import tqdm
 
         bar = self.bars.get(p.set)
-        if bar is None:
-            bar = self.bars[p.set] = tqdm(total=p.images_total, desc=f"{p.set:>9}", unit="img", file=sys.stderr)
-        bar.update(p.images_done - bar.n)
+        if bar is None:  # the bar follows fraction_done, which moves within a batch too
+            bar = self.bars[p.set] = tqdm(total=1.0, desc=f"{p.set:>9}", file=sys.stderr, bar_format=BAR_FORMAT)
+        bar.set_description_str(f"{p.set:>9} {p.images_done}/{p.images_total} images", refresh=False)
+        bar.update((p.fraction_done or 0.0) - bar.n)
 
     def close(self) -> None:
         for bar in self.bars.values():
