@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from trustfid.inputs.rules import plural
 from trustfid.records import JobRecord
 from trustfid.schemas import Report
 
@@ -28,11 +29,6 @@ W, PAD_L, PAD_R, PAD_T, PAD_B = 500, 56, 16, 30, 44  # drawn at this size (fits 
 
 def fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4g}" if abs(x) < 1e4 else f"{x:.3e}"
-
-
-def plural(n: int, one: str, many: str | None = None) -> str:
-    """A count with its noun: '1 file', '2 files', '1 pass', '20 passes'."""
-    return f"{n:,} {one if n == 1 else many or one + 's'}"
 
 
 def _escaped(value):

@@ -130,8 +130,9 @@ def too_few_images(set_name: str, label: str, n: int, needed: int, skipped=(), p
 
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
-    """'1 file', '3 files', '0 usable images', '2 passes' (``nouns`` where adding 's' is wrong)."""
-    return f"{n} {noun}" if n == 1 else f"{n} {nouns or noun + 's'}"
+    """A count with its noun, for messages and reports: '1 file', '3 files', '1,234 bytes', '2 passes'
+    (``nouns`` where adding 's' is wrong)."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def first_line(e: BaseException) -> str:
