@@ -195,7 +195,8 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
     ex, options, device = load_extractor(options, extractor, settings)
     model = MCDropout(ex, options, device, settings)
     open_kwargs = input_rules(options, settings)
-    images = images or open_set(source, set_name, options, settings, min_images)
+    if images is None:
+        images = open_set(source, set_name, options, settings, min_images)
     total = len(images)
     found = SetFeatures(ex.feature_dim, options.passes, Collector(ex, options))
     input_range = ex.input_range_for(options.resize)
