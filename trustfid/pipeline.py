@@ -171,7 +171,7 @@ def open_set(source, set_name: str, options: ScoreOptions, settings: EngineSetti
     """A set's images listed and checked (``ImageSet.check_usable``: enough entries that may be images),
     nothing decoded; None for saved statistics. ``score()`` opens both sets this way before extracting
     either, so a mistake in the second argument fails in seconds."""
-    if isinstance(source, SetStats) or is_stats_source(source):
+    if not is_image_source(source):
         return None
     images = open_images(source, **input_rules(options, settings or get_engine_settings()))
     images.check_usable(set_name, min_images)
@@ -235,6 +235,11 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
                        min_images)
 
 
+def is_image_source(source) -> bool:
+    """Whether a source holds images (not saved statistics, which ``extract`` just reads)."""
+    return not isinstance(source, SetStats) and not is_stats_source(source)
+
+
 def is_stats_source(source) -> bool:
     """A path to a saved statistics .npz (not an image array)."""
     return isinstance(source, (str, Path)) and str(source).endswith(".npz") and is_stats_file(Path(source))
@@ -263,9 +268,8 @@ def score(real, generated, options: ScoreOptions | dict | None = None, *, extrac
     # Both sets are listed and checked before the network loads or any image is decoded: a mistake in
     # either argument fails in seconds. The generated set first: the reference is usually the large
     # one (listing a .tar.gz reads all of it), and a training loop's generated set the one that changes.
-    sources = {"real": real, "generated": generated}
-    opened = {set_name: open_set(sources[set_name], set_name, reading_options(options))
-              for set_name in ("generated", "real")}
+    sources, reading = {"real": real, "generated": generated}, reading_options(options)
+    opened = {set_name: open_set(sources[set_name], set_name, reading) for set_name in ("generated", "real")}
     ex, options, device = load_extractor(options, extractor)
     t_load = time.perf_counter() - t0
 

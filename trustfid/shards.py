@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .inputs import SetShard
-from .pipeline import CancelFn, ProgressFn, extract, is_stats_source, open_set, require_images
+from .pipeline import CancelFn, ProgressFn, extract, open_set, require_images
 from .schemas import ScoreOptions
 from .settings import EngineSettings
 from .stats import SetStats
@@ -38,11 +38,6 @@ def plan(count: int, size: int) -> list[tuple[int, int]]:
     if size < 1:
         raise ValueError("shard size must be >= 1")
     return [(a, min(a + size, count)) for a in range(0, count, size)] or [(0, 0)]
-
-
-def is_image_source(source) -> bool:
-    """Whether a source holds images to shard (not saved statistics, which ``extract`` just reads)."""
-    return not isinstance(source, SetStats) and not is_stats_source(source)
 
 
 def count_candidates(source, set_name: str, options: ScoreOptions, settings: EngineSettings | None = None) -> int:

@@ -67,7 +67,8 @@ def plan_of(w: Worker, job_id: str) -> ShardPlan | None:
 def plan_job(w: Worker, st: Stored, sources: dict[str, Path]) -> list[ShardId]:
     """Split each image set of a job into shards and record the plan; returns the shards to run. A set
     given as saved statistics (a reference) is not split: the merge reads it."""
-    from trustfid.shards import count_candidates, is_image_source, plan
+    from trustfid.pipeline import is_image_source
+    from trustfid.shards import count_candidates, plan
 
     options = st.record.options.score_options()
     size = st.record.options.shard_size
