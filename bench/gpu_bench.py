@@ -156,7 +156,7 @@ def decode_speed(folder, n: int, rounds: int) -> dict:
 
     def processes(k: int):
         def go():
-            for _ in ParallelLoader(open_images(folder), folder, {}, k, 32, "clean", (299, 299), TF_RANGE):
+            for _ in ParallelLoader(open_images(folder), folder, {}, k, 32, ("clean", (299, 299), TF_RANGE)):
                 pass
         return go
 

@@ -24,6 +24,13 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
   pip_quietly --upgrade pip
 fi
+# pyradiomics (the medical extra; test includes it) has no wheel for current Python: build it from source
+# before the extras are resolved, with numpy (its build needs it) installed and build isolation off.
+if [[ ",$extras," == *",medical,"* || ",$extras," == *",test,"* ]] && ! "$venv/bin/python" -c "import radiomics" 2>/dev/null; then
+  echo "building pyradiomics from source (it has no wheel for this Python; under a minute)" >&2
+  pip_quietly "numpy>=1.24" setuptools wheel versioneer
+  pip_quietly --no-build-isolation "pyradiomics>=3.0.1,<4"
+fi
 stamp="$venv/.trustfid-installed-$(echo "$extras" | tr ',' '-')"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "installing trustfid[$extras] into $venv (first time: about 5 minutes on 2 cores, torch is large)" >&2

@@ -6,6 +6,7 @@ one Redis do not see each other's tasks."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -241,3 +242,43 @@ def pngs(folder: Path) -> list[Path]:
 
 def strip_timing(report: dict) -> dict:
     return {k: v for k, v in report.items() if k != "timing"}
+
+
+# --- the FRD against frd-score itself (tests/test_frd.py, tests/test_service_frd.py) -------------------------
+
+def frd_score(a: Path, b: Path) -> float:
+    """frd-score's FRD (v1, its defaults) of two folders, from its own command line."""
+    r = subprocess.run([sys.executable, "-m", "frd_score", str(a), str(b), "--num_workers", "2"],
+                       capture_output=True, text=True, timeout=600)
+    found = re.search(r"FRD \(v1\): (\S+)", r.stdout)
+    assert found, r.stdout[-3000:] + r.stderr[-3000:]
+    return float(found.group(1))
+
+
+def _mixed_set(src: Path, dest: Path, n: int) -> Path:
+    """``n`` of the sample photos as the 8-bit files users have: RGB and gray PNG, RGBA PNG, and JPEG with a
+    72-dpi header (which frd-score's SimpleITK read turns into a pixel spacing)."""
+    from PIL import Image
+
+    dest.mkdir(parents=True)
+    for i, f in enumerate(sorted(src.glob("*.png"))[:n]):
+        im = Image.open(f).convert("RGB")
+        kind = i % 4
+        if kind == 0:
+            im.save(dest / f"{i:02d}.png")
+        elif kind == 1:
+            im.convert("L").save(dest / f"{i:02d}.png")
+        elif kind == 2:
+            im.putalpha(200)
+            im.save(dest / f"{i:02d}.png")
+        else:
+            im.save(dest / f"{i:02d}.jpg", quality=90, dpi=(72, 72))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def frd_sets(tmp_path_factory) -> dict:
+    """12 + 12 sample photos as mixed 8-bit files, and frd-score's own FRD of the two folders."""
+    d = tmp_path_factory.mktemp("frd")
+    a, b = _mixed_set(ROOT / "samples" / "real", d / "real", 12), _mixed_set(ROOT / "samples" / "generated", d / "generated", 12)
+    return {"real": a, "generated": b, "frd_score": frd_score(a, b)}

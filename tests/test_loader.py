@@ -61,7 +61,7 @@ def test_a_set_abandoned_part_way_leaves_the_processes_ready_for_the_next(folder
     from trustfid.preprocess import TF_RANGE
 
     procs = pool(2).procs
-    batches = iter(ParallelLoader(open_images(folder), folder, {}, 2, 1, "clean", (299, 299), TF_RANGE))
+    batches = iter(ParallelLoader(open_images(folder), folder, {}, 2, 1, ("clean", (299, 299), TF_RANGE)))
     next(batches)
     batches.close()  # e.g. a cancel after the first batch: its queued images are dropped
     _same(_stats(folder, 2), _stats(folder, 0))

@@ -63,6 +63,18 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
                    help="clean = clean-fid's PIL bicubic; legacy_pytorch = pytorch-fid's bilinear "
                         f"(default {d.resize})")
     o = p.add_argument_group("run")
+    o.add_argument("--metrics", default=",".join(d.metrics), type=_metrics, metavar="LIST",
+                   help="what to compute, comma-separated: fid (default), frd (the Fréchet Radiomics Distance, "
+                        "radiomic features from pyradiomics as frd-score v1 computes them; needs the medical extra), "
+                        "frd:auto (the FRD only when the reference set is outside the FID network's domain). "
+                        "--metrics frd alone skips the FID network")
+    o.add_argument("--frd-reading", choices=["frd-score", "decoded"], default=d.frd_reading,
+                   help="what the FRD's radiomics read: frd-score (default) reads JPEGs and images with alpha with "
+                        "SimpleITK as frd-score does (a JPEG's dpi header becomes its pixel spacing); decoded uses the "
+                        "image the FID sees (docs/IMAGES.md)")
+    o.add_argument("--frd-paper-log", action="store_true",
+                   help="FRD as log(d) (the paper's Eq. 3) instead of frd-score's default log(d²): half the value, "
+                        "not comparable with published FRDs")
     o.add_argument("--device", default=d.device, help="auto (default: cuda when available), cpu, cuda or cuda:N")
     o.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
                    help=f"images per forward pass (default {d.batch_size}); does not change results")
@@ -78,6 +90,10 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
                    help=f"thumbnails of the most atypical images per set in the JSON report (default {d.thumbnails})")
     o.add_argument("--strict", action="store_true", help="an unreadable file is an error instead of being skipped")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _metrics(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
 
 
 def _window(text: str) -> tuple[float, float]:
@@ -101,7 +117,8 @@ def _options(args, saved: list[tuple[str, dict]] = ()) -> ScoreOptions:
     return ScoreOptions(**chosen, device=args.device, batch_size=args.batch_size,
                         bootstrap_resamples=args.bootstrap_resamples, top_k=args.top_k, strict=args.strict,
                         max_feature_rows=args.max_feature_rows, kid_subsets=args.kid_subsets,
-                        thumbnails=args.thumbnails)
+                        thumbnails=args.thumbnails, metrics=args.metrics, frd_paper_log=args.frd_paper_log,
+                        frd_reading=args.frd_reading)
 
 
 def _saved(*sources: str) -> list[tuple[str, dict]]:
@@ -132,6 +149,9 @@ class Bars:
         from tqdm import tqdm
 
         bar = self.bars.get(p.set)
+        if bar is not None and (p.fraction_done or 0.0) < bar.n - 1e-9:  # a second pass over the set (frd:auto)
+            bar.close()
+            bar = None
         if bar is None:  # the bar follows fraction_done, which moves within a batch too
             bar = self.bars[p.set] = tqdm(total=1.0, desc=f"{p.set:>9}", file=sys.stderr, bar_format=BAR_FORMAT)
         bar.set_description_str(f"{p.set:>9} {p.images_done}/{p.images_total} images", refresh=False)
@@ -150,14 +170,40 @@ def write_json(path: str | None, model) -> None:
 
 
 def summary(report) -> str:
-    from .trust import LEVEL_MEANING
-
     h = report.headline
-    lines = [h.text if h else f"FID {report.fid:.4f}",
-             f"  plain FID {report.fid:.4f}   ({report.counts.real.used} real vs {report.counts.generated.used} "
-             f"generated images, {report.preprocessing.split(':')[0]} resize)"]
+    lines = [h.text if h else f"FID {report.fid:.4f}"]
+    if report.fid is not None:
+        lines.append(f"  plain FID {report.fid:.4f}   ({report.counts.real.used} real vs "
+                     f"{report.counts.generated.used} generated images, {report.preprocessing.split(':')[0]} resize)")
     if h:
         lines += [f"  warning: {w}" for w in h.warnings]
+    if report.fid is not None:
+        lines += _fid_lines(report)
+    if report.frd is not None:
+        lines += _frd_lines(report.frd)
+    skipped = [(side, s) for side in ("real", "generated") for s in getattr(report.counts, side).skipped]
+    if skipped:
+        lines.append(f"{plural(len(skipped), 'file')} skipped:")
+        lines += [f"  {side}: {s.name}: {s.reason}" for side, s in skipped[:20]]
+        if len(skipped) > 20:
+            lines.append(f"  ... and {len(skipped) - 20} more (counts.*.skipped in the JSON report)")
+    return "\n".join(lines)
+
+
+def _frd_lines(frd) -> list[str]:
+    lines = [f"FRD: {frd.features} of {frd.features_extracted} radiomic features (finite, not constant over the "
+             f"reference), {frd.real.used} real vs {frd.generated.used} generated images; "
+             f"d² {frd.distance_squared:.6g}"]
+    for side in ("real", "generated"):
+        for s in getattr(frd, side).skipped[:5]:
+            lines.append(f"  FRD left out ({side}): {s.name}: {s.reason}")
+    return lines
+
+
+def _fid_lines(report) -> list[str]:
+    from .trust import LEVEL_MEANING
+
+    lines = []
     small = []
     k = report.kid
     if k and k.std is None:
@@ -190,13 +236,7 @@ def summary(report) -> str:
     lines.append(f"trust: {level.upper()} — {LEVEL_MEANING[level]}")
     lines += [f"  - {r}" for r in report.trust.reasons]
     lines += [f"finding: {f}" for f in report.trust.findings]
-    skipped = [(side, s) for side in ("real", "generated") for s in getattr(report.counts, side).skipped]
-    if skipped:
-        lines.append(f"{plural(len(skipped), 'file')} skipped:")
-        lines += [f"  {side}: {s.name}: {s.reason}" for side, s in skipped[:20]]
-        if len(skipped) > 20:
-            lines.append(f"  ... and {len(skipped) - 20} more (counts.*.skipped in the JSON report)")
-    return "\n".join(lines)
+    return lines
 
 
 def _with_progress(args, fn, *fn_args, options: ScoreOptions | None = None):
@@ -226,7 +266,9 @@ def cmd_stats(args) -> int:
 
     stats = _with_progress(args, compute_stats, args.set)
     stats.save(args.output)
-    print(f"wrote {args.output}: {stats.n} images, {len(stats.mc)} MC passes, {len(stats.skipped)} skipped")
+    frd = (f", radiomic features of {stats.radiomics.n} images (FRD)" if stats.radiomics is not None
+           else "")
+    print(f"wrote {args.output}: {stats.n} images, {len(stats.mc)} MC passes{frd}, {len(stats.skipped)} skipped")
     return 0
 
 

@@ -3,7 +3,8 @@ results of one process.
 
 The set's reader lists its entries as units (inputs/events.py); process k of N opens the same source,
 walks the same listing and decodes and resizes the units u with u mod N = k, one image at a time
-(``preprocess.to_model_input``: an image's network input does not depend on its batch). The main
+(``preprocess.to_model_input``: an image's network input does not depend on its batch), and computes
+its radiomic features when the job asks for the FRD (decode_worker.py: what a process runs). The main
 process takes unit 0 from process 0, unit 1 from process 1, ... so the images arrive in the set's
 order, and holds them to the set's rules (skips, strict mode, the image limit) exactly as the
 single-process path does. Each process has a queue of at most ``DEPTH`` units: memory stays bounded
@@ -18,9 +19,11 @@ or fails (its items still queued are dropped)."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -28,10 +31,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .decode_worker import prepare, serve
 from .errors import TrustfidError
-from .inputs import SetShard, open_images
-from .inputs.events import Skip
-from .preprocess import to_model_input
+from .inputs import SetShard
 
 DEPTH = 8  # units queued per process
 # The first set decoded in processes waits for them to start (seconds: spawn imports torch); a smaller
@@ -46,55 +48,19 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def worker_count(setting: int | None, device: torch.device, source, candidates: int) -> int:
+def worker_count(setting: int | None, device: torch.device, source, candidates: int, radiomics: bool = False) -> int:
     """Decode processes for a set: the setting when given; else the available cores but one on a GPU
     job with at least MIN_IMAGES candidates, and none (the prefetch thread) on a CPU job, whose network
-    already uses every core. Always the same number, so one pool of processes serves every set."""
+    already uses every core. Radiomics (FRD, about 0.3 s of CPU per image) always run in processes: every
+    core on a CPU job, all but one on a GPU job. One pool of processes per number serves every set."""
     path = source.source if isinstance(source, SetShard) else source
     if not isinstance(path, (str, os.PathLike)) or multiprocessing.current_process().daemon or not candidates:
         return 0
     if setting is not None:
         return setting
+    if radiomics:
+        return max(1, available_cores() - (1 if device.type == "cuda" else 0))
     return max(1, available_cores() - 1) if device.type == "cuda" and candidates >= MIN_IMAGES else 0
-
-
-def _serve(k: int, n: int, current, tasks, out) -> None:
-    """Decode process k of n: for each set it is given, the units k, k + n, k + 2n, ... (``_work``)."""
-    torch.set_num_threads(1)
-    while (task := tasks.get()) is not None:
-        _work(k, n, *task, current, out)
-
-
-def _work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tuple, current, out) -> None:
-    """Decode and resize this process's units of one set, then report its intensity tally; stop early
-    when the set is abandoned (``current`` moved past ``generation``: cancelled, failed, done). A limit
-    or input error is sent back to be raised in the job; anything else too, with its type and message."""
-    def send(kind, payload) -> bool:
-        while current.value == generation:
-            try:
-                out.put((generation, kind, payload), timeout=0.5)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    try:
-        images = open_images(source, **open_kwargs)
-        for u, unit in enumerate(images.units()):
-            if u % n != k:
-                continue
-            events = []
-            for event in unit():
-                if isinstance(event, Skip):
-                    events.append(event)
-                else:
-                    name, image = event
-                    events.append((name, to_model_input([image], *prep)[0].numpy()))
-            if not send("unit", events):
-                return
-        send("end", images.intensity)
-    except BaseException as e:  # sent to the job, which raises it
-        send("error", (type(e), e.__dict__, str(e)))
 
 
 class _Pool:
@@ -107,10 +73,11 @@ class _Pool:
         self.current = ctx.Value("q", 0)  # the generation (set) being decoded; others are abandoned
         self.tasks = [ctx.Queue() for _ in range(n)]
         self.outs = [ctx.Queue(maxsize=DEPTH) for _ in range(n)]
-        self.procs = [ctx.Process(target=_serve, args=(k, n, self.current, self.tasks[k], self.outs[k]),
+        self.procs = [ctx.Process(target=serve, args=(k, n, self.current, self.tasks[k], self.outs[k]),
                                   daemon=True, name=f"trustfid-decode-{k}") for k in range(n)]
-        for p in self.procs:
-            p.start()
+        with _main_script_hidden():
+            for p in self.procs:
+                p.start()
 
     def usable(self) -> bool:
         return self.pid == os.getpid() and all(p.is_alive() for p in self.procs)
@@ -119,6 +86,25 @@ class _Pool:
         for p in self.procs:
             p.terminate()
             p.join(timeout=10)
+
+
+@contextlib.contextmanager
+def _main_script_hidden():
+    """Start spawned processes without running the caller's script in them. ``spawn`` imports the main
+    script in every child, so a script that calls ``score()`` at its top level (no ``if __name__ ==
+    "__main__":`` guard, the usual notebook-turned-script) would score again in each child and fail.
+    Our children run ``decode_worker.serve`` and need nothing from the script: hide its path while they
+    start."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None and "__file__" in saved:
+            del main.__file__
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
 
 
 _POOLS: dict[int, _Pool] = {}
@@ -149,18 +135,17 @@ class ParallelLoader:
     docstring). ``images`` is the set as opened in this process: its listing checks have run, and it
     applies the set's rules and keeps ``skipped``, ``used`` and ``intensity`` as a plain pass would."""
 
-    def __init__(self, images, source, open_kwargs: dict, workers: int, step: int,
-                 mode: str, size: tuple[int, int], input_range: tuple[float, float]):
+    def __init__(self, images, source, open_kwargs: dict, workers: int, step: int, prep: tuple | None,
+                 radiomics: bool = False):
         self.images, self.step, self.n = images, step, workers
         self.pool = pool(workers)
         with self.pool.current.get_lock():
             self.pool.current.value += 1
             self.generation = self.pool.current.value
-        prep = (mode, tuple(size), tuple(input_range))
         if not isinstance(source, SetShard):
             source = str(source)  # a path; a shard (a path and its candidates) travels as it is
         for q in self.pool.tasks:
-            q.put((self.generation, source, open_kwargs, prep))
+            q.put((self.generation, source, open_kwargs, prep, radiomics))
         self.tally: Counter = Counter()
 
     def _get(self, k: int):
@@ -194,29 +179,36 @@ class ParallelLoader:
                     raise _rebuilt(payload)
                 self.tally.update(payload)
 
-    def __iter__(self) -> Iterator[tuple[list[str], torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[list[str], torch.Tensor | None, list | None]]:
         try:
-            batch: list = []
-            for item in self.images.images_of(self._events()):
-                batch.append(item)
-                if len(batch) == self.step:
-                    yield self._stack(batch)
-                    batch = []
-            if batch:
-                yield self._stack(batch)
+            for batch in batched(self.images.images_of(self._events()), self.step):
+                yield stacked(batch)
             self.images.count_intensity(self.tally)  # the whole set's intensity mappings
         finally:
             self.close()
-
-    @staticmethod
-    def _stack(batch) -> tuple[list[str], torch.Tensor]:
-        return [n for n, _ in batch], torch.from_numpy(np.stack([x for _, x in batch]))
 
     def close(self) -> None:
         """Abandon this set: the processes stop its units and wait for the next set."""
         with self.pool.current.get_lock():
             if self.pool.current.value == self.generation:
                 self.pool.current.value += 1
+
+
+def stacked(batch: list[tuple]) -> tuple[list[str], torch.Tensor | None, list | None]:
+    """``prepare``'s items of one batch as (names, network inputs (n, 3, H, W) or None, features or None)."""
+    names = [item[0] for item in batch]
+    x = torch.from_numpy(np.stack([item[1] for item in batch])) if batch[0][1] is not None else None
+    return names, x, [item[2] for item in batch] if batch[0][2] is not None else None
+
+
+def prepared_here(images, step: int, prep: tuple | None, radiomics: bool) -> Iterator:
+    """``stacked`` batches of a set decoded in this process (the prefetch thread's work)."""
+    def items():
+        for name, image in images:
+            yield prepare(name, image, images.take_stored(), prep, radiomics)
+
+    for batch in batched(items(), step):
+        yield stacked(batch)
 
 
 # --- in this process: batches, decoded ahead in a thread --------------------------------------

@@ -21,6 +21,9 @@ The report equals ``score(real_images, generated_images, options)`` on the same 
 batch sizes of the updates (tests/test_metric.py): image indices count across updates (per_image
 masks depend on them) and the statistics depend only on the order of the images.
 
+With ``metrics`` ["fid", "frd"] (or ["frd"]) each image's radiomic features are computed in this process
+as it arrives (about 0.3 s of CPU per image): the FRD in the report equals score()'s on the same arrays.
+
 ``extractor``: None (``options.extractor``, by default the FID Inception), a registry name, an
 ``Extractor`` or a list of stages (extractor.py); a given network is moved to the images' device.
 """
@@ -32,6 +35,7 @@ import time
 import numpy as np
 import torch
 
+from .decode_worker import prepare
 from .errors import InputError
 from .extractor import Extractor
 from .extras import Collector
@@ -40,9 +44,10 @@ from .inputs.intensity import EIGHT_BIT, FLOAT_01
 from .mc import SET_TAGS, MCDropout
 from .pipeline import SetFeatures, as_options, load_extractor, report_from_stats
 from .preprocess import network_input
+from .radiomics import provenance as radiomics_provenance
 from .registry import as_extractor
 from .schemas import Report, ScoreOptions
-from .stats import SetStats, provenance
+from .stats import RadiomicsStats, SetStats, provenance
 
 
 class Metric:
@@ -54,6 +59,12 @@ class Metric:
         if isinstance(self._given, Extractor):  # a wrong dropout stage fails here, not at the first update
             self.options = self._given.options_for(self.options)
         self._settings = settings
+        if self.options.frd_mode == "auto":
+            raise InputError("the Metric streams its images, so frd:auto cannot come back for a second pass once the "
+                             "domain check is known: use metrics ['fid', 'frd'] (or score() on files)")
+        self._frd = self.options.frd_mode == "on"
+        if self._frd:
+            radiomics_provenance(self.options.frd_reading)  # a clear error now when pyradiomics is missing
         self._loaded: tuple[torch.device, Extractor, MCDropout] | None = None
         self._load_s = 0.0
         self.reset()
@@ -71,44 +82,60 @@ class Metric:
             self._load_s += time.perf_counter() - t0
         return self._loaded
 
+    def _new_set(self, ex: Extractor | None) -> SetFeatures:
+        o = self.options
+        radiomics = (RadiomicsStats(o.max_feature_rows, o.seed, provenance=radiomics_provenance(o.frd_reading))
+                     if self._frd else None)
+        if ex is None:
+            return SetFeatures(0, 0, None, radiomics)
+        return SetFeatures(ex.feature_dim, o.passes, Collector(ex, o), radiomics)
+
     def update(self, images, real: bool = True) -> None:
         """Add a batch of images to the real (``real=True``) or the generated set."""
         set_name = "real" if real else "generated"
         x = image_batch(images)
         if not len(x):
             return
-        device, ex, model = self._network(x.device)
+        ex, model = self._network(x.device)[1:] if self.options.fid_on else (None, None)
         t0 = time.perf_counter()
-        found = self._sets[set_name] or SetFeatures(ex.feature_dim, self.options.passes, Collector(ex, self.options))
+        found = self._sets[set_name] or self._new_set(ex)
         self._sets[set_name] = found
-        mode = self.options.resize
         for start in range(0, len(x), self.options.batch_size):
             chunk = x[start:start + self.options.batch_size]
+            names = [f"{set_name}[{found.n + i:05d}]" for i in range(len(chunk))]
             # uint8 -> float 0..255; float [0, 1] * 255 in float32: what the file pipeline does for arrays
             found.intensity[EIGHT_BIT if chunk.dtype == torch.uint8 else FLOAT_01] += len(chunk)
+            if self._frd:  # on the CPU, image by image: stored intensities (uint8 values, or the floats)
+                stored = chunk.permute(0, 2, 3, 1).cpu().numpy()
+                found.add_radiomics(names, [prepare(n, im, None, None, True)[2] for n, im in zip(names, stored)],
+                                    found.n)
+            if ex is None:
+                found.names.extend(names)
+                continue
+            mode = self.options.resize
             chunk = chunk.to(torch.float32) if chunk.dtype == torch.uint8 else chunk.to(torch.float32) * 255.0
             inp = network_input(chunk, mode, ex.input_size, ex.input_range_for(mode))
             if inp.shape[1] == 1:  # channels are resized independently: replicate after the resize
                 inp = inp.expand(-1, 3, -1, -1)
             plain, mc = model.features(inp, SET_TAGS[set_name], found.n, watch=found.collector.watch)
-            found.add([f"{set_name}[{found.n + i:05d}]" for i in range(len(inp))], plain, mc, x=inp,
-                      first_index=found.n)
+            found.add(names, plain, mc, x=inp, first_index=found.n)
         self._extract_s += time.perf_counter() - t0
 
     def stats(self, real: bool = True) -> SetStats:
         """One set's statistics so far (``.save(path)`` writes them for later scores)."""
         set_name = "real" if real else "generated"
         found = self._sets[set_name]
-        if self._loaded is None or found is None:
+        if found is None:
             raise InputError(f"the {set_name} set has no images yet: call update(images, real={real}) first",
                              code="too_few_images")
-        ex = self._loaded[1]
-        return found.stats(set_name, provenance(ex.weights_sha256, self.options), f"Metric {set_name}")
+        ex = self._loaded[1] if self._loaded is not None else None
+        return found.stats(set_name, provenance(ex.weights_sha256, self.options) if ex is not None else None,
+                           f"Metric {set_name}")
 
     def compute(self) -> Report:
         """The report of every image given since the last reset (more updates may follow)."""
         r, g = self.stats(real=True), self.stats(real=False)
-        device, ex, _ = self._loaded
+        device, ex, _ = self._loaded if self._loaded is not None else (torch.device("cpu"), None, None)
         return report_from_stats(r, g, self.options, ex, device, load_s=self._load_s, extract_s=self._extract_s)
 
 

@@ -27,13 +27,13 @@ from .inception import FIDInceptionV3
 from .inputs import ImageSet, open_images
 from .inputs.array_rules import is_stats_npz
 from .inputs.rules import MIN_IMAGES, too_few_images
-from .loader import ParallelLoader, batched, prefetched, worker_count
+from .loader import ParallelLoader, prefetched, prepared_here, worker_count
 from .mc import SET_TAGS, MCDropout
-from .preprocess import describe, to_model_input
+from .preprocess import describe
 from .registry import as_extractor, get_extractor, load_fid_inception
-from .schemas import InspectImage, InspectReport, ModelInfo, Progress, Report, ScoreOptions, Timing
+from .schemas import InspectImage, InspectReport, ModelInfo, Progress, Report, ScoreOptions, SkippedFile, Timing
 from .settings import EngineSettings, get_engine_settings
-from .stats import Moments, SetStats, check_compatible, load_stats, provenance
+from .stats import Moments, RadiomicsStats, SetStats, check_compatible, load_stats, provenance
 from .weights import Weights
 
 ProgressFn = Callable[[Progress], None]
@@ -108,28 +108,49 @@ def load_extractor(options: ScoreOptions | dict | None, extractor=None, settings
     return ex, ex.options_for(options), device
 
 
+def metrics_of(options: ScoreOptions | dict | None) -> list[str]:
+    """What a job computes (``ScoreOptions.metrics``), read before the options are validated for their
+    extractor."""
+    if isinstance(options, ScoreOptions):
+        return options.metrics
+    return list((options or {}).get("metrics") or ["fid"])
+
+
+def job_extractor(options: ScoreOptions | dict | None, extractor=None, settings: EngineSettings | None = None
+                  ) -> tuple[Extractor | None, ScoreOptions, torch.device]:
+    """``load_extractor`` when the metrics include fid; without it no network is loaded: (None, the
+    options, the CPU)."""
+    if "fid" in metrics_of(options):
+        return load_extractor(options, extractor, settings)
+    return None, as_options(options), torch.device("cpu")
+
+
 def reading_options(options: ScoreOptions | dict | None) -> ScoreOptions:
-    """The options that decide how a set is read (``strict``, ``window``), before the extractor that
-    checks the rest is loaded."""
+    """The options that decide how a set is read (``strict``, ``window``, ``frd_reading``), before the
+    extractor that checks the rest is loaded."""
     if isinstance(options, dict):
-        return as_options({k: v for k, v in options.items() if k in ("strict", "window")})
+        return as_options({k: v for k, v in options.items() if k in ("strict", "window", "frd_reading")})
     return as_options(options)
 
 
-def input_rules(options: ScoreOptions, settings: EngineSettings) -> dict:
-    """``open_images`` keyword arguments: the settings' limits and the options' reading rules."""
-    return dict(strict=options.strict, limits=settings.limits, window=options.window)
+def input_rules(options: ScoreOptions, settings: EngineSettings, stored: bool = False) -> dict:
+    """``open_images`` keyword arguments: the settings' limits and the options' reading rules; ``stored``
+    keeps the stored intensities of images wider than 8 bits (for the radiomics)."""
+    return dict(strict=options.strict, limits=settings.limits, window=options.window, stored=stored,
+                encoded=stored and options.frd_reading == "frd-score")
 
 
 class SetFeatures:
     """One set's statistics as its feature batches arrive: the plain pass, the T MC passes, each
     image's latent variance, and what the collector keeps (extras.py: a capped sample of feature rows
-    for KID, FID∞ and the bootstrap, the domain inputs, thumbnails). Memory stays bounded."""
+    for KID, FID∞ and the bootstrap, the domain inputs, thumbnails); with the FRD, the radiomic
+    features' statistics (stats.RadiomicsStats). Memory stays bounded."""
 
-    def __init__(self, dim: int, passes: int, collector: Collector):
+    def __init__(self, dim: int, passes: int, collector: Collector | None, radiomics: RadiomicsStats | None = None):
         self.plain = Moments(dim)
         self.collector = collector
         self.mc = [Moments(dim) for _ in range(passes)]
+        self.radiomics = radiomics
         self.names: list[str] = []
         self.intensity: Counter = Counter()  # images per intensity mapping (inputs/intensity.py), for the report
         self._variances: list[np.ndarray] = []
@@ -151,12 +172,22 @@ class SetFeatures:
             self._variances.append(mc.double().var(dim=0, unbiased=True).mean(dim=1).numpy())
         self.names.extend(names)
 
-    def stats(self, set_name: str, provenance: dict, source: str, skipped=(), min_images: int = MIN_IMAGES) -> SetStats:
+    def add_radiomics(self, names: list[str], features: list, first_index: int) -> None:
+        """Radiomic features of the next images (decode_worker.prepare: (names, values), or why there are none)."""
+        for i, (name, f) in enumerate(zip(names, features)):
+            if isinstance(f, str):
+                self.radiomics.skipped.append(SkippedFile(name=name, reason=f))
+            else:
+                self.radiomics.add([name], f[0], f[1][None], first_index + i)
+
+    def stats(self, set_name: str, provenance: dict | None, source: str, skipped=(),
+              min_images: int = MIN_IMAGES) -> SetStats:
         require_images(set_name, self.n, skipped, min_images, source)
         return SetStats(plain=self.plain, mc=self.mc, names=list(self.names),
                         latent_variance=np.concatenate(self._variances) if self._variances else np.zeros(0),
                         skipped=list(skipped), provenance=provenance, source=source,
-                        intensity=dict(sorted(self.intensity.items())), **self.collector.finish())
+                        intensity=dict(sorted(self.intensity.items())), radiomics=self.radiomics,
+                        **(self.collector.finish() if self.collector is not None else {}))
 
 
 def require_images(set_name: str, n: int, skipped=(), min_images: int = MIN_IMAGES, label: str = "") -> None:
@@ -167,13 +198,13 @@ def require_images(set_name: str, n: int, skipped=(), min_images: int = MIN_IMAG
 
 
 def open_set(source, set_name: str, options: ScoreOptions, settings: EngineSettings | None = None,
-             min_images: int = MIN_IMAGES) -> ImageSet | None:
+             min_images: int = MIN_IMAGES, stored: bool = False) -> ImageSet | None:
     """A set's images listed and checked (``ImageSet.check_usable``: enough entries that may be images),
     nothing decoded; None for saved statistics. ``score()`` opens both sets this way before extracting
     either, so a mistake in the second argument fails in seconds."""
     if not is_image_source(source):
         return None
-    images = open_images(source, **input_rules(options, settings or get_engine_settings()))
+    images = open_images(source, **input_rules(options, settings or get_engine_settings(), stored))
     images.check_usable(set_name, min_images)
     return images
 
@@ -181,56 +212,77 @@ def open_set(source, set_name: str, options: ScoreOptions, settings: EngineSetti
 def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extractor=None,
             progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
             settings: EngineSettings | None = None,
-            first_index: int = 0, min_images: int = MIN_IMAGES, images: ImageSet | None = None) -> SetStats:
-    """Statistics of one set: plain pass plus T MC passes, per-image latent variance.
+            first_index: int = 0, min_images: int = MIN_IMAGES, images: ImageSet | None = None,
+            fid: bool | None = None, radiomics: bool | None = None) -> SetStats:
+    """Statistics of one set: plain pass plus T MC passes, per-image latent variance; with the FRD, the
+    radiomic features' statistics. ``fid`` / ``radiomics`` (default: what ``options.metrics`` asks for;
+    "frd:auto" computes the radiomics in a later pass, ``frd_pass``) choose what runs: without ``fid``
+    the FID network is not even loaded.
     ``first_index`` offsets image indices when a set is sharded (per-image masks depend on it); a
     shard (inputs.SetShard) may hold fewer than MIN_IMAGES (``min_images=0``), the merged set may not.
-    ``images``: the source already opened by ``open_set``."""
+    ``images``: the source already opened by ``open_set`` (with ``stored`` when radiomics run)."""
     if isinstance(source, SetStats):
         return source
     if is_stats_source(source):
         return load_stats(source)
 
     settings = settings or get_engine_settings()
-    ex, options, device = load_extractor(options, extractor, settings)
-    model = MCDropout(ex, options, device, settings)
-    open_kwargs = input_rules(options, settings)
+    metrics = metrics_of(options)
+    fid = "fid" in metrics if fid is None else fid
+    radiomics = "frd" in metrics if radiomics is None else radiomics
+    if radiomics:
+        from .radiomics import provenance as radiomics_provenance
+        from .radiomics import require
+
+        require()  # a clear error before any work when pyradiomics is missing
+    if fid:
+        ex, options, device = load_extractor(options, extractor, settings)
+        model = MCDropout(ex, options, device, settings)
+        prep = (options.resize, ex.input_size, ex.input_range_for(options.resize))
+        # On CUDA, batches of the fixed network shape (mc.py): batch_size does not change what runs.
+        step = settings.gpu_batch if device.type == "cuda" else options.batch_size
+    else:
+        options = as_options(options)
+        device, prep, step = torch.device("cpu"), None, options.batch_size
+    open_kwargs = input_rules(options, settings, stored=radiomics)
     if images is None:
-        images = open_set(source, set_name, options, settings, min_images)
+        images = open_set(source, set_name, options, settings, min_images, stored=radiomics)
     total = len(images)
-    found = SetFeatures(ex.feature_dim, options.passes, Collector(ex, options))
-    input_range = ex.input_range_for(options.resize)
+    found = SetFeatures(ex.feature_dim if fid else 0, options.passes if fid else 0,
+                        Collector(ex, options) if fid else None,
+                        RadiomicsStats(options.max_feature_rows, options.seed,
+                                       provenance=radiomics_provenance(options.frd_reading))
+                        if radiomics else None)
 
-    # On CUDA, batches of the fixed network shape (mc.py): batch_size does not change what runs.
-    step = settings.gpu_batch if device.type == "cuda" else options.batch_size
+    workers = worker_count(settings.decode_workers, device, source, total, radiomics)
+    batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, prep, radiomics) if workers
+                   else prefetched(prepared_here(images, step, prep, radiomics)))
 
-    def prepared():
-        for batch in batched(images, step):
-            yield [n for n, _ in batch], to_model_input([im for _, im in batch], options.resize, ex.input_size,
-                                                        input_range)
-
-    workers = worker_count(settings.decode_workers, device, source, total)
-    batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, options.resize, ex.input_size,
-                                  input_range) if workers else prefetched(prepared()))
     def report(batch: int = 0, fraction: float = 0.0) -> None:
         if progress:
             progress(Progress(stage="extracting", set=set_name, images_done=found.n, images_total=total,
-                              passes=options.passes,
+                              passes=options.passes if fid else 0,
                               fraction_done=min(1.0, (found.n + fraction * batch) / total) if total else None))
 
     report()
     try:
-        for batch_names, x in batches:
+        for batch_names, x, feats in batches:
             if should_cancel and should_cancel():
                 raise CancelledError("the job was cancelled")
-            features = model.features(x, SET_TAGS[set_name], first_index + found.n, watch=found.collector.watch,
-                                      on_step=partial(report, len(batch_names)) if progress else None)
-            found.add(batch_names, *features, x=x, first_index=first_index + found.n)
+            index = first_index + found.n
+            if radiomics:
+                found.add_radiomics(batch_names, feats, index)
+            if fid:
+                features = model.features(x, SET_TAGS[set_name], index, watch=found.collector.watch,
+                                          on_step=partial(report, len(batch_names)) if progress else None)
+                found.add(batch_names, *features, x=x, first_index=index)
+            else:
+                found.names.extend(batch_names)
             report()
     finally:
         batches.close()  # stops the decode processes or the prefetch thread
     found.intensity.update(images.intensity)
-    return found.stats(set_name, provenance(ex.weights_sha256, options),
+    return found.stats(set_name, provenance(ex.weights_sha256, options) if fid else None,
                        str(source) if isinstance(source, (str, Path)) else type(source).__name__, images.skipped,
                        min_images)
 
@@ -259,7 +311,14 @@ def is_stats_file(path: Path) -> bool:
 def compute_stats(source, options: ScoreOptions | dict | None = None, *, extractor=None,
                   progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
                   set_name: str = "real") -> SetStats:
-    return extract(source, set_name, options, extractor=extractor, progress=progress, should_cancel=should_cancel)
+    """One set's statistics, to save as a reference (``trustfid stats``). With frd:auto its radiomic
+    features are added when the set itself is outside the FID network's domain."""
+    stats = extract(source, set_name, options, extractor=extractor, progress=progress, should_cancel=should_cancel)
+    if "frd:auto" in metrics_of(options):
+        ex, resolved, _ = load_extractor(options, extractor)
+        if reference_outside(stats, stats, resolved, ex):
+            frd_pass({set_name: stats}, {set_name: source}, resolved, progress=progress, should_cancel=should_cancel)
+    return stats
 
 
 def score(real, generated, options: ScoreOptions | dict | None = None, *, extractor=None,
@@ -268,17 +327,63 @@ def score(real, generated, options: ScoreOptions | dict | None = None, *, extrac
     # Both sets are listed and checked before the network loads or any image is decoded: a mistake in
     # either argument fails in seconds. The generated set first: the reference is usually the large
     # one (listing a .tar.gz reads all of it), and a training loop's generated set the one that changes.
-    sources, reading = {"real": real, "generated": generated}, reading_options(options)
-    opened = {set_name: open_set(sources[set_name], set_name, reading) for set_name in ("generated", "real")}
-    ex, options, device = load_extractor(options, extractor)
+    sources, reading, metrics = {"real": real, "generated": generated}, reading_options(options), metrics_of(options)
+    if "frd" in metrics or "frd:auto" in metrics:
+        from .radiomics import require
+
+        require()  # the medical extra is missing: say so now, not after the FID
+    opened = {set_name: open_set(sources[set_name], set_name, reading, stored="frd" in metrics)
+              for set_name in ("generated", "real")}
+    ex, options, device = job_extractor(options, extractor)
+    sources = {k: load_stats(v) if is_stats_source(v) else v for k, v in sources.items()}  # read once, here
+    check_saved(sources, options, ex)
     t_load = time.perf_counter() - t0
 
     sides = {set_name: extract(source, set_name, options, extractor=ex, progress=progress,
                                should_cancel=should_cancel, images=opened[set_name])
              for set_name, source in sources.items()}
+    if options.frd_mode == "auto" and reference_outside(sides["real"], sides["generated"], options, ex):
+        frd_pass(sides, sources, options, progress=progress, should_cancel=should_cancel)
     t_extract = time.perf_counter() - t0 - t_load
     return report_from_stats(sides["real"], sides["generated"], options, ex, device, load_s=t_load,
                              extract_s=t_extract, progress=progress)
+
+
+def check_saved(sources: dict, options: ScoreOptions, ex: Extractor | None) -> None:
+    """Sides given as statistics are checked against the options before the other side is extracted: their
+    FID statistics' provenance, and with metrics frd their radiomic statistics' (IncompatibleStatsError,
+    InputError ``no_radiomics``)."""
+    for set_name, stats in sources.items():
+        if not isinstance(stats, SetStats):
+            continue
+        if ex is not None and stats.plain.dim == 0:
+            raise InputError(f"the {set_name} set's statistics ({stats.source}) hold no FID statistics (they were "
+                             "saved with metrics frd alone): recompute them with metrics fid,frd, or score the FRD "
+                             "alone (metrics frd)", code="no_fid_stats")
+        if ex is not None:
+            check_compatible(stats.provenance, provenance(ex.weights_sha256, options), "statistics and options")
+        if options.frd_mode == "on":
+            from .frd import check_frd_stats
+            from .radiomics import provenance as radiomics_provenance
+
+            check_frd_stats(stats.radiomics, set_name, stats.source or set_name,
+                            radiomics_provenance(options.frd_reading))
+
+
+def reference_outside(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor) -> bool:
+    """Whether the domain check finds the reference set outside the FID network's domain (frd:auto)."""
+    from .trust import OUTSIDE, domain_assessment
+
+    return domain_assessment(rep.domain(r, g, ex.weights_sha256, options.resize, options.top_k))[0] == OUTSIDE
+
+
+def frd_pass(sides: dict[str, SetStats], sources: dict, options: ScoreOptions, **kwargs) -> None:
+    """frd:auto's second pass: the radiomic features of each set whose statistics lack them and whose
+    images are at hand (saved statistics without them stay without; the report then says so)."""
+    for set_name, source in sources.items():
+        if sides[set_name].radiomics is None and is_image_source(source):
+            sides[set_name].radiomics = extract(source, set_name, options, fid=False, radiomics=True,
+                                                **kwargs).radiomics
 
 
 def model_info(ex: Extractor) -> ModelInfo:
@@ -286,11 +391,29 @@ def model_info(ex: Extractor) -> ModelInfo:
                      extractor=ex.name, feature_dim=ex.feature_dim, input_size=ex.input_size)
 
 
-def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor, device: torch.device, *,
+def frd_of(r: SetStats, g: SetStats, options: ScoreOptions, outside: bool):
+    """(report.frd, its bootstrap samples): computed when metrics has frd, or frd:auto and the reference is
+    outside the FID network's domain and both sets have radiomic statistics."""
+    mode = options.frd_mode
+    if mode == "off" or (mode == "auto" and not (outside and r.radiomics is not None and g.radiomics is not None)):
+        return None, None
+    from .frd import check_frd_stats, frd
+    from .radiomics import provenance as radiomics_provenance
+
+    expected = radiomics_provenance(options.frd_reading)
+    sides = [check_frd_stats(s.radiomics, name, s.source or name, expected)
+             for name, s in (("real", r), ("generated", g))]
+    return frd(*sides, resamples=options.bootstrap_resamples, seed=options.seed, paper_log=options.frd_paper_log)
+
+
+def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor | None, device: torch.device, *,
                       load_s: float, extract_s: float, progress: ProgressFn | None = None) -> Report:
     """The report of two sets' statistics, however they were made (one pass, merged shards, saved
-    files, a Metric); ``options`` already resolved for ``ex``. Statistics of another network or of
-    other number-changing options are refused (IncompatibleStatsError)."""
+    files, a Metric); ``options`` already resolved for ``ex`` (None when metrics leave fid out).
+    Statistics of another network or of other number-changing options are refused
+    (IncompatibleStatsError)."""
+    if ex is None:
+        return _frd_report(r, g, options, device, load_s=load_s, extract_s=extract_s, progress=progress)
     expected = provenance(ex.weights_sha256, options)
     check_compatible(r.provenance, expected, "statistics and options")
     check_compatible(g.provenance, expected, "statistics and options")
@@ -310,24 +433,50 @@ def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extra
     kid_value = kid(r.feature_rows(), g.feature_rows(), options.kid_subsets, options.kid_subset_size, options.seed)
     fid_inf = fid_infinity(r.feature_rows(), g.feature_rows(), options.seed)
     dom = rep.domain(r, g, ex.weights_sha256, options.resize, options.top_k)
-    t_frechet = time.perf_counter() - t0
+    trust = rep.trust(fid, mc, boot, dom, r, g)
+    frd, _ = frd_of(r, g, options, trust.reference_domain == "outside")
+    if trust.reference_domain == "outside":
+        rep.point_to_frd(trust, frd, options.frd_mode)
 
     result = Report(
-        fid=fid, fid_mc=mc, fid_bootstrap=boot, latent_variance=lv,
-        trust=rep.trust(fid, mc, boot, dom, r, g),
+        fid=fid, fid_mc=mc, fid_bootstrap=boot, latent_variance=lv, trust=trust,
         counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
         config=options,
         preprocessing=describe(options.resize, ex.input_size, ex.input_range_for(options.resize)),
         intensity={"real": r.intensity, "generated": g.intensity},
         model=model_info(ex), device=str(device),
-        timing=Timing(load_s=load_s, extract_s=extract_s, frechet_s=t_frechet, total_s=load_s + extract_s + t_frechet,
-                      images_per_s=(r.n + g.n) / extract_s if extract_s > 0 else 0.0,
-                      finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
-        headline=rep.headline(fid, mc, boot_samples, rows), kid=kid_value, fid_infinity=fid_inf,
-        feature_rows=rows, domain=dom,
+        timing=_timing(load_s, extract_s, time.perf_counter() - t0, r.n + g.n),
+        headline=rep.headline(fid, mc, boot_samples, rows, frd), kid=kid_value, fid_infinity=fid_inf,
+        feature_rows=rows, domain=dom, frd=frd,
     )
     if progress:
         progress(Progress(stage="done", passes=options.passes))
+    return result
+
+
+def _timing(load_s: float, extract_s: float, frechet_s: float, images: int) -> Timing:
+    return Timing(load_s=load_s, extract_s=extract_s, frechet_s=frechet_s, total_s=load_s + extract_s + frechet_s,
+                  images_per_s=images / extract_s if extract_s > 0 else 0.0,
+                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _frd_report(r: SetStats, g: SetStats, options: ScoreOptions, device: torch.device, *, load_s: float,
+                extract_s: float, progress: ProgressFn | None) -> Report:
+    """The report of metrics without fid: the FRD alone (no FID network, no domain check, no trust level)."""
+    t0 = time.perf_counter()
+    if progress:
+        progress(Progress(stage="frechet"))
+    frd, _ = frd_of(r, g, options, outside=False)
+    result = Report(
+        fid=None, fid_mc=None, fid_bootstrap=None, latent_variance=None, trust=None,
+        counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
+        config=options, preprocessing="none: the FID network did not run (metrics: frd)",
+        intensity={"real": r.intensity, "generated": g.intensity},
+        model=ModelInfo(name="none (metrics: frd)", weights_sha256="", weights_source=""), device=str(device),
+        timing=_timing(load_s, extract_s, time.perf_counter() - t0, r.n + g.n),
+        headline=rep.headline(None, None, None, None, frd), frd=frd)
+    if progress:
+        progress(Progress(stage="done"))
     return result
 
 
@@ -336,7 +485,8 @@ def inspect(source, options: ScoreOptions | dict | None = None, *, extractor=Non
     ex, options, _ = load_extractor(options, extractor)
     if options.passes < 2:
         raise InputError("inspect needs at least 2 MC passes to measure latent variance (--passes)")
-    stats = extract(source, "real", options, extractor=ex, progress=progress, should_cancel=should_cancel)
+    stats = extract(source, "real", options, extractor=ex, progress=progress, should_cancel=should_cancel,
+                    fid=True, radiomics=False)  # inspect reports the FID network's view of each image
     v = np.asarray(stats.latent_variance)
     dom = rep.domain(None, stats, ex.weights_sha256, options.resize, options.top_k)
     from .extras import shipped_model

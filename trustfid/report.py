@@ -21,6 +21,7 @@ from .schemas import (
     FeatureRows,
     FidBootstrap,
     FidMC,
+    Frd,
     Headline,
     ImageVariance,
     LatentVariance,
@@ -58,7 +59,7 @@ def fid_mc(real: SetStats, generated: SetStats, device=None) -> FidMC:
                  ci95=_ci95(s), samples=[float(v) for v in s])
 
 
-def _resampled(rows: np.ndarray, rng: np.random.Generator) -> Gaussian:
+def resampled(rows: np.ndarray, rng: np.random.Generator) -> Gaussian:
     n = len(rows)
     counts = rng.multinomial(n, np.full(n, 1.0 / n))
     keep = counts > 0
@@ -80,7 +81,7 @@ def bootstrap(real: SetStats, generated: SetStats, resamples: int, seed: int) ->
     if resamples < 2 or r is None or g is None or len(r) < 2 or len(g) < 2:
         return FidBootstrap(resamples=0), None
     rng = np.random.default_rng([seed, 0xB007])
-    s = np.asarray([frechet_distance(_resampled(r, rng), _resampled(g, rng)) for _ in range(resamples)])
+    s = np.asarray([frechet_distance(resampled(r, rng), resampled(g, rng)) for _ in range(resamples)])
     return FidBootstrap(resamples=resamples, ci95=_ci95(s), std=float(s.std(ddof=1))), s
 
 
@@ -114,32 +115,38 @@ def _g(x: float) -> str:
     return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.0f}"
 
 
-def headline(fid: float, mc: FidMC, boot_samples: np.ndarray | None, rows: FeatureRows | None) -> Headline:
-    """Plain FID first, with two 95% intervals about it (schemas.Headline says how they are made)."""
+def headline(fid: float | None, mc: FidMC | None, boot_samples: np.ndarray | None, rows: FeatureRows | None,
+             frd: Frd | None = None) -> Headline:
+    """Plain FID first, with two 95% intervals about it (schemas.Headline says how they are made); then the
+    FRD with its sampling interval when it was computed (alone when metrics left fid out)."""
     warnings = []
     sampling = None
     resamples = 0 if boot_samples is None else len(boot_samples)
-    if resamples >= 2:
+    if fid is not None and resamples >= 2:
         lo, med, hi = np.percentile(boot_samples, [2.5, 50, 97.5])
         sampling = (max(0.0, float(fid + lo - med)), float(fid + hi - med))
     network, rel = None, None
-    if mc.passes >= 2 and mc.samples:
+    if mc is not None and mc.passes >= 2 and mc.samples:
         s = np.asarray(mc.samples)
         lo, med, hi = np.percentile(s, [2.5, 50, 97.5])
         if med > 0:
             network = (float(fid * lo / med), float(fid * hi / med))
         rel = float(s.std(ddof=1) / s.mean()) if s.mean() > 0 else None
-    text = f"FID {fid:.2f}"
-    if sampling:
-        text += (f", 95% interval {_g(sampling[0])}–{_g(sampling[1])} from resampling the images "
-                 f"({resamples} resamples)")
-    else:
-        text += " (no sampling interval: bootstrap off)"
-        warnings.append("no sampling interval: the bootstrap over images was off (bootstrap_resamples < 2)")
-    if network and rel is not None:
-        text += (f"; the network's own uncertainty moves it by ±{100 * rel:.1f}% "
-                 f"({_g(network[0])}–{_g(network[1])}, {mc.passes} dropout passes)")
-    for what, n in (("sampling", resamples if sampling else None), ("network", mc.passes if network else None)):
+    parts = []
+    if fid is not None:
+        text = f"FID {fid:.2f}"
+        if sampling:
+            text += (f", 95% interval {_g(sampling[0])}–{_g(sampling[1])} from resampling the images "
+                     f"({resamples} resamples)")
+        else:
+            text += " (no sampling interval: bootstrap off)"
+            warnings.append("no sampling interval: the bootstrap over images was off (bootstrap_resamples < 2)")
+        if network and rel is not None:
+            text += (f"; the network's own uncertainty moves it by ±{100 * rel:.1f}% "
+                     f"({_g(network[0])}–{_g(network[1])}, {mc.passes} dropout passes)")
+        parts.append(text)
+    passes = mc.passes if mc is not None else 0
+    for what, n in (("sampling", resamples if sampling else None), ("network", passes if network else None)):
         if n is not None and n < FEW_RESAMPLES:
             unit = "resamples" if what == "sampling" else "dropout passes"
             warnings.append(f"the {what} interval rests on only {n} {unit} (fewer than {FEW_RESAMPLES}): "
@@ -148,11 +155,37 @@ def headline(fid: float, mc: FidMC, boot_samples: np.ndarray | None, rows: Featu
         warnings.append(f"the sampling interval, KID and FID∞ use {rows.generated.kept} of {rows.generated.used} "
                         f"generated and {rows.real.kept} of {rows.real.used} real images (max_feature_rows "
                         f"{rows.cap}): the interval is wider than the whole set's")
+    if frd is not None:
+        parts.append(frd_text(frd))
     return Headline(fid=fid, sampling_ci95=sampling, resamples=resamples if sampling else 0,
-                    network_ci95=network, network_relative_std=rel, passes=mc.passes, text=text,
-                    warnings=warnings)
+                    network_ci95=network, network_relative_std=rel, passes=passes, text="; ".join(parts),
+                    warnings=warnings, frd=frd.value if frd is not None else None,
+                    frd_ci95=frd.sampling_ci95 if frd is not None else None)
 
 
+def frd_text(frd: Frd) -> str:
+    """The FRD in the headline's words."""
+    if frd.value is None:
+        return "FRD: the two sets' radiomic features have identical statistics (d² = 0)"
+    text = f"FRD {frd.value:.3f} ({frd.log}, radiomics, frd-score {frd.version})"
+    if frd.sampling_ci95:
+        text += (f", 95% interval {frd.sampling_ci95[0]:.3f}–{frd.sampling_ci95[1]:.3f} from resampling the images "
+                 f"({frd.resamples} resamples)")
+    return text
+
+
+def point_to_frd(trust: Trust, frd: Frd | None, mode: str) -> None:
+    """A reference outside the FID network's domain: the trust reason names the distance to use instead."""
+    if frd is not None and frd.value is not None:
+        hint = (f": use the Fréchet Radiomics Distance in this report instead (FRD {frd.value:.3f}, radiomic "
+                "features that need no network; compare it only with FRDs against this reference)")
+    elif mode == "auto":
+        hint = (": frd:auto found it so, but the FRD could not be computed here (a set given as statistics saved "
+                "without radiomic features: recompute them with metrics fid,frd)")
+    else:
+        hint = (": add frd to metrics (or frd:auto) for the Fréchet Radiomics Distance, a radiomics distance "
+                "that needs no network (the medical extra)")
+    trust.reasons[0] += hint
 def feature_rows(real: SetStats, generated: SetStats, cap: int) -> FeatureRows | None:
     r, g = real.feature_rows(), generated.feature_rows()
     if r is None or g is None:

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.4"  # what each version added: CHANGELOG.md
+SCHEMA_VERSION = "1.5"  # what each version added: CHANGELOG.md
 
 # The feature network every published FID uses, by its registry name (trustfid/extractor.py).
 DEFAULT_EXTRACTOR = "inception-v3-tf-2015-12-05"
@@ -30,6 +30,10 @@ BLOCKS: tuple[str, ...] = (
 
 ResizeMode = Literal["clean", "legacy_pytorch"]
 TrustLevel = Literal["high", "medium", "low"]
+# What a job computes: "fid" (the FID with its uncertainty and trust), "frd" (the Fréchet Radiomics Distance,
+# trustfid/frd.py; needs the `medical` extra), "frd:auto" (FRD only when the domain check finds the reference
+# set outside the FID network's domain).
+MetricName = Literal["fid", "frd", "frd:auto"]
 
 
 LENIENT = {"lenient": True}
@@ -112,6 +116,41 @@ class ScoreOptions(Strict):
     kid_subset_size: int = Field(1000, ge=2, le=100_000, description="KID subset size cap (clean-fid: 1000)")
     thumbnails: int = Field(4, ge=0, le=16, description="thumbnails (64 px PNG) of the most atypical images "
                                                         "per set embedded in the report; 0 = none")
+    # 1.5
+    metrics: list[MetricName] = Field(
+        default_factory=lambda: ["fid"],
+        description="what to compute: fid; frd (Fréchet Radiomics Distance, radiomic features from pyradiomics, "
+                    "frd-score v1; needs the medical extra); frd:auto (FRD only when the reference set is outside "
+                    "the FID network's domain; needs fid). frd alone skips the FID network")
+    frd_reading: Literal["frd-score", "decoded"] = Field(
+        "frd-score", description="what the FRD's radiomics read: frd-score (default) reads JPEG files and images with "
+        "an alpha channel with SimpleITK as frd-score does (its JPEG decoder; a JPEG's resolution header as pixel "
+        "spacing; luminance times alpha); decoded uses the image the FID decodes (Pillow's JPEG decoder, spacing 1, "
+        "alpha dropped). docs/IMAGES.md says why decoded is the sounder choice for JPEGs with a dpi header")
+    frd_paper_log: bool = Field(False, description="FRD as log(d), the paper's Eq. 3, instead of frd-score's default "
+                                                   "log(d²) (values half as large; not comparable with published FRDs)")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: list[str]) -> list[str]:
+        v = list(dict.fromkeys(v))
+        if not v:
+            raise ValueError("metrics needs at least one of fid, frd, frd:auto")
+        if "frd" in v and "frd:auto" in v:
+            raise ValueError("choose frd (always) or frd:auto (when the reference is outside the FID network's "
+                             "domain), not both")
+        if "frd:auto" in v and "fid" not in v:
+            raise ValueError("frd:auto decides from the FID network's domain check, so it needs fid in metrics too; "
+                             "use frd to compute the FRD alone")
+        return v
+
+    @property
+    def fid_on(self) -> bool:
+        return "fid" in self.metrics
+
+    @property
+    def frd_mode(self) -> Literal["off", "on", "auto"]:
+        return "on" if "frd" in self.metrics else "auto" if "frd:auto" in self.metrics else "off"
 
     @field_validator("dropout_at")
     @classmethod
@@ -189,7 +228,7 @@ class Headline(Strict):
     Both intervals are about the plain FID and contain it by construction: each is the plain FID
     moved by the spread of its resamples around their median."""
 
-    fid: float
+    fid: float | None = Field(description="null only when metrics left fid out")
     sampling_ci95: tuple[float, float] | None = Field(
         None, description="95% interval from resampling the images (plain network): fid + (q2.5, q97.5) - median "
                           "of the bootstrap FIDs, clipped at 0")
@@ -199,6 +238,9 @@ class Headline(Strict):
                           "median of the per-pass FIDs")
     network_relative_std: float | None = Field(None, description="std / mean of the per-pass FIDs")
     passes: int = 0
+    # 1.5
+    frd: float | None = Field(None, description="the FRD (Report.frd.value), when computed")
+    frd_ci95: tuple[float, float] | None = Field(None, description="its 95% sampling interval (Report.frd)")
     text: str
     warnings: list[str] = Field(default_factory=list)
 
@@ -308,13 +350,45 @@ class Timing(Strict):
     finished_at: str | None = Field(None, description="UTC time the report was made (ISO 8601)")
 
 
+class FrdSet(Strict):
+    used: int = Field(description="images whose radiomic features entered the FRD")
+    kept_rows: int = Field(description="feature rows the sampling interval resamples (max_feature_rows)")
+    skipped: list[SkippedFile] = Field(default_factory=list, description="images pyradiomics gave NaN features "
+                                                                         "for (frd-score drops them too)")
+
+
+class Frd(Strict):
+    """Fréchet Radiomics Distance, frd-score v1 (trustfid/frd.py): radiomic features from pyradiomics,
+    z-scored against the reference set, Fréchet distance d², then a log. Lower is closer; it is not on
+    the FID's scale."""
+
+    value: float | None = Field(description="log(d²) (frd-score's default) or log(d) (frd_paper_log); null when "
+                                            "d² is 0")
+    distance_squared: float = Field(description="d², the Fréchet distance of the z-scored radiomic features")
+    log: Literal["log(d²)", "log(d)"]
+    version: str = Field(description="frd-score's FRD version reproduced")
+    config_sha256: str = Field(description="sha256 of frd-score's pyradiomics extraction YAML")
+    pyradiomics: str
+    features: int = Field(description="features in the distance (finite, not constant over the reference)")
+    features_extracted: int
+    sampling_ci95: tuple[float, float] | None = Field(
+        None, description="95% interval from resampling the images: value + (q2.5, q97.5) - median of the "
+                          "bootstrap FRDs (as the FID's sampling interval)")
+    resamples: int = 0
+    real: FrdSet
+    generated: FrdSet
+
+
 class Report(Strict):
+    """Every FID field (fid, fid_mc, fid_bootstrap, latent_variance, trust) is null only when ``metrics``
+    left fid out (schema 1.5): then ``frd`` carries the result."""
+
     schema_version: str = SCHEMA_VERSION
-    fid: float = Field(description="plain FID, dropout off; equals pytorch-fid/clean-fid for the same resize")
-    fid_mc: FidMC
-    fid_bootstrap: FidBootstrap
-    latent_variance: LatentVariance
-    trust: Trust
+    fid: float | None = Field(description="plain FID, dropout off; equals pytorch-fid/clean-fid for the same resize")
+    fid_mc: FidMC | None
+    fid_bootstrap: FidBootstrap | None
+    latent_variance: LatentVariance | None
+    trust: Trust | None
     counts: Counts
     config: ScoreOptions
     preprocessing: str
@@ -330,6 +404,8 @@ class Report(Strict):
     fid_infinity: FidInfinity | None = None
     feature_rows: FeatureRows | None = None
     domain: Domain | None = None
+    # 1.5
+    frd: Frd | None = Field(None, description="Fréchet Radiomics Distance, when metrics asked for it")
 
 
 class InspectImage(Strict):

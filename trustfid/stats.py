@@ -33,6 +33,7 @@ from .rows import KeptRows
 from .schemas import DEFAULT_EXTRACTOR, SkippedFile
 
 CHUNK = 256
+RADIOMICS = "frd_"  # prefix of the radiomic statistics' keys in a saved statistics .npz
 FORMAT = "trustfid-stats-2"
 # Files of format 1 call the provenance "fingerprint" and predate the choice of extractor (all are
 # the FID Inception's); they are read as format 2 with that extractor.
@@ -119,6 +120,8 @@ class Moments:
 
     def merge(self, other: Moments) -> Moments:
         """Statistics of the union of two disjoint shards (this shard's images first)."""
+        if not other.n or not self.n:  # a side without images (metrics without fid)
+            return other if not self.n else self
         out = Moments(self.dim, keep_rows=self.keep_rows and other.keep_rows)
         a, b = self.gaussian(), other.gaussian()
         if a.n + b.n <= self.dim and a.rows is not None and b.rows is not None:
@@ -220,6 +223,98 @@ def check_compatible(a: dict | None, b: dict | None, what: str = "statistics") -
 
 
 @dataclass
+class RadiomicsStats:
+    """One set's radiomic statistics: streaming raw moments of the float32 features, per-feature min and
+    max, a capped sample of rows for the bootstrap, and the images that gave no features."""
+
+    cap: int
+    seed: int
+    names: list[str] = field(default_factory=list)
+    moments: Moments | None = None
+    kept: KeptRows | None = None
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    skipped: list[SkippedFile] = field(default_factory=list)
+    provenance: dict | None = None
+
+    @property
+    def n(self) -> int:
+        return 0 if self.moments is None else self.moments.n
+
+    def add(self, image_names: list[str], feature_names: list[str], rows: np.ndarray, first_index: int) -> None:
+        """Features of the next images (``rows`` (n, k), in set order, their first image's index in the
+        set ``first_index``)."""
+        if not image_names:
+            return
+        rows = np.asarray(rows, np.float64).astype(np.float32)  # as frd-score v1 holds them
+        if self.moments is None:
+            k = len(feature_names)
+            self.names = list(feature_names)
+            self.moments, self.kept = Moments(k), KeptRows(k, self.cap, self.seed)
+            self.low, self.high = np.full(k, np.inf), np.full(k, -np.inf)
+        elif list(feature_names) != self.names:
+            raise InputError("pyradiomics gave another feature list for some images of this set; "
+                             "check that every image is 2-D with the same number of channels")
+        bad = np.isnan(rows).any(axis=1)
+        for i in np.flatnonzero(bad):
+            self.skipped.append(SkippedFile(name=image_names[i], reason="FRD: pyradiomics gave NaN features "
+                                                                       "(left out of the FRD, as frd-score does)"))
+        good = rows[~bad]
+        if len(good):
+            self.moments.add(good)
+            self.kept.add(good, first_index)  # indices need not be consecutive: keys are per index
+            self.low = np.minimum(self.low, good.min(axis=0))
+            self.high = np.maximum(self.high, good.max(axis=0))
+
+    def merge(self, other: RadiomicsStats) -> RadiomicsStats:
+        """The statistics of two disjoint shards (this one's images first)."""
+        check_compatible(self.provenance, other.provenance, "shards' radiomic statistics")
+        if self.moments is None or other.moments is None:
+            out = other if self.moments is None else self
+            return RadiomicsStats(out.cap, out.seed, out.names, out.moments, out.kept, out.low, out.high,
+                                  self.skipped + other.skipped, out.provenance)
+        if self.names != other.names:
+            raise IncompatibleStatsError("shards' radiomic statistics have different feature lists")
+        return RadiomicsStats(self.cap, self.seed, self.names, self.moments.merge(other.moments),
+                              self.kept.merge(other.kept), np.minimum(self.low, other.low),
+                              np.maximum(self.high, other.high), self.skipped + other.skipped, self.provenance)
+
+    # -- persistence, inside a statistics .npz (stats.SetStats.save / load_stats) ----------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"provenance": np.array(json.dumps(self.provenance, sort_keys=True)),
+               "skipped_names": np.array([s.name for s in self.skipped], dtype=str),
+               "skipped_reasons": np.array([s.reason for s in self.skipped], dtype=str),
+               "cap": np.array([self.cap, self.seed], np.uint64)}
+        if self.moments is not None:
+            g = self.moments.gaussian()
+            out.update(names=np.array(self.names, dtype=str), n=np.array(g.n), mu=g.mu, low=self.low, high=self.high,
+                       kept=self.kept.rows(), kept_index=self.kept.index())
+            if g.rows is not None:
+                out["rows"] = g.rows
+            else:
+                out["sigma"] = g.covariance()
+        return {RADIOMICS + k: v for k, v in out.items()}
+
+    @classmethod
+    def from_arrays(cls, data: dict) -> RadiomicsStats | None:
+        if RADIOMICS + "provenance" not in data:
+            return None
+        d = {k.removeprefix(RADIOMICS): v for k, v in data.items() if k.startswith(RADIOMICS)}
+        cap, seed = (int(v) for v in d["cap"])
+        out = cls(cap, seed, provenance=json.loads(str(d["provenance"])),
+                  skipped=[SkippedFile(name=str(a), reason=str(b))
+                           for a, b in zip(d["skipped_names"], d["skipped_reasons"])])
+        if "names" in d:
+            n, k = int(d["n"]), len(d["names"])
+            out.names = [str(s) for s in d["names"]]
+            out.moments = moments_from(k, n, d["mu"], d.get("sigma"), d.get("rows"))
+            out.kept = KeptRows.from_arrays(d["kept"], d["kept_index"], n, cap, seed)
+            out.low, out.high = d["low"].astype(np.float64), d["high"].astype(np.float64)
+        return out
+
+
+
+@dataclass
 class SetStats:
     """Everything the report needs about one set."""
 
@@ -237,6 +332,7 @@ class SetStats:
     per_image: dict[str, np.ndarray] = field(default_factory=dict)
     rows: KeptRows | None = None
     thumbnails: list = field(default_factory=list)
+    radiomics: RadiomicsStats | None = None  # metrics with frd: the radiomic features' statistics (frd.py)
 
     def feature_rows(self) -> np.ndarray | None:
         """The plain feature rows kept for KID, FID∞ and the bootstrap (all of them up to the cap)."""
@@ -246,7 +342,8 @@ class SetStats:
 
     @property
     def n(self) -> int:
-        return self.plain.n
+        """Images in the set: the FID's, or the radiomics' when the FID network did not run."""
+        return self.plain.n or len(self.names)
 
     def merge(self, other: SetStats) -> SetStats:
         check_compatible(self.provenance, other.provenance, "shards")
@@ -268,6 +365,8 @@ class SetStats:
             # highest domain score first, ties in image order, as the collector keeps them; how many the
             # report shows (options.thumbnails) is the caller's cut: ``top_thumbnails``
             thumbnails=sorted(self.thumbnails + other.thumbnails, key=lambda t: -t[1]),
+            radiomics=(self.radiomics.merge(other.radiomics) if self.radiomics is not None and
+                       other.radiomics is not None else None),
         )
 
     def top_thumbnails(self, k: int) -> None:
@@ -277,12 +376,13 @@ class SetStats:
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path, *, thumbnails: bool = False) -> None:
         """``thumbnails``: save them too (a shard's statistics, merged into a report later)."""
-        plain = self.plain.gaussian()
+        # a set the FID network did not run on (metrics frd alone) has empty FID statistics
+        plain = self.plain.gaussian() if self.plain.n else Gaussian(0, np.zeros(0), sigma=np.zeros((0, 0)))
         arrays = {
             "format": np.array(FORMAT),
             "mu": plain.mu,
             "sigma": plain.covariance(),
-            "n": np.array(self.n),
+            "n": np.array(self.plain.n),  # 0 when the FID network did not run (the names count the images)
             "names": np.array(self.names, dtype=str),
             "latent_variance": np.asarray(self.latent_variance, np.float64),
             "skipped_names": np.array([s.name for s in self.skipped], dtype=str),
@@ -291,7 +391,7 @@ class SetStats:
             "intensity": np.array(json.dumps(self.intensity, sort_keys=True)),
         }
         rows = self.feature_rows()
-        if rows is not None:
+        if rows is not None and self.plain.n:
             arrays["features"] = rows
             if self.rows is not None:
                 arrays["features_index"] = self.rows.index()
@@ -309,14 +409,18 @@ class SetStats:
                 arrays["mc_features"] = np.stack([g.rows for g in gs])
             else:
                 arrays["mc_sigma"] = np.stack([g.covariance() for g in gs])
+        if self.radiomics is not None:
+            arrays.update(self.radiomics.arrays())
         path = Path(path)
         with open(path, "wb") as f:  # np.savez would append .npz to a name without it
             np.savez(f, **arrays)
 
 
-def _moments_from(dim: int, n: int, mu: np.ndarray, sigma: np.ndarray | None, rows: np.ndarray | None,
+def moments_from(dim: int, n: int, mu: np.ndarray, sigma: np.ndarray | None, rows: np.ndarray | None,
                   keep_rows: bool = False) -> Moments:
     m = Moments(dim, keep_rows=keep_rows)
+    if n == 0:  # statistics of a set the FID network did not run on (metrics frd alone)
+        return m
     # rows are saved whenever they were kept: n <= d, keep_rows, or fewer than a CHUNK past d (which
     # only a small feature dimension reaches); then they are all there is, no sigma was saved
     if rows is not None and (n <= dim or keep_rows or sigma is None):
@@ -345,7 +449,7 @@ def load_stats(path: str | Path) -> SetStats:
     fmt = str(data.get("format", ""))
     if fmt != FORMAT and fmt not in LEGACY_FORMATS:  # pytorch-fid / clean-fid statistics
         n = 0  # unknown; the covariance is used as given
-        plain = _moments_from(d, 2, mu, sigma, None)
+        plain = moments_from(d, 2, mu, sigma, None)
         plain.n = n
         return SetStats(plain=plain, mc=[], provenance=None, source=path.name)
     n = int(data["n"])
@@ -357,13 +461,13 @@ def load_stats(path: str | Path) -> SetStats:
         kept = KeptRows.from_arrays(features, index, n, cap, seed)
         if len(features) != n:  # a sample of the rows: not the covariance's factor
             features = None
-    plain = _moments_from(d, n, mu, sigma, features, keep_rows=features is not None)
+    plain = moments_from(d, n, mu, sigma, features, keep_rows=features is not None)
     mc = []
     if "mc_mu" in data:
         for t in range(len(data["mc_mu"])):
             rows = data["mc_features"][t] if "mc_features" in data else None
             sig = data["mc_sigma"][t] if "mc_sigma" in data else None
-            mc.append(_moments_from(d, n, data["mc_mu"][t], sig, rows))
+            mc.append(moments_from(d, n, data["mc_mu"][t], sig, rows))
     skipped = [SkippedFile(name=str(a), reason=str(b))
                for a, b in zip(data["skipped_names"], data["skipped_reasons"])]
     return SetStats(plain=plain, mc=mc, names=[str(s) for s in data["names"]],
@@ -373,11 +477,14 @@ def load_stats(path: str | Path) -> SetStats:
                     per_image={k.removeprefix("per_image_"): v for k, v in data.items() if k.startswith("per_image_")},
                     rows=kept, thumbnails=[(str(name), float(score), im) for name, score, im in zip(
                         data.get("thumbnail_names", ()), data.get("thumbnail_scores", ()),
-                        data.get("thumbnail_images", ()))])
+                        data.get("thumbnail_images", ()))],
+                    radiomics=RadiomicsStats.from_arrays(data))
 
 
 def _provenance(data: dict, fmt: str) -> dict:
     prov = json.loads(str(data["provenance" if "provenance" in data else "fingerprint"]))
+    if prov is None:  # statistics without the FID's (metrics frd alone)
+        return None
     if fmt in LEGACY_FORMATS:
         prov = {**prov, "format": FORMAT, "extractor": prov.get("extractor", DEFAULT_EXTRACTOR)}
     # Files written before the precision option: strict float32 (CPU) was the only arithmetic there was

@@ -36,6 +36,7 @@ def _row_to_image(row: np.ndarray, layout: str, name: str, decoding: Decoding) -
                              f"{', and NaN/inf' if not np.isfinite(row).all() else ''}); divide 0..255 data by 255 "
                              f"or pass uint8.")
         decoding.note(FLOAT_01)
+        decoding.keep(row)
         img = row.astype(np.float32) * np.float32(255)
     return to_rgb(img)
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import TooLargeError, TrustfidError
 from .dicom import dicom_events
 from .events import Event, Skip, Unreadable
-from .intensity import EIGHT_BIT, Decoding, to_rgb
+from .intensity import EIGHT_BIT, Decoding, EncodedImage, to_rgb
 from .rules import HEAD_BYTES, PIL_FORMATS, check_pixels, first_line, is_dicom, read_head
 
 
@@ -30,6 +30,7 @@ def decode_events(name: str, blob: bytes | str, decoding: Decoding) -> Iterator[
     SyntaxError, struct.error, zlib.error or EOFError depending on where the damage is. Our own limits
     (TrustfidError) and MemoryError still propagate.
     """
+    decoding.stored = None  # nothing of an earlier file's stored intensities may reach this one's
     try:
         head = blob[:HEAD_BYTES] if isinstance(blob, bytes) else read_head(blob)
         if is_dicom(name, head):
@@ -100,6 +101,9 @@ def _decode_pil(name: str, blob: bytes | str, head: bytes, decoding: Decoding) -
         if _pillow_drops_low_byte(im, head):
             return _decode_opencv(name, blob, im.format, decoding)
         mode = im.mode
+        if decoding.keep_stored and decoding.encoded_jpeg_alpha and (
+                im.format == "JPEG" or "A" in im.getbands() or "transparency" in im.info):
+            decoding.keep(EncodedImage(name, blob))  # read again by the radiomics, as frd-score reads it
         if mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I (32-bit): wide integers
             return to_rgb(decoding.wide(np.asarray(im)))
         if mode == "F":

@@ -104,6 +104,7 @@ def _frame_to_rgb(frame: np.ndarray, ds, decoding: Decoding) -> np.ndarray:
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
+    decoding.keep(frame)  # stored intensities: the frame, or (below) its modality values
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(frame, ds)
         depth = int(ds.RedPaletteColorLookupTableDescriptor[2])
@@ -118,6 +119,7 @@ def _frame_to_rgb(frame: np.ndarray, ds, decoding: Decoding) -> np.ndarray:
         return to_rgb(decoding.wide(frame, STRETCH))
 
     x = apply_modality_lut(frame, ds)
+    decoding.keep(x)
     y = None if decoding.window is not None else _voi(x, ds)
     if y is not None:
         decoding.note(VOI)

@@ -66,6 +66,11 @@ class ImageSet:
         """How many images of the last pass went through each intensity mapping (decode.py)."""
         return dict(sorted(self._decoding.used.items()))
 
+    def take_stored(self) -> np.ndarray | None:
+        """The stored intensities of the image just yielded, when they differ from it (data wider than 8
+        bits) and the set was opened with ``stored=True``; None otherwise (intensity.Decoding)."""
+        return self._decoding.take_stored()
+
     def units(self):
         """The reader's units of work (a file, an archive member, rows of an array), each decodable on
         its own: the parallel loader (loader.py) hands them to other processes."""
@@ -120,7 +125,8 @@ class ImageSet:
 
 
 def open_images(source, *, strict: bool = False, limits: Limits | None = None,
-                window: tuple[float, float] | None = None, **limit_fields) -> ImageSet:
+                window: tuple[float, float] | None = None, stored: bool = False, encoded: bool = False,
+                **limit_fields) -> ImageSet:
     """Open an image source for lazy reading. See the package docstring and docs/IMAGES.md.
 
     ``limits`` (rules.Limits, by default ``Limits()``) holds the set to its limits; single fields may
@@ -129,13 +135,16 @@ def open_images(source, *, strict: bool = False, limits: Limits | None = None,
     sizes, fail fast, before any decoding work. ``max_expanded_bytes`` and ``max_compression_ratio``
     (None: unchecked) hold the candidate members of an archive to the same limits as an upload.
     ``window`` (LOW, HIGH) maps images wider than 8 bits from that fixed range instead of each image's
-    own min..max (intensity.py).
+    own min..max (intensity.py). ``stored``: keep each image's stored intensities for ``take_stored``
+    (the radiomics of FRD run on them); with ``encoded`` too, JPEG files and images with an alpha channel are
+    kept as their encoded file instead (intensity.EncodedImage).
 
     ``source`` may be a :class:`SetShard`: only candidates start..stop-1 of its set are read (the
     image-count limit still applies to the whole set) and ``len()`` is the shard's number of candidates.
     """
     limits = replace(limits or Limits(), **limit_fields)
-    decoding = Decoding(max_pixels=limits.max_pixels, window=tuple(window) if window is not None else None)
+    decoding = Decoding(max_pixels=limits.max_pixels, window=tuple(window) if window is not None else None,
+                        keep_stored=stored, encoded_jpeg_alpha=encoded)
     shard = source if isinstance(source, SetShard) else None
     reader = _make_reader(shard.source if shard else source, limits, decoding)
     check_image_count(reader.label, reader.count, limits.max_images)

@@ -35,6 +35,14 @@ FLOAT_01 = "float in [0, 1]: times 255"
 FLOAT_STRETCH = "float outside [0, 1]: each image's own min..max to 0..255"
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file as stored (bytes, or its path) with its name: what frd-score's SimpleITK read is given."""
+
+    name: str
+    data: bytes | str
+
+
 @dataclass
 class Decoding:
     """How one set's files are decoded: the pixel limit, the fixed intensity window for data wider than
@@ -43,12 +51,30 @@ class Decoding:
     max_pixels: int
     window: tuple[float, float] | None = None
     used: Counter = field(default_factory=Counter)
+    # Keep the stored intensities of data wider than 8 bits (16-bit, float, DICOM modality values) beside
+    # the 0..255 image: the radiomics (FRD) run on them. 8-bit images are their own stored intensities.
+    keep_stored: bool = False
+    stored: np.ndarray | EncodedImage | None = None
+    # with keep_stored: JPEG files and images with alpha are kept as their encoded file, for the radiomics
+    # to read with SimpleITK as frd-score does (ScoreOptions.frd_reading "frd-score")
+    encoded_jpeg_alpha: bool = False
 
     def note(self, mapping: str) -> None:
         self.used[mapping] += 1
 
+    def keep(self, x: np.ndarray | EncodedImage) -> None:
+        """``x`` holds the stored intensities of the image being decoded (kept when ``keep_stored``)."""
+        if self.keep_stored:
+            self.stored = x
+
+    def take_stored(self) -> np.ndarray | EncodedImage | None:
+        """The last decoded image's stored intensities (None: 8-bit, the image itself), then forgets them."""
+        stored, self.stored = self.stored, None
+        return stored
+
     def wide(self, x: np.ndarray, stretch: str = STRETCH) -> np.ndarray:
         """Data wider than 8 bits (or float) onto 0..255: the fixed window, else the image's own range."""
+        self.keep(x)
         if self.window is None:
             self.note(stretch)
             return minmax(x)
@@ -60,6 +86,7 @@ class Decoding:
         if not np.isfinite(x).all():
             raise Unreadable("image holds NaN or infinite values")
         if self.window is None and x.min() >= 0 and x.max() <= 1:
+            self.keep(x)
             self.note(FLOAT_01)
             return x.astype(np.float32) * np.float32(255)
         return self.wide(x, FLOAT_STRETCH)

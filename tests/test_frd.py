@@ -1,0 +1,195 @@
+"""The Fréchet Radiomics Distance (trustfid/frd.py, radiomics.py) against frd-score itself (its own command,
+``python -m frd_score``, run here), through the CLI, the library, the Metric and saved statistics; the
+service's side is in tests/test_service_frd.py.
+
+Tolerance: 1e-6 relative between our FRD and frd-score's (measured: about 1e-7; the rest is frd-score's
+float32 z-scoring and scipy's sqrtm against our float64 moments and exact Fréchet core)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import FAST_OPTIONS, ROOT, frd_score
+from trustfid import Metric, score
+from trustfid.errors import IncompatibleStatsError, InputError
+from trustfid.pipeline import compute_stats
+from trustfid.shards import extract_shard, merge_set
+from trustfid.stats import load_stats
+
+FRD_TOLERANCE = 1e-6
+FRD_ONLY = {"metrics": ["frd"], "bootstrap_resamples": 20, "seed": 3}
+
+
+def _close(ours: float, theirs: float) -> bool:
+    return abs(ours - theirs) <= FRD_TOLERANCE * abs(theirs)
+
+
+def test_cli_fid_and_frd_in_one_report_equal_the_published_tools(frd_sets, tmp_path):
+    out = tmp_path / "report.json"
+    r = subprocess.run([sys.executable, "-m", "app.cli", "score", str(frd_sets["real"]), str(frd_sets["generated"]),
+                        "--metrics", "fid,frd", "--passes", "2", "--bootstrap", "20", "--device", "cpu", "-q",
+                        "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    frd = report["frd"]
+    assert _close(frd["value"], frd_sets["frd_score"]), (frd["value"], frd_sets["frd_score"])
+    assert report["schema_version"] == "1.5" and report["fid"] > 0 and frd["log"] == "log(d²)"
+    assert frd["version"] == "v1" and frd["real"]["used"] == 12 and frd["generated"]["used"] == 12
+    assert 300 < frd["features"] <= frd["features_extracted"]
+    lo, hi = frd["sampling_ci95"]
+    assert lo <= frd["value"] <= hi and frd["resamples"] == 20
+    assert report["headline"]["frd"] == frd["value"] and "FRD " in report["headline"]["text"]
+    assert f"FRD {frd['value']:.3f}" in r.stdout  # the summary a person reads leads with both distances
+
+
+def test_frd_alone_skips_the_fid_network_and_still_equals_frd_score(frd_sets):
+    report = score(frd_sets["real"], frd_sets["generated"], FRD_ONLY)
+    assert _close(report.frd.value, frd_sets["frd_score"])
+    assert report.fid is None and report.trust is None and report.model.weights_sha256 == ""
+    assert report.headline.text.startswith("FRD ") and report.counts.real.used == 12
+    paper = score(frd_sets["real"], frd_sets["generated"], {**FRD_ONLY, "frd_paper_log": True}).frd
+    assert paper.log == "log(d)" and paper.value == pytest.approx(report.frd.value / 2, rel=1e-12)
+
+
+def test_reading_the_decoded_images_is_an_option_and_moves_the_frd(frd_sets):
+    """frd-score reads JPEGs with SimpleITK (its decoder, the dpi header as spacing) and multiplies by alpha;
+    frd_reading "decoded" uses the images the FID sees instead (docs/IMAGES.md)."""
+    decoded = score(frd_sets["real"], frd_sets["generated"], {**FRD_ONLY, "frd_reading": "decoded"}).frd
+    assert not _close(decoded.value, frd_sets["frd_score"])
+
+
+def test_a_saved_reference_serves_later_jobs_and_is_refused_with_other_settings(frd_sets, tmp_path):
+    ref = tmp_path / "ref.npz"
+    r = subprocess.run([sys.executable, "-m", "app.cli", "stats", str(frd_sets["real"]), "-o", str(ref),
+                        "--metrics", "fid,frd", "--passes", "2", "--seed", "7", "--device", "cpu", "-q"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0 and "radiomic features of 12 images" in r.stdout, r.stderr
+    opts = {**FAST_OPTIONS, "metrics": ["fid", "frd"], "bootstrap_resamples": 20}
+    direct = score(frd_sets["real"], frd_sets["generated"], opts)
+    saved = score(str(ref), frd_sets["generated"], opts)
+    assert saved.frd.value == pytest.approx(direct.frd.value, rel=1e-12)
+    assert saved.frd.sampling_ci95 == pytest.approx(direct.frd.sampling_ci95, rel=1e-12)
+    assert saved.fid == pytest.approx(direct.fid, rel=1e-12)
+    assert _close(saved.frd.value, frd_sets["frd_score"])
+
+    with pytest.raises(IncompatibleStatsError, match="reading"):  # radiomics of another reading
+        score(str(ref), frd_sets["generated"], {**opts, "frd_reading": "decoded"})
+    fid_only = tmp_path / "fid-only.npz"
+    compute_stats(frd_sets["real"], FAST_OPTIONS).save(fid_only)
+    with pytest.raises(InputError, match="hold no radiomic features.*--metrics fid,frd") as e:
+        score(str(fid_only), frd_sets["generated"], opts)
+    assert e.value.code == "no_radiomics"
+
+
+def test_shards_merge_to_the_unsharded_frd(frd_sets):
+    opts = {**FRD_ONLY, "max_feature_rows": 8}  # a capped bootstrap sample must merge exactly too
+    from trustfid.pipeline import as_options
+
+    options = as_options(opts)
+    whole = score(frd_sets["real"], frd_sets["generated"], opts)
+    shards = [(0, 5), (5, 10), (10, 12)]
+    parts = {name: merge_set(frd_sets[name], name, options, shards,
+                             [extract_shard(frd_sets[name], name, options, a, b) for a, b in shards])
+             for name in ("real", "generated")}
+    merged = score(parts["real"], parts["generated"], opts)
+    assert merged.frd.value == pytest.approx(whole.frd.value, rel=1e-9, abs=0)
+    assert merged.frd.sampling_ci95 == pytest.approx(whole.frd.sampling_ci95, rel=1e-9)
+    assert merged.frd.real.kept_rows == 8
+
+
+def test_16_bit_images_give_frd_on_their_stored_values_as_frd_score_reads_them(tmp_path):
+    """A 12-bit range in 16-bit PNGs: the FID network gets each image's min..max on 0..255, the radiomics
+    the stored values, which is what frd-score's SimpleITK read gives."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:80, 0:80] / 80.0
+    for side, shift in (("a", 0.0), ("b", 0.3)):
+        (tmp_path / side).mkdir()
+        for i in range(8):
+            f = rng.uniform(1, 4, 2)
+            img = 1500 + 900 * np.sin(2 * np.pi * (f[0] * xx + f[1] * yy) + shift) + rng.normal(0, 60, xx.shape)
+            Image.fromarray(np.clip(img, 0, 4095).astype(np.uint16)).save(tmp_path / side / f"{i}.png")
+    theirs = frd_score(tmp_path / "a", tmp_path / "b")
+    report = score(tmp_path / "a", tmp_path / "b", FRD_ONLY)
+    assert _close(report.frd.value, theirs), (report.frd.value, theirs)
+    assert report.intensity["real"] == {"wider than 8 bits: each image's own min..max to 0..255": 8}
+
+
+def test_the_metric_gives_score_s_frd_on_the_same_arrays(tmp_path):
+    rng = np.random.default_rng(9)
+    real = rng.integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
+    gen = np.clip(real.astype(int) + rng.integers(-40, 40, real.shape), 0, 255).astype(np.uint8)
+    opts = {**FAST_OPTIONS, "metrics": ["fid", "frd"], "bootstrap_resamples": 10}
+    m = Metric(opts)
+    m.update(real[:4], real=True)
+    m.update(real[4:], real=True)
+    m.update(gen, real=False)
+    streamed = m.compute()
+    whole = score(real, gen, opts)
+    assert streamed.frd.value == pytest.approx(whole.frd.value, rel=1e-12)
+    assert streamed.fid == pytest.approx(whole.fid, rel=1e-9)
+    with pytest.raises(InputError, match="frd:auto"):
+        Metric({"metrics": ["fid", "frd:auto"]})
+
+
+def test_without_pyradiomics_an_frd_request_says_what_to_install(frd_sets, tmp_path):
+    """An engine without the medical extra (pyradiomics not importable here): exit code 2 and one line
+    naming the extra, before anything is extracted; FID alone still works."""
+    code = ("import sys; sys.modules['radiomics'] = None; from app.cli import main; "
+            f"sys.exit(main(['score', {str(frd_sets['real'])!r}, {str(frd_sets['generated'])!r}, '--metrics', 'fid,frd', "
+            "'--passes', '0', '--device', 'cpu', '-q']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "medical" in r.stderr and "pyradiomics" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_set_of_one_usable_radiomics_row_is_a_clear_error(tmp_path):
+    from trustfid.stats import RadiomicsStats
+
+    stats = RadiomicsStats(10, 0, provenance={"frd_version": "v1"})
+    stats.add(["a.png", "b.png"], ["f1", "f2"], np.array([[1.0, np.nan], [2.0, 3.0]]), 0)
+    assert stats.n == 1 and stats.skipped[0].name == "a.png" and "NaN" in stats.skipped[0].reason
+    from trustfid.frd import check_frd_stats
+
+    with pytest.raises(InputError, match="1 image.*at least 2.*1 gave NaN"):
+        check_frd_stats(stats, "real", "ref.npz", {"frd_version": "v1"})
+
+
+def test_saved_frd_only_statistics_load_without_fid_statistics(frd_sets, tmp_path):
+    stats = compute_stats(frd_sets["real"], FRD_ONLY)
+    stats.save(tmp_path / "frd.npz")
+    back = load_stats(tmp_path / "frd.npz")
+    assert back.n == 12 and back.plain.n == 0 and back.radiomics.n == 12
+    assert back.radiomics.names == stats.radiomics.names
+    report = score(str(tmp_path / "frd.npz"), frd_sets["generated"], FRD_ONLY)
+    assert _close(report.frd.value, frd_sets["frd_score"])
+    with pytest.raises(InputError, match="hold no FID statistics") as e:  # before the other side is extracted
+        score(str(tmp_path / "frd.npz"), frd_sets["generated"], {**FAST_OPTIONS, "metrics": ["fid", "frd"]})
+    assert e.value.code == "no_fid_stats"
+
+
+@pytest.mark.slow
+def test_a_medical_reference_gets_the_frd_in_the_same_report_and_the_reason_points_to_it():
+    """frd:auto on the study's held-out medical crops (never fitted on): the reference is outside the FID
+    network's domain, so the FRD is computed in the same job and the "low" reason names it; against a
+    natural reference frd:auto computes no FRD."""
+    from bench.validation import domain_sets as DS
+
+    held = DS.heldout(24)
+    assert not held.notes, held.notes
+    medical, natural_a, natural_b = (np.stack(held.sets[k].images) for k in ("medical_a", "natural_full_a",
+                                                                               "natural_64_b"))
+    opts = {"metrics": ["fid", "frd:auto"], "passes": 0, "device": "cpu", "bootstrap_resamples": 10}
+    rep = score(medical, natural_b, opts)
+    assert rep.trust.level == "low" and rep.trust.reference_domain == "outside", rep.trust.reasons
+    assert rep.frd is not None and rep.frd.real.used == len(medical)
+    assert "Fréchet Radiomics Distance" in rep.trust.reasons[0] and f"FRD {rep.frd.value:.3f}" in rep.trust.reasons[0]
+    plain = score(natural_a, natural_b, opts)
+    assert plain.frd is None and plain.trust.reference_domain == "natural", plain.trust.reasons
+    asked = score(medical, natural_b, {**opts, "metrics": ["fid"]})
+    assert asked.frd is None and "add frd to metrics" in asked.trust.reasons[0]

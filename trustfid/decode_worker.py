@@ -1,0 +1,95 @@
+"""What a decode process of loader.py runs, and the per-image step the prefetch thread and the Metric share:
+decode, resize for the FID network, radiomic features for the FRD (``prepare``).
+
+Kept apart from loader.py so that a decode process imports only what its work needs: torch (for the
+resize) is imported on the first image that goes to the FID network, never for a job of metrics frd
+alone. The radiomics' ITK filters keep ITK's default thread count, as frd-score's processes do: ITK's
+thread count changes the last digits of some features (radiomics.py), so one thread per process would
+move the FRD away from frd-score's.
+"""
+
+from __future__ import annotations
+
+import queue
+from functools import lru_cache
+
+import numpy as np
+
+from .inputs import open_images
+from .inputs.events import Skip
+
+
+def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple | None, radiomics: bool):
+    """One decoded image as the job needs it: ``(name, network input or None, radiomic features or None)``.
+    ``prep`` (resize mode, input size, input range) when the FID network runs; ``radiomics`` when the FRD is
+    asked for: (feature names, values) of ``stored`` (the stored intensities; None: the image itself), or
+    the reason pyradiomics failed on it (a str: that image is left out of the FRD)."""
+    x = None
+    if prep is not None:
+        from .preprocess import to_model_input
+
+        if _in_decode_process:
+            _one_torch_thread()
+        x = to_model_input([image], *prep)[0].numpy()
+    feats = None
+    if radiomics:
+        from .radiomics import features
+
+        try:
+            feats = features(stored if stored is not None else image)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a radiomics failure on one image never fails the job
+            feats = f"FRD: pyradiomics failed on this image ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    return name, x, feats
+
+
+_in_decode_process = False
+
+
+@lru_cache
+def _one_torch_thread() -> None:
+    """A decode process's resize runs on one torch thread: the processes fill the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def serve(k: int, n: int, current, tasks, out) -> None:
+    """Decode process k of n: for each set it is given, the units k, k + n, k + 2n, ... (``work``)."""
+    global _in_decode_process
+    _in_decode_process = True
+    while (task := tasks.get()) is not None:
+        work(k, n, *task, current, out)
+
+
+def work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tuple | None, radiomics: bool,
+         current, out) -> None:
+    """Decode and resize this process's units of one set, then report its intensity tally; stop early
+    when the set is abandoned (``current`` moved past ``generation``: cancelled, failed, done). A limit
+    or input error is sent back to be raised in the job; anything else too, with its type and message."""
+    def send(kind, payload) -> bool:
+        while current.value == generation:
+            try:
+                out.put((generation, kind, payload), timeout=0.5)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    try:
+        images = open_images(source, **open_kwargs)
+        for u, unit in enumerate(images.units()):
+            if u % n != k:
+                continue
+            events = []
+            for event in unit():
+                if isinstance(event, Skip):
+                    events.append(event)
+                else:
+                    events.append(prepare(*event, images.take_stored(), prep, radiomics))
+            if not send("unit", events):
+                return
+        send("end", images.intensity)
+    except BaseException as e:  # sent to the job, which raises it
+        send("error", (type(e), e.__dict__, str(e)))
