@@ -135,7 +135,20 @@ class Jobs:
             raise
         return st.record
 
+    def _check_metrics(self, options: ScoreOptions) -> None:
+        """An FRD the live workers cannot compute is refused now (422), not failed later. With no live
+        worker the job is queued: the worker that takes it fails it with the same error if it lacks FRD."""
+        if "frd" not in options.metrics and "frd:auto" not in options.metrics:
+            return
+        alive = self.store.workers_alive(self.queue.name)
+        if alive and not self.store.workers_alive(self.queue.name, "frd"):
+            raise InputError(f"metrics {options.metrics} ask for the FRD, but none of the {len(alive)} live workers "
+                             "can compute it (pyradiomics is not installed there): install the medical extra on the "
+                             "workers (scripts/setup.sh engine,embedded,medical; the Dockerfile's worker image has "
+                             "it) or leave frd out of metrics", code="frd_unavailable")
+
     def _create_job(self, owner: str, job_id: str, infos: dict, paths: dict, options: JobOptions) -> JobRecord:
+        self._check_metrics(options.score_options())
         if options.callback_url:
             self.inputs.uris.check_callback_url(options.callback_url)
         rec = JobRecord(id=job_id, created_at=time.time(), real=infos["real"], generated=infos["generated"],
@@ -164,6 +177,7 @@ class Jobs:
 
     def _create_reference(self, owner: str, ref_id: str, info: InputInfo, path: str, name: str | None,
                           options: ScoreOptions) -> ReferenceRecord:
+        self._check_metrics(options)
         rec = ReferenceRecord(id=ref_id, created_at=time.time(), name=name, source=info, options=options)
         return self._store_and_enqueue(Stored(owner=owner, paths={"source": path}, record=rec), TASK_REFERENCE)
 
@@ -221,10 +235,13 @@ def _point(rec: JobRecord, report_json: str | None) -> SeriesPoint:
     ci95 = None
     if report_json:
         ci95 = (json.loads(report_json).get("fid_bootstrap") or {}).get("ci95")
+    h = rec.headline
+    frd_ci95 = h.frd_ci95 if h is not None else None
     return SeriesPoint(step=rec.options.step(), fid=rec.fid, fid_ci95_low=ci95[0] if ci95 else None,
                        fid_ci95_high=ci95[1] if ci95 else None, fid_mc_std=rec.fid_mc_std,
-                       trust_level=rec.trust_level, job_id=rec.id, created_at=rec.created_at,
-                       finished_at=rec.finished_at)
+                       trust_level=rec.trust_level, frd=h.frd if h is not None else None,
+                       frd_ci95_low=frd_ci95[0] if frd_ci95 else None, frd_ci95_high=frd_ci95[1] if frd_ci95 else None,
+                       job_id=rec.id, created_at=rec.created_at, finished_at=rec.finished_at)
 
 
 def series(store: Store, owner: str, tag: str, *, cursor: str | None = None, since: float | None = None,
@@ -235,7 +252,8 @@ def series(store: Store, owner: str, tag: str, *, cursor: str | None = None, sin
     found: list[tuple[float, JobRecord]] = []
     for step, st in store.series(owner, tag, after):
         rec = st.record
-        if rec.state != "succeeded" or rec.fid is None or (since is not None and rec.finished_at < since):
+        no_result = rec.fid is None and (rec.headline is None or rec.headline.frd is None)
+        if rec.state != "succeeded" or no_result or (since is not None and rec.finished_at < since):
             continue
         found.append((step, rec))
         if len(found) > limit:  # one more than a page: there is a next page

@@ -53,7 +53,7 @@ ENV = Environment(loader=PackageLoader("app", "templates"), autoescape=True, tri
                   keep_trailing_newline=True, undefined=StrictUndefined, finalize=_escaped,
                   extensions=["jinja2.ext.do"])
 ENV.filters.update(fmt=fmt, plural=plural, input_text=input_text, one_line=_one_line, f1=lambda v: f"{v:.1f}",
-                   f2=lambda v: f"{v:.2f}")
+                   f2=lambda v: f"{v:.2f}", f3=lambda v: f"{v:.3f}")
 
 
 def _baseline() -> dict:
@@ -121,6 +121,8 @@ def histogram(report: Report) -> SimpleNamespace | None:
     """The FID of each MC pass as a histogram over round bins, the plain FID as a line, the network
     interval as a band."""
     mc, fid = report.fid_mc, report.fid
+    if mc is None or fid is None:  # metrics without fid
+        return None
     samples = list(mc.samples)
     if not samples:
         return None
@@ -154,6 +156,8 @@ def histogram(report: Report) -> SimpleNamespace | None:
 def variance_bars(report: Report) -> SimpleNamespace | None:
     """Mean, median and p95 latent variance per set as bars, against the natural-photo baseline."""
     lv = report.latent_variance
+    if lv is None:  # metrics without fid
+        return None
     rows = [(side, getattr(lv, side)) for side in ("real", "generated")]
     vals = [v for _, s in rows for v in (s.mean, s.median, s.p95) if v is not None]
     if not vals:

@@ -169,15 +169,20 @@ class ReferenceList(Strict):
 
 
 class SeriesPoint(Strict):
-    """One succeeded job of a series: its step, its FID and how far that FID can be trusted."""
+    """One succeeded job of a series: its step, its FID and how far that FID can be trusted, and its FRD
+    when the job computed one."""
 
     step: int | float = Field(description="from the job's numeric step= tag")
-    fid: float
+    fid: float | None = Field(description="null only for a job whose metrics left fid out (schema 1.5)")
     fid_ci95_low: float | None = Field(None, description="bootstrap 95% interval over images (the report's "
                                        "fid_bootstrap.ci95), lower end; null when the report has none")
     fid_ci95_high: float | None = Field(None, description="upper end of the same interval")
     fid_mc_std: float | None = Field(None, description="spread of the FID over the MC-dropout passes")
     trust_level: TrustLevel | None = None
+    # 1.5
+    frd: float | None = Field(None, description="the job's FRD (report.frd.value), when its metrics asked for it")
+    frd_ci95_low: float | None = Field(None, description="the FRD's 95% sampling interval, lower end")
+    frd_ci95_high: float | None = Field(None, description="upper end of the same interval")
     job_id: str
     created_at: float
     finished_at: float

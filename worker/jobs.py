@@ -119,10 +119,11 @@ def succeeded(w: Worker, job_id: str, report):
     """Save a job's report; the updater that ends its record succeeded (sharded or not)."""
     w.store.save_report(job_id, report.model_dump_json())
     images = report.counts.real.used + report.counts.generated.used
-    return finish("succeeded", fid=report.fid, fid_mc_std=report.fid_mc.std, trust_level=report.trust.level,
-                  headline=report.headline,
+    mc = report.fid_mc
+    return finish("succeeded", fid=report.fid, fid_mc_std=mc.std if mc else None,
+                  trust_level=report.trust.level if report.trust else None, headline=report.headline,
                   progress=Progress(stage="done", images_done=images, images_total=images,
-                                    passes=report.fid_mc.passes))
+                                    passes=mc.passes if mc else 0))
 
 
 def _reference(w: Worker, st: Stored, hooks: Hooks):

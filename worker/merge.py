@@ -71,18 +71,18 @@ def outcome(w: Worker, job_id: str) -> tuple[str, JobError | None]:
 
 def report(w: Worker, st: Stored, hooks: Hooks) -> Report:
     """The job's report from its shards' statistics, fetched here and merged in shard order."""
-    from trustfid.pipeline import extract, load_extractor, report_from_stats
+    from trustfid.pipeline import extract, frd_pass, job_extractor, reference_outside, report_from_stats
     from trustfid.shards import merge_set
     from trustfid.stats import load_stats
 
     t0 = time.perf_counter()
-    ex, options, device = load_extractor(st.record.options.score_options())
+    ex, options, device = job_extractor(st.record.options.score_options())
     load_s = time.perf_counter() - t0
     layout = plan_of(w, st.record.id)
-    sides = {}
+    sides, sources = {}, {}
     for set_name in ("real", "generated"):
         info = layout.set(set_name)
-        source = local_source(w, st.record.id, info)
+        source = sources[set_name] = local_source(w, st.record.id, info)
         if not info.shards:  # saved statistics: read as the unsharded job reads them
             sides[set_name] = extract(source, set_name, options, extractor=ex)
             continue
@@ -90,6 +90,9 @@ def report(w: Worker, st: Stored, hooks: Hooks) -> Report:
                  for shard in layout.shard_ids() if shard.set_name == set_name]
         sides[set_name] = merge_set(source, set_name, options, info.shards, (load_stats(f) for f in files),
                                     extractor=ex, should_cancel=hooks.should_cancel)
+    if options.frd_mode == "auto" and reference_outside(sides["real"], sides["generated"], options, ex):
+        # frd:auto learns only now that the FRD is wanted: its radiomics run here, over each whole set
+        frd_pass(sides, sources, options, progress=hooks.progress, should_cancel=hooks.should_cancel)
     extract_s = max(time.time() - (st.record.started_at or time.time()) - load_s, 1e-9)
     return report_from_stats(sides["real"], sides["generated"], options, ex, device, load_s=load_s,
                              extract_s=extract_s, progress=hooks.progress)

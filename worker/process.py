@@ -42,6 +42,7 @@ class Worker:
     heartbeat_s: float
     lease_s: float
     stop: threading.Event
+    capabilities: tuple[str, ...] = ()  # optional metrics this worker can compute (frd: pyradiomics is here)
 
     @property
     def store(self) -> Store:
@@ -63,7 +64,7 @@ class Worker:
         swept = time.monotonic()
         while not self.stop.is_set():
             try:
-                self.store.heartbeat(self.queue.name, self.id)
+                self.store.heartbeat(self.queue.name, self.id, self.capabilities)
                 self.store.renew_leases()
                 for kind, record_id in self.store.orphans(self.queue.name):
                     log.warning("%s %s lost its worker; queueing it again", kind, record_id)
@@ -95,10 +96,21 @@ def current() -> Worker:
             worker = Worker(services=build(settings, worker=True),
                             id=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
                             limits=JobLimits(settings.max_attempts, settings.soft_time_limit_s),
-                            heartbeat_s=settings.heartbeat_s, lease_s=settings.lease_s, stop=threading.Event())
+                            heartbeat_s=settings.heartbeat_s, lease_s=settings.lease_s, stop=threading.Event(),
+                            capabilities=capabilities())
             threading.Thread(target=worker.beat, name="trustfid-heartbeat", daemon=True).start()
             _current = (os.getpid(), worker)
         return _current[1]
+
+
+def capabilities() -> tuple[str, ...]:
+    """The optional metrics this worker can compute: ``frd`` when pyradiomics and its parts import."""
+    from trustfid.radiomics import missing
+
+    why = missing()
+    if why:
+        log.info("this worker cannot compute the FRD: %s", why)
+    return () if why else ("frd",)
 
 
 def shutdown() -> None:
@@ -107,7 +119,7 @@ def shutdown() -> None:
         worker = _current[1]
         worker.stop.set()
         try:
-            worker.store.forget_worker(worker.queue.name, worker.id)
+            worker.store.forget_worker(worker.queue.name, worker.id, worker.capabilities)
         except Exception:
             pass
 

@@ -159,7 +159,7 @@ def _run(w: Worker, job_id: str, shard: ShardId, hooks: Hooks) -> str:
 
 
 def _extract(w: Worker, st: Stored, shard: ShardId, out: Path, hooks: Hooks) -> str:
-    from trustfid.pipeline import load_extractor
+    from trustfid.pipeline import job_extractor
     from trustfid.shards import extract_shard
 
     job_id = st.record.id
@@ -171,7 +171,7 @@ def _extract(w: Worker, st: Stored, shard: ShardId, out: Path, hooks: Hooks) -> 
     w.store.set_shards(job_id, {str(shard): "running"})
     info = plan_of(w, job_id).set(shard.set_name)
     start, stop = info.shards[shard.k]
-    ex, options, _ = load_extractor(st.record.options.score_options())
+    ex, options, _ = job_extractor(st.record.options.score_options())
     stats = extract_shard(local_source(w, job_id, info), shard.set_name, options, start, stop, extractor=ex,
                           progress=hooks.progress, should_cancel=hooks.should_cancel)
     with atomic_path(out) as tmp:  # a shard's statistics appear whole or not at all

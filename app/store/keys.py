@@ -49,6 +49,11 @@ def workers(queue: str) -> str:
     return f"{P}workers:{queue}"
 
 
+def workers_with(queue: str, capability: str) -> str:
+    """The workers of a queue that can compute an optional metric (``frd``), scored as ``workers``."""
+    return f"{P}workers:{queue}:{capability}"
+
+
 def lease(name: str) -> str:
     """The lease of a running record (``name`` = its id) or shard (``<job id>:<set>:<k>``)."""
     return f"{P}lease:{name}"

@@ -46,20 +46,25 @@ class Leases:
     ``held`` the leases this process holds (a ``HeldLeases``)."""
 
     # --- heartbeats ---------------------------------------------------------------------------
-    def heartbeat(self, queue: str, worker_id: str) -> None:
-        """Mark a worker alive now; workers silent for 3 heartbeats count as gone."""
+    def heartbeat(self, queue: str, worker_id: str, capabilities: tuple[str, ...] = ()) -> None:
+        """Mark a worker alive now, with the optional metrics it can compute (``frd``); workers silent for
+        3 heartbeats count as gone."""
         now = time.time()
         pipe = self.r.pipeline()
-        pipe.zadd(keys.workers(queue), {worker_id: now})
-        pipe.zremrangebyscore(keys.workers(queue), "-inf", now - 10 * self.worker_ttl)
+        for key in (keys.workers(queue), *(keys.workers_with(queue, c) for c in capabilities)):
+            pipe.zadd(key, {worker_id: now})
+            pipe.zremrangebyscore(key, "-inf", now - 10 * self.worker_ttl)
         execute(pipe)
 
-    def forget_worker(self, queue: str, worker_id: str) -> None:
-        call(self.r.zrem, keys.workers(queue), worker_id)
+    def forget_worker(self, queue: str, worker_id: str, capabilities: tuple[str, ...] = ()) -> None:
+        for key in (keys.workers(queue), *(keys.workers_with(queue, c) for c in capabilities)):
+            call(self.r.zrem, key, worker_id)
 
-    def workers_alive(self, queue: str) -> list[str]:
-        """Workers of this queue whose heartbeat is fresh (one sorted-set read, not a key scan)."""
-        return call(self.r.zrangebyscore, keys.workers(queue), time.time() - self.worker_ttl, "+inf")
+    def workers_alive(self, queue: str, capability: str | None = None) -> list[str]:
+        """Workers of this queue whose heartbeat is fresh (one sorted-set read, not a key scan); with a
+        ``capability``, those that can compute that optional metric."""
+        key = keys.workers(queue) if capability is None else keys.workers_with(queue, capability)
+        return call(self.r.zrangebyscore, key, time.time() - self.worker_ttl, "+inf")
 
     async def any_worker_alive_async(self, queue: str) -> bool:
         return bool(await call_async(self.ar.zcount(keys.workers(queue), time.time() - self.worker_ttl, "+inf")))
