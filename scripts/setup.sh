@@ -33,7 +33,7 @@ if [[ ",$extras," == *",medical,"* || ",$extras," == *",test,"* ]] && ! "$venv/b
 fi
 stamp="$venv/.trustfid-installed-$(echo "$extras" | tr ',' '-')"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "installing trustfid[$extras] into $venv (first time: about 5 minutes on 2 cores, torch is large)" >&2
+  echo "installing trustfid[$extras] into $venv (first time: 5 to 11 minutes on 2 cores, torch is large)" >&2
   pip_quietly -e ".[$extras]"
   "$venv/bin/python" -c "import app, worker" # fails loudly if the install did not work
   touch "$stamp"
