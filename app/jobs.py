@@ -11,7 +11,7 @@ import time
 
 from pydantic import ValidationError
 
-from app.errors import ConflictError, NotFoundError
+from app.errors import ConflictError, NotFoundError, UnavailableError
 from app.ingest.multipart import MultipartStager, parse_json_field
 from app.ingest.screening import StagedSet, check_set
 from app.queue import TASK_REFERENCE, TASK_SCORE
@@ -60,6 +60,7 @@ class Jobs:
         self.store: Store = services.store
         self.staging = services.staging
         self.queue = services.queue
+        self.cleanup = services.cleanup
         self.inputs = services.inputs
         self.rate_limit_per_minute = rate_limit_per_minute
 
@@ -128,10 +129,11 @@ class Jobs:
             created = True
             self.queue.send(task, st.record.id)
         except Exception:
-            if created:
-                self.store.delete(st)
-            self.staging.discard(st.record.id)
-            self.store.refund_submission(st.owner, token)
+            try:
+                self.cleanup.ending(st.record.kind, st.record.id, lambda: created and self.store.delete(st))
+                self.store.refund_submission(st.owner, token)
+            except UnavailableError:  # Redis away: nothing can be marked; remove what can be removed now
+                self.staging.discard(st.record.id)
             raise
         return st.record
 
@@ -200,16 +202,15 @@ class Jobs:
         """Cancel a queued/running job or reference (returns the cancelled record), or delete a
         finished one with its report and files (returns None)."""
         st = self.store.get_owned(record_id, owner, kind)
-        if st.record.state not in FINAL_STATES:
+        if st.record.state == "running":  # its worker stops at its next check and cleans up after it
             self.store.request_cancel(record_id)
-            new = self.store.update(record_id, finish("cancelled", error=None))
-            if new is not None and new.record.state == "cancelled" and st.record.state == "queued":
-                self.staging.discard(record_id)
-            return new
-        self.store.delete(st)
-        self.staging.discard(record_id)
-        if kind == "reference":
-            self.staging.remove_reference(record_id)
+            self.cleanup.mark(kind, record_id)  # should that worker die first, a sweep does
+            return self.store.update(record_id, finish("cancelled", error=None))
+        if st.record.state not in FINAL_STATES:  # queued: nothing reads its inputs yet
+            self.store.request_cancel(record_id)
+            return self.cleanup.ending(kind, record_id,
+                                       lambda: self.store.update(record_id, finish("cancelled", error=None)))
+        self.cleanup.ending(kind, record_id, lambda: self.store.delete(st))
         return None
 
 

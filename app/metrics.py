@@ -55,6 +55,9 @@ class StoreCollector:
         yield GaugeMetricFamily("trustfid_queue_depth", "Messages waiting in the Celery queue.",
                                 value=snap["queue_depth"])
         yield GaugeMetricFamily("trustfid_workers", "Workers with a live heartbeat.", value=snap["workers"])
+        yield GaugeMetricFamily("trustfid_cleanup_pending", "Ended or deleted records whose staged copies are not "
+                                "removed yet (the object store was away; workers try again every heartbeat).",
+                                value=snap["cleanup_pending"])
 
 
 def render(store: Store, queue: str) -> bytes:

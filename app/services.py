@@ -7,7 +7,8 @@ process state.
 - ``staging``: where staged inputs and reference statistics live (app/staging.py);
 - ``queue``: sends tasks by name (app/queue.py);
 - ``inputs``: the input policy, limits and URI rules (app/ingest/);
-- ``callbacks``: signed delivery of a finished job to its callback_url (app/callback.py).
+- ``callbacks``: signed delivery of a finished job to its callback_url (app/callback.py);
+- ``cleanup``: what ended or deleted records staged is removed, and tried again until it is (app/cleanup.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import functools
 from dataclasses import dataclass
 
 from app.callback import Callbacks
+from app.cleanup import Cleanup
 from app.ingest import InputPolicy
 from app.ingest.uris import UriPolicy
 from app.queue import Queue, make_celery, routes
@@ -34,6 +36,7 @@ class Services:
     queue: Queue
     inputs: InputPolicy
     callbacks: Callbacks
+    cleanup: Cleanup | None  # None without a store
 
 
 def build(settings: Settings, *, worker: bool = False) -> Services:
@@ -59,4 +62,5 @@ def build(settings: Settings, *, worker: bool = False) -> Services:
     queue = Queue(functools.partial(make_celery, settings, main="trustfid-api"), settings.queue,
                   routes(settings.queue, settings.callback_queue))
     callbacks = Callbacks(uris, secret=settings.callback_secret, timeout_s=settings.callback_timeout_s)
-    return Services(store=store, staging=staging, queue=queue, inputs=inputs, callbacks=callbacks)
+    cleanup = Cleanup(store, staging, settings.queue) if store is not None else None
+    return Services(store=store, staging=staging, queue=queue, inputs=inputs, callbacks=callbacks, cleanup=cleanup)

@@ -9,7 +9,7 @@ working copies in its own ``data_dir``:
   ``<prefix>/staging/<record id>/`` and removes the local copy, before the record is written;
 - a worker ``pull``s it into its own staging folder before running (retrying a store that is away for
   ``retry_s``), and ``discard`` removes both the local folder and the objects once the record is final
-  (the API does the same on cancel and delete);
+  (the API does the same on cancel and delete; app/cleanup.py tries again until the store answers);
 - a worker ``put_reference``s the statistics it computed as ``<prefix>/references/<id>.npz``; a job on
   the reference ``get_reference``s them into its own staging folder; deleting the reference removes them.
 
@@ -246,20 +246,31 @@ class Staging:
             if folder.is_dir() and _ID.match(folder.name) and is_over(folder.name, folder.stat().st_mtime):
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def discard(self, record_id: str) -> None:
-        """Remove a record's staged inputs everywhere this process can see them. Best effort: a store that
-        is away leaves objects behind (logged; a lifecycle rule on the prefix removes them in the end)."""
-        shutil.rmtree(self.local_dir(record_id), ignore_errors=True)
+    def discard(self, record_id: str) -> bool:
+        """Remove a record's staged inputs everywhere this process can see them; returns whether they are
+        gone. One try: a store that is away leaves the objects (logged), and app/cleanup.py tries again."""
+        local = self.local_dir(record_id)
+        shutil.rmtree(local, ignore_errors=True)
+        gone = not local.exists()
         if self.enabled:
-            self._remove(self._remote(record_id), recursive=True)
+            gone = self._remove(self._remote(record_id), recursive=True) and gone
+        return gone
 
-    def _remove(self, path: str, recursive: bool = False) -> None:
+    def _remove(self, path: str, recursive: bool = False) -> bool:
+        """Remove an object (or every object under a prefix) and check that none is left: s3fs's bulk
+        delete does not raise for keys the store refused."""
         try:
-            self.s3.filesystem().rm(path, recursive=recursive)
+            fs = self.s3.filesystem()
+            fs.rm(path, recursive=recursive)
+            left = fs.find(path) if recursive else [path] if fs.exists(path) else []
         except FileNotFoundError:
-            pass
+            return True
         except Exception as e:
-            log.warning("object store: could not remove %s: %r", path, e)
+            log.warning("object store: could not remove %s (trying again later): %r", path, e)
+            return False
+        if left:
+            log.warning("object store: %d objects under %s are still there (trying again later)", len(left), path)
+        return not left
 
     # --- reference statistics -----------------------------------------------------------------------
     def put_reference(self, ref_id: str, path: Path) -> None:
@@ -284,8 +295,7 @@ class Staging:
                                "deleted?)") from None
         return dest
 
-    def remove_reference(self, ref_id: str) -> None:
-        """Delete a reference's statistics (best effort, as ``discard``)."""
+    def remove_reference(self, ref_id: str) -> bool:
+        """Delete a reference's statistics; returns whether they are gone (one try, as ``discard``)."""
         self.local_reference(ref_id).unlink(missing_ok=True)
-        if self.enabled:
-            self._remove(self._remote_reference(ref_id))
+        return self._remove(self._remote_reference(ref_id)) if self.enabled else True

@@ -3,14 +3,20 @@ real API and real Celery workers, each with its own data directory (nothing can 
 folder), against a real S3-compatible server. moto's server mode stands in for S3 or MinIO (third
 parties we cannot run here as such); the service talks to it over HTTP through s3fs, as it would to
 MinIO in docker-compose.yml.
+
+Every stack stages under a prefix of its own (``store_env``), and every test reads only its own stack's
+prefix: a test that fails cannot leave objects where another one looks.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import signal
 import tarfile
+import threading
 import uuid
+from urllib.parse import parse_qs
 
 import boto3
 import pytest
@@ -20,7 +26,6 @@ from tests.conftest import FAST_OPTIONS, KEY_A, Stack, pngs, strip_timing, uploa
 from tests.test_api_errors import err
 
 BUCKET = "trustfid-staging"
-PREFIX = "svc"
 CREDS = {"TRUSTFID_S3_ACCESS_KEY_ID": "test-access", "TRUSTFID_S3_SECRET_ACCESS_KEY": "test-secret",
          "TRUSTFID_S3_REGION": "us-east-1"}
 
@@ -48,23 +53,103 @@ def keys(endpoint: str, bucket: str = BUCKET, prefix: str = "") -> list[str]:
     return [o["Key"] for o in out.get("Contents", [])]
 
 
-def store_env(endpoint: str, **more) -> dict:
-    return {"TRUSTFID_STAGING_URL": f"s3://{BUCKET}/{PREFIX}", "TRUSTFID_S3_ENDPOINT_URL": endpoint, **CREDS, **more}
+def new_prefix() -> str:
+    return f"svc-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module")
-def split_stack(redis_url, tmp_path_factory, s3_endpoint):
-    """The API and one worker as if on two machines: their own data directories, staging in the store."""
-    tmp = tmp_path_factory.mktemp("split")
-    s = Stack(redis_url, tmp, **store_env(s3_endpoint))
-    s.worker_data = tmp / "worker-data"
-    s.start(TRUSTFID_DATA_DIR=str(s.worker_data))
-    yield s
-    s.close()
+def store_env(endpoint: str, prefix: str, **more) -> dict:
+    return {"TRUSTFID_STAGING_URL": f"s3://{BUCKET}/{prefix}", "TRUSTFID_S3_ENDPOINT_URL": endpoint, **CREDS, **more}
+
+
+@pytest.fixture
+def split_stack(make_stack, s3_endpoint):
+    """The API and one worker as if on two machines: their own data directories, staging in the store
+    under ``s.prefix``, this test's own."""
+    prefix = new_prefix()
+    s = make_stack(**store_env(s3_endpoint, prefix))
+    s.prefix = prefix
+    s.worker_data = s.tmp / "worker-data"
+    return s.start(TRUSTFID_DATA_DIR=str(s.worker_data))
+
+
+class StoreEndpoint:
+    """A second endpoint of the test's S3 server, on a port of its own, that a test takes away and brings
+    back (moto keeps its buckets in this process: every endpoint sees the same objects). While away, the
+    port refuses connections, and a connection kept alive from before gets 503 and is closed.
+
+    ``start(trip="away")`` makes it go away by itself the moment the first removal (a DELETE or a bulk
+    delete) reaches it: exactly between a job's last write and its cleanup. ``trip="hold"`` holds that
+    request instead, until ``release()``, so that the test can kill the worker in that moment."""
+
+    def __init__(self):
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.moto = DomainDispatcherApplication(create_backend_app)
+        self.tripped, self.released = threading.Event(), threading.Event()
+        self.trip: str | None = None
+        self.away = True
+        self.server = None
+
+    def __call__(self, environ, start_response):
+        method, query = environ["REQUEST_METHOD"], parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if self.trip and (method == "DELETE" or (method == "POST" and "delete" in query)):
+            trip, self.trip = self.trip, None
+            self.away = trip == "away"
+            self.tripped.set()
+            if trip == "hold":
+                self.released.wait(60)
+                self.away = True
+        if self.away:
+            start_response("503 Service Unavailable", [("Connection", "close"), ("Content-Length", "0")])
+            return [b""]
+        return self.moto(environ, start_response)
+
+    def start(self, trip: str | None = None) -> None:
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+        from werkzeug.serving import make_server
+
+        self.trip, self.away = trip, False
+        self.tripped.clear()
+        self.server = make_server("127.0.0.1", self.port, self, threaded=True, request_handler=MotoRequestHandler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def stop(self) -> None:
+        self.away = True
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+@pytest.fixture
+def store_endpoint():
+    endpoint = StoreEndpoint()
+    yield endpoint
+    endpoint.release()
+    endpoint.stop()
+
+
+def metric(stack: Stack, name: str) -> float:
+    with stack.client(key=None) as c:
+        lines = c.get("/metrics").text.splitlines()
+    return float(next(line.rsplit(" ", 1)[1] for line in lines if line.startswith(name + " ")))
 
 
 def folder_empty(path) -> bool:
     return not path.exists() or not any(path.iterdir())
+
+
+def removed(endpoint: str, prefix: str, timeout: float = 30, also=lambda: True) -> None:
+    """What docs/API.md promises: the objects under ``prefix`` go right after their record ends (a worker
+    writes the end first, then removes them), or, when the store was away, a heartbeat after it is back.
+    ``also()``: anything else that goes with them (a worker's local copy)."""
+    wait_for(lambda: keys(endpoint, prefix=prefix) == [] and also(), timeout, f"the objects under {prefix} removed",
+             log=lambda: str(keys(endpoint, prefix=prefix)))
 
 
 def test_an_upload_goes_through_the_store_and_scores_as_on_a_shared_volume(split_stack, stack, image_sets, s3_endpoint):
@@ -83,9 +168,8 @@ def test_an_upload_goes_through_the_store_and_scores_as_on_a_shared_volume(split
         assert stack.wait_job(plain)["state"] == "succeeded"
         shared = c.get(f"/v1/jobs/{plain}/report").json()
     assert strip_timing(stored) == strip_timing(shared)
-    # Final: the staged objects and the worker's working copy are gone.
-    assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/") == []
-    assert folder_empty(split_stack.worker_data / "staging")
+    # Ended: the staged objects and the worker's working copy are gone.
+    removed(s3_endpoint, f"{split_stack.prefix}/staging/", also=lambda: folder_empty(split_stack.worker_data / "staging"))
 
 
 def test_a_reference_computed_by_one_worker_is_read_from_the_store(split_stack, image_sets, s3_endpoint):
@@ -96,7 +180,8 @@ def test_a_reference_computed_by_one_worker_is_read_from_the_store(split_stack, 
         assert r.status_code == 202, r.text
         ref = r.json()["id"]
         assert split_stack.wait_job(ref, path="/v1/references/")["state"] == "succeeded"
-        assert keys(s3_endpoint, prefix=f"{PREFIX}/references/") == [f"{PREFIX}/references/{ref}.npz"]
+        assert keys(s3_endpoint, prefix=f"{split_stack.prefix}/references/") == [
+            f"{split_stack.prefix}/references/{ref}.npz"]
         assert not (split_stack.worker_data / "references" / f"{ref}.npz").exists()  # the store's copy only
 
         on_ref = c.post("/v1/jobs", files=[("generated", (p.name, p.read_bytes(), "image/png")) for p in gen],
@@ -108,8 +193,8 @@ def test_a_reference_computed_by_one_worker_is_read_from_the_store(split_stack, 
         assert fids[0] == pytest.approx(fids[1], rel=1e-9)
 
         assert c.delete(f"/v1/references/{ref}").status_code == 204
-    assert keys(s3_endpoint, prefix=f"{PREFIX}/references/") == []
-    assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/") == []
+    assert keys(s3_endpoint, prefix=f"{split_stack.prefix}/references/") == []  # the API removed them before 204
+    removed(s3_endpoint, f"{split_stack.prefix}/staging/")
 
 
 def tgz(files) -> bytes:
@@ -140,7 +225,7 @@ def test_s3_uris_are_read_from_the_operators_store(split_stack, image_sets, s3_e
             assert bad["state"] == "failed", bad
             assert bad["error"]["code"] == "fetch_failed" and missing in bad["error"]["message"], bad
         # The service's own bucket is not an input, nor a chain of fsspec protocols or an odd bucket name.
-        for forbidden in (f"s3://{BUCKET}/{PREFIX}/references/x.npz", f"s3://{data}/sets/real.tar.gz::http://x/y",
+        for forbidden in (f"s3://{BUCKET}/{split_stack.prefix}/references/x.npz", f"s3://{data}/sets/real.tar.gz::http://x/y",
                           "s3://169.254.169.254:80/latest.tar.gz", "s3://user@bucket/x.tar.gz"):
             err(c.post("/v1/jobs", json={"real": {"uri": forbidden}, "generated": {"uri": forbidden}}),
                 422, "forbidden_uri")
@@ -151,22 +236,23 @@ def test_s3_uris_are_read_from_the_operators_store(split_stack, image_sets, s3_e
 
 
 def test_a_queued_upload_waits_in_the_store_and_cancelling_removes_it(make_stack, image_sets, s3_endpoint):
-    s = make_stack(**store_env(s3_endpoint))
+    prefix = new_prefix()
+    s = make_stack(**store_env(s3_endpoint, prefix))
     s.start_api()  # no worker: the job stays queued
     with s.client() as c:
         job = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS).json()["id"]
-        staged = keys(s3_endpoint, prefix=f"{PREFIX}/staging/{job}/")
+        staged = keys(s3_endpoint, prefix=f"{prefix}/staging/{job}/")
         assert sorted(k.rsplit("/", 2)[-2] for k in staged) == ["generated"] * 4 + ["real"] * 4, staged
         assert folder_empty(s.data_dir / "staging")
         assert c.delete(f"/v1/jobs/{job}").json()["state"] == "cancelled"
-    assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/{job}/") == []
+    assert keys(s3_endpoint, prefix=f"{prefix}/staging/{job}/") == []  # the API removed them before answering
 
 
 @pytest.mark.parametrize("where", ["store down", "no such bucket"])
 def test_an_unreachable_store_refuses_uploads_with_503_and_keeps_nothing(make_stack, image_sets, s3_endpoint, where):
     endpoint = f"http://127.0.0.1:{free_port()}" if where == "store down" else s3_endpoint
     key = f"key-{uuid.uuid4().hex[:8]}"
-    s = make_stack(**store_env(endpoint, TRUSTFID_STAGING_URL=f"s3://missing-{uuid.uuid4().hex[:8]}/x"),
+    s = make_stack(**store_env(endpoint, new_prefix(), TRUSTFID_STAGING_URL=f"s3://missing-{uuid.uuid4().hex[:8]}/x"),
                    TRUSTFID_API_KEYS=key)
     s.start_api()
     with s.client(key) as c:
@@ -177,15 +263,14 @@ def test_an_unreachable_store_refuses_uploads_with_503_and_keeps_nothing(make_st
     assert folder_empty(s.data_dir / "staging")
 
 
-def test_a_worker_rides_out_a_store_restart_and_fails_a_job_whose_inputs_are_gone(make_stack, image_sets, s3_endpoint):
-    from moto.server import ThreadedMotoServer
-
-    # The worker reaches the store through a second moto server (same buckets) that we start and stop.
-    port = free_port()
-    s = make_stack(**store_env(s3_endpoint))
+def test_a_worker_rides_out_a_store_restart_and_fails_a_job_whose_inputs_are_gone(
+        make_stack, image_sets, s3_endpoint, store_endpoint):
+    prefix = new_prefix()
+    s = make_stack(**store_env(s3_endpoint, prefix))
     s.start_api()
+    # The worker reaches the store through an endpoint of its own, away until the test brings it back.
     worker = s.start_worker(TRUSTFID_DATA_DIR=str(s.tmp / "worker-data"), TRUSTFID_STORAGE_RETRY_S="30",
-                            TRUSTFID_S3_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+                            TRUSTFID_S3_ENDPOINT_URL=store_endpoint.url)
     s.wait_ready()
     sets = pngs(image_sets["real"]), pngs(image_sets["generated"])
 
@@ -193,25 +278,60 @@ def test_a_worker_rides_out_a_store_restart_and_fails_a_job_whose_inputs_are_gon
         wait_for(lambda: any("trying again" in line and job in line for line in s.log("worker1.log").splitlines()),
                  60, "the worker to retry the store", log=lambda: s.log("worker1.log"))
         meanwhile()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        try:
-            return s.wait_job(job)
-        finally:
-            server.stop()
+        store_endpoint.start()
+        return s.wait_job(job)
 
     with s.client(KEY_A) as c:
         back = upload(c, *sets, FAST_OPTIONS).json()["id"]
         assert store_away_then_back(back)["state"] == "succeeded"
-        assert keys(s3_endpoint, prefix=f"{PREFIX}/staging/{back}") == []
+        removed(s3_endpoint, f"{prefix}/staging/{back}/")
 
+        store_endpoint.stop()
         gone = upload(c, *sets, FAST_OPTIONS).json()["id"]
         remove = lambda: [client(s3_endpoint).delete_object(Bucket=BUCKET, Key=k)  # noqa: E731
-                          for k in keys(s3_endpoint, prefix=f"{PREFIX}/staging/{gone}/")]
+                          for k in keys(s3_endpoint, prefix=f"{prefix}/staging/{gone}/")]
         rec = store_away_then_back(gone, remove)
         assert rec["state"] == "failed" and rec["error"]["code"] == "storage_error", rec
         assert "not in the object store" in rec["error"]["message"]
     assert worker.poll() is None
+
+
+@pytest.mark.parametrize("moment", ["the store goes away", "the worker is killed"])
+def test_nothing_staged_outlives_a_job_whose_cleanup_is_cut_short(make_stack, image_sets, s3_endpoint, store_endpoint,
+                                                                   moment):
+    """Between a job's last write and the removal of its staged objects, the store goes away (or the worker
+    dies). The job has ended all the same; its objects are counted on /metrics as waiting, and a worker
+    removes them once the store answers again (or another worker is alive)."""
+    prefix = new_prefix()
+    s = make_stack(**store_env(s3_endpoint, prefix), TRUSTFID_HEARTBEAT_S="0.5")
+    s.start_api()
+    killed = moment == "the worker is killed"
+    store_endpoint.start(trip="hold" if killed else "away")
+    worker = s.start_worker(TRUSTFID_DATA_DIR=str(s.tmp / "machine-1"), TRUSTFID_S3_ENDPOINT_URL=store_endpoint.url)
+    s.wait_ready()
+    with s.client() as c:
+        job = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), FAST_OPTIONS).json()["id"]
+        assert store_endpoint.tripped.wait(240), s.log("worker1.log")  # the first removal reached the store
+        if killed:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+            store_endpoint.release()
+        else:
+            store_endpoint.stop()
+        assert s.wait_job(job)["state"] == "succeeded"
+    staged = f"{prefix}/staging/{job}/"
+    assert len(keys(s3_endpoint, prefix=staged)) == 8  # 4 + 4 uploaded images, still there
+    assert metric(s, "trustfid_cleanup_pending") == 1
+    if killed:  # another worker (another machine, which reaches the store directly) finds them
+        s.start_worker(TRUSTFID_DATA_DIR=str(s.tmp / "machine-2"))
+        s.wait_ready()
+    else:  # the worker tries again while the store is away, and keeps them counted
+        wait_for(lambda: s.log("worker1.log").count(f"could not remove {BUCKET}/{staged.rstrip('/')}") >= 3, 60,
+                 "the worker to try the removal again", log=lambda: s.log("worker1.log"))
+        assert len(keys(s3_endpoint, prefix=staged)) == 8 and metric(s, "trustfid_cleanup_pending") == 1
+        store_endpoint.start()  # back
+    removed(s3_endpoint, staged)
+    wait_for(lambda: metric(s, "trustfid_cleanup_pending") == 0, 10, "the cleanup count back to 0")
 
 
 def test_a_sharded_job_over_workers_on_two_machines_equals_the_unsharded_job(
@@ -221,7 +341,8 @@ def test_a_sharded_job_over_workers_on_two_machines_equals_the_unsharded_job(
     from tests.test_service_shards import _shard_lines
 
     tmp = tmp_path_factory.mktemp("two-machines")
-    s = Stack(redis_url, tmp, **store_env(s3_endpoint))
+    prefix = new_prefix()
+    s = Stack(redis_url, tmp, **store_env(s3_endpoint, prefix))
     machines = [tmp / "machine-1", tmp / "machine-2"]
     try:
         s.start_api()
@@ -249,10 +370,9 @@ def test_a_sharded_job_over_workers_on_two_machines_equals_the_unsharded_job(
         assert strip_timing(reports[0]) == strip_timing(reports[1])
         done = _shard_lines(s, "done")
         assert sum(len(v) for v in done.values()) >= 8 and all(done.values()), done  # 4 + 4 shards, both machines
-        # the store holds nothing of the ended jobs: a shard sent twice that finished after the merge removes
-        # its own copy moments later (worker/shards.py), so this waits for it rather than racing it
-        wait_for(lambda: keys(s3_endpoint, prefix=f"{PREFIX}/staging/") == [], 30, "the store emptied",
-                 log=lambda: str(keys(s3_endpoint, prefix=f"{PREFIX}/staging/")))
+        # the store holds nothing of the ended jobs (a shard sent twice that finished after the merge removes
+        # its own copy moments later: worker/shards.py)
+        removed(s3_endpoint, f"{prefix}/staging/")
         # each machine drops its copies of the ended jobs' inputs and shards
         wait_for(lambda: all(folder_empty(m / "staging") for m in machines), 60, "both machines' sweeps",
                  log=lambda: str([list((m / "staging").iterdir()) for m in machines]))

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.errors import UnavailableError
@@ -42,7 +43,7 @@ def run(w: Worker, record_id: str) -> str:
     if st is None:
         return "gone"  # deleted or expired
     if st.record.state in FINAL_STATES:
-        w.staging.discard(record_id)
+        w.cleanup.clean(st.record.kind, record_id)  # a delivery after its end: anything it left
         return st.record.state
     with w.store.lease(record_id, w.id):
         if st.record.kind == "score" and shards.planned(w, record_id):
@@ -69,17 +70,17 @@ def _run_leased(w: Worker, record_id: str) -> str:
     if st is None or st.record.state in FINAL_STATES:
         return st.record.state if st else "gone"
     if st.record.attempts > w.limits.max_attempts:
-        return after_end(w, w.store.update(record_id, finish("failed", error=JobError(
+        return end(w, st, finish("failed", error=JobError(
             code="worker_lost",
-            message=f"the job was started {st.record.attempts - 1} times and its worker died each time"))))
+            message=f"the job was started {st.record.attempts - 1} times and its worker died each time")))
     hooks = Hooks(w.store, record_id, w.limits)
     try:
-        end = _score(w, st, hooks) if st.record.kind == "score" else _reference(w, st, hooks)
+        outcome = _score(w, st, hooks) if st.record.kind == "score" else _reference(w, st, hooks)
     except Exception as e:
-        end = finish("failed", error=job_error(e, hooks, w.staging, record_id))  # cancelled: a no-op
-    if end is None:
+        outcome = finish("failed", error=job_error(e, hooks, w.staging, record_id))  # cancelled: a no-op
+    if outcome is None:
         return "running"  # sharded: its shards and their merge run it now
-    return after_end(w, w.store.update(record_id, end))
+    return end(w, st, outcome)
 
 
 def _inputs(w: Worker, st: Stored, sides: tuple[str, ...]) -> list[Path]:
@@ -141,15 +142,17 @@ def _reference(w: Worker, st: Stored, hooks: Hooks):
                   progress=Progress(stage="done", images_done=stats.n, images_total=stats.n))
 
 
-def after_end(w: Worker, st: Stored | None) -> str:
-    """After the final state: drop staged inputs, send the callback."""
+def end(w: Worker, st: Stored, outcome: Callable[[Stored], Stored | None]) -> str:
+    """End a record with ``outcome`` (an updater: ``finish(...)``, a no-op once it has ended), then clean
+    up after it: its staged copies (marked for removal before the record is written, so that neither a
+    store that is away at that moment nor this worker dying leaves them behind: app/cleanup.py), its
+    shards' hash, and its callback. Returns the final state."""
+    record_id = st.record.id
+    st = w.cleanup.ending(st.record.kind, record_id, lambda: w.store.update(record_id, outcome))
     if st is None:
         return "gone"
-    w.staging.discard(st.record.id)
     with contextlib.suppress(UnavailableError):
         w.store.forget_shards(st.record.id)
-    if st.record.kind == "reference" and st.record.state != "succeeded":
-        w.staging.remove_reference(st.record.id)
     if getattr(st.record.options, "callback_url", None) and st.record.state in FINAL_STATES:
         try:
             w.queue.send(TASK_CALLBACK, st.record.id)

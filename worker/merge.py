@@ -12,7 +12,7 @@ from trustfid.schemas import Report
 
 from .errors import job_error
 from .hooks import Hooks
-from .jobs import after_end, succeeded
+from .jobs import end, succeeded
 from .process import Worker
 from .shards import local_source, plan_of, planned, shard_path
 
@@ -33,15 +33,15 @@ def _merge(w: Worker, job_id: str) -> str:
         return "gone"
     if not planned(w, job_id):
         return st.record.state  # ended and cleaned up by another merge
-    if st.record.state in FINAL_STATES:  # cancelled while its shards ran
-        return after_end(w, st)
+    if st.record.state in FINAL_STATES:  # cancelled while its shards ran: clean up after it
+        return end(w, st, lambda _: None)
     w.store.set_shards(job_id, {"merge": "started"})
     ready, error = outcome(w, job_id)
     if ready == "waiting":  # a shard runs under another chord, whose merge follows it
         w.store.set_shards(job_id, {"merge": ""})
         return "waiting"
     if error is not None:
-        end = finish("failed", error=error)
+        ending = finish("failed", error=error)
     else:
         images = (st.record.progress.images_total if st.record.progress else None) or 0
 
@@ -50,10 +50,10 @@ def _merge(w: Worker, job_id: str) -> str:
 
         hooks = Hooks(w.store, job_id, w.limits, write=every_image_done)
         try:
-            end = succeeded(w, job_id, report(w, st, hooks))
+            ending = succeeded(w, job_id, report(w, st, hooks))
         except Exception as e:
-            end = finish("failed", error=job_error(e, hooks, w.staging, job_id))
-    return after_end(w, w.store.update(job_id, end))
+            ending = finish("failed", error=job_error(e, hooks, w.staging, job_id))
+    return end(w, st, ending)
 
 
 def outcome(w: Worker, job_id: str) -> tuple[str, JobError | None]:

@@ -12,6 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from app.cleanup import Cleanup
 from app.queue import TASK_REFERENCE, TASK_SCORE, Queue
 from app.services import Services, build
 from app.settings import get_settings
@@ -20,7 +21,7 @@ from app.store import Store
 from trustfid.records import FINAL_STATES
 
 log = logging.getLogger("trustfid.worker")
-SWEEP_HEARTBEATS = 20  # every this many heartbeats a worker looks for staging copies of ended records
+SWEEP_HEARTBEATS = 20  # every this many heartbeats a worker looks for its local copies of ended records
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,15 @@ class Worker:
     def queue(self) -> Queue:
         return self.services.queue
 
+    @property
+    def cleanup(self) -> Cleanup:
+        return self.services.cleanup
+
     def beat(self) -> None:
         """Every heartbeat: say this worker is alive, renew the leases it holds, and queue again any
         record whose lease lapsed (its worker died or was stopped mid-job) — so such a record runs again
         within ``lease_s`` + ``heartbeat_s`` of a worker being alive, whatever the broker's visibility
         timeout."""
-        swept = time.monotonic()
         while not self.stop.is_set():
             try:
                 self.store.heartbeat(self.queue.name, self.id, self.capabilities)
@@ -69,12 +73,24 @@ class Worker:
                 for kind, record_id in self.store.orphans(self.queue.name):
                     log.warning("%s %s lost its worker; queueing it again", kind, record_id)
                     self.queue.send(TASK_SCORE if kind == "score" else TASK_REFERENCE, record_id)
-                if time.monotonic() - swept > SWEEP_HEARTBEATS * self.heartbeat_s:
-                    swept = time.monotonic()
-                    self.staging.sweep(self.over)
             except Exception as e:  # Redis away for a moment, or a lease lost to a lapse: keep going
                 log.warning("heartbeat: %s", e)
             self.stop.wait(min(self.heartbeat_s, self.lease_s / 3))
+
+    def sweep(self) -> None:
+        """In a thread of its own (an object store that is away can take seconds to say so, and must not
+        hold up the heartbeat): every heartbeat, the staged copies of ended records that could not be
+        removed when they ended (app/cleanup.py); every ``SWEEP_HEARTBEATS`` heartbeats, this worker's
+        local copies of ended records (a sharded job's inputs on machines other than the one that ended it)."""
+        local = time.monotonic()
+        while not self.stop.wait(self.heartbeat_s):
+            try:
+                self.cleanup.retry()
+                if time.monotonic() - local > SWEEP_HEARTBEATS * self.heartbeat_s:
+                    local = time.monotonic()
+                    self.staging.sweep(self.over)
+            except Exception as e:  # Redis away for a moment: next time
+                log.warning("sweep: %s", e)
 
     def over(self, record_id: str, mtime: float) -> bool:
         """Whether this worker's staging copy of a record can go: the record ended, or it is gone and the
@@ -99,6 +115,7 @@ def current() -> Worker:
                             heartbeat_s=settings.heartbeat_s, lease_s=settings.lease_s, stop=threading.Event(),
                             capabilities=capabilities())
             threading.Thread(target=worker.beat, name="trustfid-heartbeat", daemon=True).start()
+            threading.Thread(target=worker.sweep, name="trustfid-sweep", daemon=True).start()
             _current = (os.getpid(), worker)
         return _current[1]
 

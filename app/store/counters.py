@@ -66,6 +66,7 @@ class Counters:
             pipe.get(keys.images(kind))
         pipe.llen(queue)
         pipe.zcount(keys.workers(queue), time.time() - self.worker_ttl, "+inf")
+        pipe.zcard(keys.cleanup(queue))
         res = iter(execute(pipe))
         out: dict = {"active": {}, "finished": {}, "duration": {}, "queue_wait": {}, "images": {}}
         for kind in KINDS:
@@ -76,4 +77,5 @@ class Counters:
             out["images"][kind] = int(next(res) or 0)
         out["queue_depth"] = next(res)
         out["workers"] = next(res)
+        out["cleanup_pending"] = next(res)
         return out

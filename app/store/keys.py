@@ -69,6 +69,12 @@ def shards(job_id: str) -> str:
     return f"{P}shards:{job_id}"
 
 
+def cleanup(queue: str) -> str:
+    """Records of a queue whose staged copies are still to be removed ("<kind>:<id>"), scored by the time
+    they were marked (app/cleanup.py)."""
+    return f"{P}cleanup:{queue}"
+
+
 def finished(kind: str) -> str:
     return f"{P}metrics:finished:{kind}"
 

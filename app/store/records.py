@@ -126,6 +126,17 @@ class Records:
         pipe.srem(keys.state(rec.kind, rec.state), rec.id)
         execute(pipe)
 
+    # --- records whose staged copies are still to be removed (app/cleanup.py) ------------------------
+    def mark_cleanup(self, queue: str, kind: str, id_: str) -> None:
+        call(self.r.zadd, keys.cleanup(queue), {f"{kind}:{id_}": time.time()}, nx=True)
+
+    def unmark_cleanup(self, queue: str, kind: str, id_: str) -> None:
+        call(self.r.zrem, keys.cleanup(queue), f"{kind}:{id_}")
+
+    def marked_cleanup(self, queue: str, limit: int = 1000) -> list[tuple[str, str]]:
+        """(kind, id) of the queue's marked records, the longest marked first."""
+        return [tuple(m.split(":", 1)) for m in call(self.r.zrange, keys.cleanup(queue), 0, limit - 1)]
+
     def list(self, owner: str, kind: str, *, tags: list[str] | None = None, limit: int = 50) -> list[Stored]:
         """The owner's records of one kind, newest first; with tags, those carrying all of them.
         Index entries of expired records are dropped on the way."""
