@@ -80,6 +80,15 @@ def wait_for(pred, timeout: float = 120, what: str = "condition", log=lambda: ""
         time.sleep(0.1)
 
 
+def part_way(record: dict, at_least: int = 1) -> bool:
+    """Whether a job is running with ``at_least`` images done. A job that has ended already fails the test at
+    once, saying so: a fault test meant to strike mid-job missed its moment (its job was too short for the
+    machine), which waiting out a timeout would only hide."""
+    assert record["state"] in ("queued", "running"), f"the job ended before the test could act mid-job: {record}"
+    p = record.get("progress") or {}
+    return record["state"] == "running" and p.get("images_done", 0) >= at_least
+
+
 class Stack:
     """One service: its own queue and data dir in the shared Redis; worker and API processes."""
 

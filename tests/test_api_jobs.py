@@ -6,10 +6,13 @@ import html
 import os
 import shutil
 import subprocess
+import uuid
 
 import pytest
 
 from tests.conftest import FAST_OPTIONS, KEY_B, pngs, strip_timing, upload
+
+RUN = f"run=jobs-{uuid.uuid4().hex[:8]}"  # a tag of this module's own on the shared stack
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def engine_report(image_sets):
 def finished_job(stack, image_sets):
     with stack.client() as c:
         r = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]),
-                   {**FAST_OPTIONS, "tags": ["run=e2e", "step=100"]})
+                   {**FAST_OPTIONS, "tags": [RUN, "step=100"]})
     assert r.status_code == 202, r.text
     return r, stack.wait_job(r.json()["id"])
 
@@ -52,14 +55,14 @@ def test_job_list_by_tag_newest_first(stack, finished_job, image_sets):
     _, first = finished_job
     with stack.client() as c:
         r = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]),
-                   {**FAST_OPTIONS, "tags": ["run=e2e", "step=200"]})
+                   {**FAST_OPTIONS, "tags": [RUN, "step=200"]})
         second = r.json()["id"]
-        listed = c.get("/v1/jobs", params={"tag": "run=e2e"}).json()["jobs"]
+        listed = c.get("/v1/jobs", params={"tag": RUN}).json()["jobs"]
         assert [j["id"] for j in listed][:2] == [second, first["id"]]
         assert listed[1]["headline"]["text"] == first["headline"]["text"]
-        only = c.get("/v1/jobs", params=[("tag", "run=e2e"), ("tag", "step=100")]).json()["jobs"]
+        only = c.get("/v1/jobs", params=[("tag", RUN), ("tag", "step=100")]).json()["jobs"]
         assert [j["id"] for j in only] == [first["id"]]
-        assert c.get("/v1/jobs", params={"tag": "run=other"}).json()["jobs"] == []
+        assert c.get("/v1/jobs", params={"tag": f"{RUN}-none"}).json()["jobs"] == []
         assert len(c.get("/v1/jobs", params={"limit": 1}).json()["jobs"]) == 1
     stack.wait_job(second)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import pytest
 
@@ -12,7 +13,7 @@ from tests.conftest import FAST_OPTIONS, KEY_A, KEY_B, ROOT, pngs, upload
 from trustfid.client import Client
 from trustfid.records import Series, SeriesPoint
 
-RUN = "run=series-test"
+RUN = f"run=series-{uuid.uuid4().hex[:8]}"  # the shared stack's other tests cannot see this run, nor it theirs
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def run_jobs(stack, image_sets):
     """Jobs of one run submitted out of step order (30, 10, 20, 20), one without a step, one of another
     run, one cancelled; returns {label: finished record}."""
     specs = [("s30", [RUN, "step=30"]), ("s10", [RUN, "step=10"]), ("s20a", [RUN, "step=20"]),
-             ("s20b", [RUN, "step=20"]), ("nostep", [RUN]), ("other", ["run=other", "step=1"])]
+             ("s20b", [RUN, "step=20"]), ("nostep", [RUN]), ("other", [f"{RUN}-other", "step=1"])]
     ids = {}
     with stack.client() as c:
         for label, tags in specs:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, wait_for, write_images
+from tests.conftest import FAST_OPTIONS, part_way, pngs, strip_timing, upload, wait_for, write_images
 
 OPTIONS = {**FAST_OPTIONS, "top_k": 10}  # top_k >= set size: the report lists every image's latent variance
 SHARDED = {**OPTIONS, "shard_size": 3}
@@ -32,8 +32,8 @@ def sets(tmp_path_factory):
 
 def _wait_extracting(s, c, job: str) -> None:
     """Until the job record shows an image done (progress is written at most every 0.5 s)."""
-    wait_for(lambda: (p := c.get(f"/v1/jobs/{job}").json().get("progress") or {}).get("stage") == "extracting"
-             and p.get("images_done", 0) >= 1, what="an image done", log=lambda: s.log("worker1.log"))
+    wait_for(lambda: part_way(rec := c.get(f"/v1/jobs/{job}").json()) and rec["progress"]["stage"] == "extracting",
+             what="an image done", log=lambda: s.log("worker1.log"))
 
 
 def _shard_lines(s, state: str) -> dict[str, list[str]]:

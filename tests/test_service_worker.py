@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, pngs, strip_timing, upload, wait_for, write_images
+from tests.conftest import FAST_OPTIONS, part_way, pngs, strip_timing, upload, wait_for, write_images
 
 SLOW = {**FAST_OPTIONS, "batch_size": 2}  # many small batches: progress to watch, and places to stop
 
@@ -29,11 +29,8 @@ def test_job_survives_kill_9_of_its_worker(make_stack, bigger_sets):
     with s.client() as c:
         job = upload(c, real, gen, SLOW).json()["id"]
 
-        def mid_job():
-            rec = c.get(f"/v1/jobs/{job}").json()
-            p = rec.get("progress") or {}
-            return rec["state"] == "running" and p.get("images_done", 0) >= 2 and rec
-        wait_for(mid_job, what="the job to be part-way")
+        wait_for(lambda: part_way(c.get(f"/v1/jobs/{job}").json(), 2), what="the job to be part-way",
+                 log=lambda: s.log("worker1.log"))
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert c.get(f"/v1/jobs/{job}").json()["state"] == "running"  # the record still says so: nobody knows yet
