@@ -10,4 +10,4 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v pdftotext >/dev/null 2>
   if [ "$(id -u)" = 0 ]; then (apt-get install -y -q chromium poppler-utils >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium poppler-utils >/dev/null; }); fi
 fi
 "${TRUSTFID_VENV:-.venv}/bin/ruff" check .
-exec "${TRUSTFID_VENV:-.venv}/bin/python" -m pytest -ra "$@"
+exec "${TRUSTFID_VENV:-.venv}/bin/python" -m pytest -ra --durations=15 "$@"
