@@ -216,7 +216,7 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
             fid: bool | None = None, radiomics: bool | None = None) -> SetStats:
     """Statistics of one set: plain pass plus T MC passes, per-image latent variance; with the FRD, the
     radiomic features' statistics. ``fid`` / ``radiomics`` (default: what ``options.metrics`` asks for;
-    "frd:auto" computes the radiomics in a later pass, ``frd_pass``) choose what runs: without ``fid``
+    "frd:auto" computes the radiomics in a later pass, ``frd_auto``) choose what runs: without ``fid``
     the FID network is not even loaded.
     ``first_index`` offsets image indices when a set is sharded (per-image masks depend on it); a
     shard (inputs.SetShard) may hold fewer than MIN_IMAGES (``min_images=0``), the merged set may not.
@@ -313,11 +313,9 @@ def compute_stats(source, options: ScoreOptions | dict | None = None, *, extract
                   set_name: str = "real") -> SetStats:
     """One set's statistics, to save as a reference (``trustfid stats``). With frd:auto its radiomic
     features are added when the set itself is outside the FID network's domain."""
-    stats = extract(source, set_name, options, extractor=extractor, progress=progress, should_cancel=should_cancel)
-    if "frd:auto" in metrics_of(options):
-        ex, resolved, _ = load_extractor(options, extractor)
-        if reference_outside(stats, stats, resolved, ex):
-            frd_pass({set_name: stats}, {set_name: source}, resolved, progress=progress, should_cancel=should_cancel)
+    ex, options, _ = job_extractor(options, extractor)
+    stats = extract(source, set_name, options, extractor=ex, progress=progress, should_cancel=should_cancel)
+    frd_auto({set_name: stats}, {set_name: source}, options, ex, progress=progress, should_cancel=should_cancel)
     return stats
 
 
@@ -342,8 +340,7 @@ def score(real, generated, options: ScoreOptions | dict | None = None, *, extrac
     sides = {set_name: extract(source, set_name, options, extractor=ex, progress=progress,
                                should_cancel=should_cancel, images=opened[set_name])
              for set_name, source in sources.items()}
-    if options.frd_mode == "auto" and reference_outside(sides["real"], sides["generated"], options, ex):
-        frd_pass(sides, sources, options, progress=progress, should_cancel=should_cancel)
+    frd_auto(sides, sources, options, ex, progress=progress, should_cancel=should_cancel)
     t_extract = time.perf_counter() - t0 - t_load
     return report_from_stats(sides["real"], sides["generated"], options, ex, device, load_s=t_load,
                              extract_s=t_extract, progress=progress)
@@ -370,16 +367,20 @@ def check_saved(sources: dict, options: ScoreOptions, ex: Extractor | None) -> N
                             radiomics_provenance(options.frd_reading))
 
 
-def reference_outside(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor) -> bool:
-    """Whether the domain check finds the reference set outside the FID network's domain (frd:auto)."""
+def frd_auto(sides: dict[str, SetStats], sources: dict, options: ScoreOptions, ex: Extractor | None,
+             **kwargs) -> None:
+    """frd:auto, once the FID's statistics are in ``sides``: when the domain check finds the reference (the
+    real set; a lone set is its own reference) outside the FID network's domain, a second pass computes the
+    radiomic features of each set that lacks them and whose images are at hand (saved statistics without
+    them stay without; the report then says so). ``kwargs``: extract's progress and should_cancel."""
+    if options.frd_mode != "auto" or ex is None:
+        return
     from .trust import OUTSIDE, domain_assessment
 
-    return domain_assessment(rep.domain(r, g, ex.weights_sha256, options.resize, options.top_k))[0] == OUTSIDE
-
-
-def frd_pass(sides: dict[str, SetStats], sources: dict, options: ScoreOptions, **kwargs) -> None:
-    """frd:auto's second pass: the radiomic features of each set whose statistics lack them and whose
-    images are at hand (saved statistics without them stay without; the report then says so)."""
+    real = sides["real"] if "real" in sides else next(iter(sides.values()))
+    domain = rep.domain(real, sides.get("generated", real), ex.weights_sha256, options.resize, options.top_k)
+    if domain_assessment(domain)[0] != OUTSIDE:
+        return
     for set_name, source in sources.items():
         if sides[set_name].radiomics is None and is_image_source(source):
             sides[set_name].radiomics = extract(source, set_name, options, fid=False, radiomics=True,
@@ -409,18 +410,49 @@ def frd_of(r: SetStats, g: SetStats, options: ScoreOptions, outside: bool):
 def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor | None, device: torch.device, *,
                       load_s: float, extract_s: float, progress: ProgressFn | None = None) -> Report:
     """The report of two sets' statistics, however they were made (one pass, merged shards, saved
-    files, a Metric); ``options`` already resolved for ``ex`` (None when metrics leave fid out).
-    Statistics of another network or of other number-changing options are refused
-    (IncompatibleStatsError)."""
-    if ex is None:
-        return _frd_report(r, g, options, device, load_s=load_s, extract_s=extract_s, progress=progress)
-    expected = provenance(ex.weights_sha256, options)
-    check_compatible(r.provenance, expected, "statistics and options")
-    check_compatible(g.provenance, expected, "statistics and options")
+    files, a Metric); ``options`` already resolved for ``ex`` (None when metrics leave fid out: then the
+    FID's sections, the domain check and the trust level are null). Statistics of another network or of
+    other number-changing options are refused (IncompatibleStatsError)."""
+    if ex is not None:
+        expected = provenance(ex.weights_sha256, options)
+        check_compatible(r.provenance, expected, "statistics and options")
+        check_compatible(g.provenance, expected, "statistics and options")
     t0 = time.perf_counter()
+    passes = options.passes if ex is not None else 0
     if progress:
-        progress(Progress(stage="frechet", passes=options.passes))
+        progress(Progress(stage="frechet", passes=passes))
+    sections = _fid_sections(r, g, options, ex, device, progress) if ex is not None else _NO_FID
+    trust = sections["trust"]
+    outside = trust is not None and trust.reference_domain == "outside"
+    frd, _ = frd_of(r, g, options, outside)
+    if outside:
+        rep.point_to_frd(trust, frd, options.frd_mode)
+    result = Report(
+        counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
+        config=options, intensity={"real": r.intensity, "generated": g.intensity}, device=str(device),
+        timing=_timing(load_s, extract_s, time.perf_counter() - t0, r.n + g.n),
+        headline=rep.headline(sections["fid"], sections["fid_mc"], sections["boot_samples"], sections["feature_rows"],
+                              frd),
+        frd=frd, **{k: v for k, v in sections.items() if k != "boot_samples"},
+    )
+    if progress:
+        progress(Progress(stage="done", passes=passes))
+    return result
+
+
+# The report's FID sections when metrics leave fid out: no network ran, so no domain check and no trust level.
+_NO_FID = dict(fid=None, fid_mc=None, fid_bootstrap=None, boot_samples=None, latent_variance=None, trust=None,
+               feature_rows=None, preprocessing="none: the FID network did not run (metrics: frd)",
+               model=ModelInfo(name="none (metrics: frd)", weights_sha256="", weights_source=""))
+
+
+def _fid_sections(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor, device: torch.device,
+                  progress: ProgressFn | None) -> dict:
+    """The FID and everything read from the network's features: the MC-dropout distribution, the bootstrap
+    (and its samples, for the headline), latent variance, KID, FID∞, the domain check and the trust level."""
     from .frechet import CPU, frechet_distance
+    from .kid import fid_infinity, kid
+
     where = device if device.type == "cuda" else CPU  # the float64 linear algebra on the job's GPU
     fid = frechet_distance(r.plain.gaussian(), g.plain.gaussian(), where)
     mc = rep.fid_mc(r, g, where)
@@ -429,55 +461,20 @@ def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extra
     boot, boot_samples = rep.bootstrap(r, g, options.bootstrap_resamples, options.seed)
     lv = rep.latent_variance(r, g, options.top_k)
     rows = rep.feature_rows(r, g, options.max_feature_rows)
-    from .kid import fid_infinity, kid
     kid_value = kid(r.feature_rows(), g.feature_rows(), options.kid_subsets, options.kid_subset_size, options.seed)
     fid_inf = fid_infinity(r.feature_rows(), g.feature_rows(), options.seed)
     dom = rep.domain(r, g, ex.weights_sha256, options.resize, options.top_k)
-    trust = rep.trust(fid, mc, boot, dom, r, g)
-    frd, _ = frd_of(r, g, options, trust.reference_domain == "outside")
-    if trust.reference_domain == "outside":
-        rep.point_to_frd(trust, frd, options.frd_mode)
-
-    result = Report(
-        fid=fid, fid_mc=mc, fid_bootstrap=boot, latent_variance=lv, trust=trust,
-        counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
-        config=options,
-        preprocessing=describe(options.resize, ex.input_size, ex.input_range_for(options.resize)),
-        intensity={"real": r.intensity, "generated": g.intensity},
-        model=model_info(ex), device=str(device),
-        timing=_timing(load_s, extract_s, time.perf_counter() - t0, r.n + g.n),
-        headline=rep.headline(fid, mc, boot_samples, rows, frd), kid=kid_value, fid_infinity=fid_inf,
-        feature_rows=rows, domain=dom, frd=frd,
-    )
-    if progress:
-        progress(Progress(stage="done", passes=options.passes))
-    return result
+    return dict(fid=fid, fid_mc=mc, fid_bootstrap=boot, boot_samples=boot_samples, latent_variance=lv,
+                feature_rows=rows, kid=kid_value, fid_infinity=fid_inf, domain=dom,
+                trust=rep.trust(fid, mc, boot, dom, r, g),
+                preprocessing=describe(options.resize, ex.input_size, ex.input_range_for(options.resize)),
+                model=model_info(ex))
 
 
 def _timing(load_s: float, extract_s: float, frechet_s: float, images: int) -> Timing:
     return Timing(load_s=load_s, extract_s=extract_s, frechet_s=frechet_s, total_s=load_s + extract_s + frechet_s,
                   images_per_s=images / extract_s if extract_s > 0 else 0.0,
                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-
-
-def _frd_report(r: SetStats, g: SetStats, options: ScoreOptions, device: torch.device, *, load_s: float,
-                extract_s: float, progress: ProgressFn | None) -> Report:
-    """The report of metrics without fid: the FRD alone (no FID network, no domain check, no trust level)."""
-    t0 = time.perf_counter()
-    if progress:
-        progress(Progress(stage="frechet"))
-    frd, _ = frd_of(r, g, options, outside=False)
-    result = Report(
-        fid=None, fid_mc=None, fid_bootstrap=None, latent_variance=None, trust=None,
-        counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
-        config=options, preprocessing="none: the FID network did not run (metrics: frd)",
-        intensity={"real": r.intensity, "generated": g.intensity},
-        model=ModelInfo(name="none (metrics: frd)", weights_sha256="", weights_source=""), device=str(device),
-        timing=_timing(load_s, extract_s, time.perf_counter() - t0, r.n + g.n),
-        headline=rep.headline(None, None, None, None, frd), frd=frd)
-    if progress:
-        progress(Progress(stage="done"))
-    return result
 
 
 def inspect(source, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,

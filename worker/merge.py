@@ -71,7 +71,7 @@ def outcome(w: Worker, job_id: str) -> tuple[str, JobError | None]:
 
 def report(w: Worker, st: Stored, hooks: Hooks) -> Report:
     """The job's report from its shards' statistics, fetched here and merged in shard order."""
-    from trustfid.pipeline import extract, frd_pass, job_extractor, reference_outside, report_from_stats
+    from trustfid.pipeline import extract, frd_auto, job_extractor, report_from_stats
     from trustfid.shards import merge_set
     from trustfid.stats import load_stats
 
@@ -90,9 +90,8 @@ def report(w: Worker, st: Stored, hooks: Hooks) -> Report:
                  for shard in layout.shard_ids() if shard.set_name == set_name]
         sides[set_name] = merge_set(source, set_name, options, info.shards, (load_stats(f) for f in files),
                                     extractor=ex, should_cancel=hooks.should_cancel)
-    if options.frd_mode == "auto" and reference_outside(sides["real"], sides["generated"], options, ex):
-        # frd:auto learns only now that the FRD is wanted: its radiomics run here, over each whole set
-        frd_pass(sides, sources, options, progress=hooks.progress, should_cancel=hooks.should_cancel)
+    # frd:auto learns only now whether the FRD is wanted: its radiomics run here, over each whole set
+    frd_auto(sides, sources, options, ex, progress=hooks.progress, should_cancel=hooks.should_cancel)
     extract_s = max(time.time() - (st.record.started_at or time.time()) - load_s, 1e-9)
     return report_from_stats(sides["real"], sides["generated"], options, ex, device, load_s=load_s,
                              extract_s=extract_s, progress=hooks.progress)
