@@ -193,3 +193,8 @@ def test_a_medical_reference_gets_the_frd_in_the_same_report_and_the_reason_poin
     assert plain.frd is None and plain.trust.reference_domain == "natural", plain.trust.reasons
     asked = score(medical, natural_b, {**opts, "metrics": ["fid"]})
     assert asked.frd is None and "add frd to metrics" in asked.trust.reasons[0]
+    # a reference saved with frd:auto (trustfid stats) carries the radiomics when it is outside, and serves
+    # later jobs with the same FRD; a natural one does not
+    saved = compute_stats(medical, opts)
+    assert saved.radiomics is not None and compute_stats(natural_a, opts).radiomics is None
+    assert score(saved, natural_b, opts).frd.value == pytest.approx(rep.frd.value, rel=1e-9)
