@@ -169,7 +169,8 @@ class UriPolicy:
         address rules of http(s) inputs do not apply to it, and to nothing else because of it."""
         parsed = DicomWebUri.parse(uri, what)
         if self.pacs.server_for(parsed) is None:
-            raise ForbiddenURLError(f"{what}: {self.pacs.why_not_configured(parsed)}", code="unknown_pacs")
+            raise ForbiddenURLError(f"{what}: cannot read {parsed.target}: {self.pacs.why_not_configured(parsed)}",
+                                    code="unknown_pacs")
 
     # --- fetching -----------------------------------------------------------------------------------
     def _fetch_http(self, uri: str, target: Path, what: str) -> None:

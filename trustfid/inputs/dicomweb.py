@@ -354,7 +354,7 @@ def _refused(uri: DicomWebUri, server: DicomWebServer | None, status: int, what:
         signed = "no credentials are configured for it (TRUSTFID_DICOMWEB_SERVERS)"
     else:
         signed = ("it refused the bearer token configured for it" if server.token is not None
-                  else f"it refused the password of user {server.username!r} configured for it")
+                  else "it refused the user name and password configured for it")
         signed += " (TRUSTFID_DICOMWEB_SERVERS): the operator should renew it, or grant it access"
     return f"{what}: the PACS at {uri.where} refused access to {uri.target} (HTTP {status}): {signed}"
 
