@@ -212,12 +212,13 @@ def test_retrieved_instances_are_removed_when_the_job_ends(pacs_job, pacs_stack)
 
 
 def test_a_whole_study_registers_as_a_reference_without_its_sr(pacs, pacs_stack):
-    with pacs_stack.client() as c:
-        r = c.post("/v1/references", json={"source": {"uri": uri(pacs)}, "options": FAST_OPTIONS})
-        assert r.status_code == 202, r.text
-        assert r.json()["source"]["files"] == 10  # 6 + 4 image instances; the SR is not an image
-        ref = pacs_stack.wait_job(r.json()["id"], path="/v1/references/")
-    assert ref["state"] == "succeeded" and ref["images"] == 12, ref  # every image and frame of both series
+    from trustfid import Client
+
+    with Client(pacs_stack.url, KEY_A) as client:  # the client sends a DICOMweb URI for the service to read
+        ref = client.register_reference(uri(pacs), FAST_OPTIONS, wait=True)
+        assert ref.status().source.files == 10  # 6 + 4 image instances, listed at submission; the SR is no image
+        record = ref.wait(timeout=240).status()
+    assert record.state == "succeeded" and record.images == 12, record  # every image and frame of both series
 
 
 def refused(r: httpx.Response, status: int, code: str, *must: str) -> str:

@@ -33,6 +33,7 @@ import contextlib
 import functools
 import inspect
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,8 +134,10 @@ class Instance(NamedTuple):
 
 
 def _value(row: dict, tag: str):
-    values = (row.get(tag) or {}).get("Value") or []
-    return values[0] if values else None
+    """The first value of ``tag`` in a DICOM JSON dataset; None when absent or not in that form."""
+    element = row.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values[0] if isinstance(values, list) and values and isinstance(values[0], (str, int, float)) else None
 
 
 class _Bytes:
@@ -233,8 +236,10 @@ class Pacs:
 
     def fetch(self, uri: str, dest: Path, what: str) -> Path:
         """Retrieve the image instances of ``uri`` (WADO-RS, as stored) into ``dest`` as
-        ``SERIES_UID/SOP_UID.dcm``; returns ``dest``, the folder the engine reads."""
+        ``SERIES_UID/SOP_UID.dcm``; returns ``dest``, the folder the engine reads. ``dest`` is emptied
+        first: a job delivered again reads what the PACS holds now, nothing left from before."""
         parsed = DicomWebUri.parse(uri, what)
+        shutil.rmtree(dest, ignore_errors=True)
         with self._client(parsed, what) as client:
             for inst in self._images(client, parsed, what):
                 ds = self._talk(parsed, what, lambda i=inst: client.retrieve_instance(parsed.study, i.series, i.sop))
@@ -249,6 +254,9 @@ class Pacs:
             page = self._talk(uri, what, lambda: client.search_for_instances(
                 uri.study, uri.series, fields=[SERIES_UID, SOP_CLASS, INSTANCE_NUMBER, ROWS], limit=PAGE,
                 offset=len(found)))
+            if not isinstance(page, list) or not all(isinstance(row, dict) for row in page):
+                raise PacsError(f"{what}: the PACS at {uri.where} answered the search for {uri.target} with "
+                                "something that is not a DICOM JSON list", code="pacs_bad_answer", status=502)
             new = [inst for row in page if (inst := self._instance(row, uri, what)).sop not in found]
             if not new:
                 break
@@ -310,7 +318,11 @@ class Pacs:
         budget = _Bytes(self.max_bytes, lambda: (
             f"{what}: {uri.target} on {uri.where} is larger than {plural(self.max_bytes, 'byte')}, over the limit; "
             f"name one series, or raise the limit ({self.bytes_setting})"))
-        client = DICOMwebClient(uri.base, session=session, timeout=self.timeout_s, callback=budget)
+        try:
+            client = DICOMwebClient(uri.base, session=session, timeout=self.timeout_s, callback=budget)
+        except ValueError:
+            raise InputError(f"{what}: {uri.base} is not a base URL dicomweb-client can use",
+                             code="forbidden_uri") from None
         client.set_http_retry_params(retry=False)  # urllib3's Retry above does it, for connection errors too
         with session:
             yield client
