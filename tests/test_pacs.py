@@ -103,6 +103,28 @@ def test_the_cli_scores_a_pacs_series_as_the_same_files_from_a_folder(pacs, fold
     assert not list((tmp_path / "tmp").glob("trustfid-dicomweb-*"))  # the retrieved instances went with the call
 
 
+def test_the_library_reads_a_pacs_set_into_a_temporary_folder_it_removes_however_the_call_ends(
+        pacs, tmp_path, monkeypatch):
+    import tempfile
+
+    from trustfid.inputs.dicomweb import local_copies
+    from trustfid.settings import get_engine_settings
+
+    monkeypatch.setenv("TRUSTFID_DICOMWEB_SERVERS", configured(pacs))  # the operator's settings sign it in
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    get_engine_settings.cache_clear()
+    try:
+        with local_copies({"real": uri(pacs, REAL), "generated": "other/folder"}) as local:
+            assert local["generated"] == "other/folder"  # anything but a DICOMweb URI is left as given
+            assert local["real"].is_relative_to(tmp_path) and len(list(local["real"].rglob("*.dcm"))) == 6
+        assert not local["real"].exists()
+        with pytest.raises(RuntimeError), local_copies({"real": uri(pacs, REAL)}) as local:
+            raise RuntimeError("the engine failed half-way")
+        assert not local["real"].exists() and not list(tmp_path.glob("trustfid-dicomweb-*"))
+    finally:
+        get_engine_settings.cache_clear()
+
+
 def test_the_cli_says_the_pacs_refused_its_credentials_without_echoing_them(pacs, tmp_path):
     r = cli(["score", uri(pacs, REAL), uri(pacs, GENERATED), "-q"],
             {"TRUSTFID_DICOMWEB_SERVERS": configured(pacs, username=USER, password=PASSWORD + "-old")}, tmp_path)
