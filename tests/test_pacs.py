@@ -39,12 +39,15 @@ def pacs(tmp_path_factory):
     frames (the generated series), and a Basic Text SR; the same images as folders of files."""
     folder = tmp_path_factory.mktemp("orthanc")
     o = Orthanc(folder)
-    real = ct_series(STUDY, REAL, seed=1, singles=6)
-    generated = ct_series(STUDY, GENERATED, seed=2, singles=3, frames=3, blur=True)
-    o.store(real + generated + sr_series(STUDY, SR))
-    o.folders = {"real": as_folder(real, folder / "real"), "generated": as_folder(generated, folder / "generated")}
-    yield o
-    o.stop()
+    try:  # stopped however the set-up ends
+        real = ct_series(STUDY, REAL, seed=1, singles=6)
+        generated = ct_series(STUDY, GENERATED, seed=2, singles=3, frames=3, blur=True)
+        o.store(real + generated + sr_series(STUDY, SR))
+        o.folders = {"real": as_folder(real, folder / "real"),
+                     "generated": as_folder(generated, folder / "generated")}
+        yield o
+    finally:
+        o.stop()
 
 
 def uri(o: Orthanc, series: str | None = None, study: str = STUDY, scheme: str = "dicomweb+http",
