@@ -59,15 +59,19 @@ class Orthanc:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(self.url + "/system", auth=(USER, PASSWORD), timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "Orthanc did not start:\n" + self.log.read_text(errors="replace")
-            time.sleep(0.1)
+        try:
+            while True:
+                try:
+                    if httpx.get(self.url + "/system", auth=(USER, PASSWORD), timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert self.proc.poll() is None, self.log.read_text(errors="replace")[-3000:]
+                assert time.monotonic() < deadline, "Orthanc did not start:\n" + self.log.read_text(errors="replace")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
 
     def store(self, datasets) -> None:
         """Each pydicom dataset through Orthanc's REST API, as a DICOM file."""
