@@ -24,8 +24,9 @@ COPY worker ./worker
 
 FROM base AS api
 # DL3013 (pin versions in pip): "." is this project; its dependencies carry ranges in pyproject.toml.
+# dicomweb: the API lists a PACS study or series at submission (docs/API.md, "Sets in a PACS").
 # hadolint ignore=DL3013
-RUN pip install ".[s3]"
+RUN pip install ".[s3,dicomweb]"
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
@@ -51,7 +52,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
  && pip install "numpy>=1.24" setuptools wheel versioneer \
  && pip install --no-build-isolation "pyradiomics>=3.0.1,<4" \
  && pip install --no-deps "frd-score>=1.0.1,<2" \
- && pip install ".[engine-libs,headless,s3]" "SimpleITK>=2.3" \
+ && pip install ".[engine-libs,headless,s3,dicomweb]" "SimpleITK>=2.3" \
  && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 USER 10001
 EXPOSE 8000

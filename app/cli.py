@@ -46,7 +46,7 @@ def cmd_healthcheck(args) -> int:
 
 def cmd_submit(args) -> int:
     from trustfid import Client
-    from trustfid.cli import summary, write_json
+    from trustfid.cli import render, write_json
 
     try:
         options = json.loads(args.options) if args.options else {}
@@ -76,7 +76,7 @@ def cmd_submit(args) -> int:
         finally:
             watch.close()
     write_json(args.json, report)
-    print(report.model_dump_json(indent=2) if args.json == "-" else summary(report))
+    print(job.fhir().model_dump_json(indent=2) if args.format == "fhir" else render(report, args.format, args.json))
     return 0
 
 
@@ -106,7 +106,7 @@ def _side(value: str):
 
 
 def add_service_commands(sub) -> None:
-    from trustfid.cli import EXIT_CODES
+    from trustfid.cli import EXIT_CODES, add_format
 
     def listen_options(p) -> None:
         p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need API keys)")
@@ -141,7 +141,8 @@ def add_service_commands(sub) -> None:
 
     p = sub.add_parser("submit", help="send a job to a running service (TRUSTFID_URL, TRUSTFID_API_KEY)",
                        epilog=EXIT_CODES)
-    p.add_argument("real", help="folder, archive, .npy/.npz, image file, URI, or ref:<reference id>")
+    p.add_argument("real", help="folder, archive, .npy/.npz, image file, URI (file://, http(s)://, s3://, "
+                   "dicomweb+https://: the service fetches it), or ref:<reference id>")
     p.add_argument("generated", help="same choices as REAL")
     p.add_argument("--url", help="service URL (default TRUSTFID_URL or http://127.0.0.1:8000)")
     p.add_argument("--api-key", help="API key (default TRUSTFID_API_KEY)")
@@ -154,6 +155,7 @@ def add_service_commands(sub) -> None:
                    "summary `trustfid score` prints")
     p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds (exit 3)")
     p.add_argument("--json", metavar="PATH", help="with --wait: write the report as JSON ('-' = print it)")
+    add_format(p)
     p.add_argument("-q", "--quiet", action="store_true", help="with --wait: no progress")
     p.set_defaults(func=cmd_submit)
 

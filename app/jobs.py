@@ -83,8 +83,8 @@ class Jobs:
                                     code="reference_not_ready")
             info = InputInfo(kind="reference", reference_id=ref.reference_id, files=st.record.images)
             return info, "reference:" + ref.reference_id, st.record.options
-        self.inputs.uris.check_uri(ref.uri, side)
-        return InputInfo(kind="uri", uri=ref.uri), "uri:" + ref.uri, None
+        files = self.inputs.uris.check_input(ref.uri, side)
+        return InputInfo(kind="uri", uri=ref.uri, files=files), "uri:" + ref.uri, None
 
     def _uploaded(self, staged: StagedSet, side: str, root):
         """A checked upload, and its place for the worker: ``staged:`` + its path in the record's staging

@@ -24,6 +24,7 @@ from app.queue import Queue, make_celery, routes
 from app.settings import Settings
 from app.staging import S3, Staging
 from app.store import Store, connect, connect_async
+from trustfid.inputs.dicomweb import Pacs
 
 # A worker's Redis commands are retried through a Redis restart for about this long, not failed.
 WORKER_REDIS_RETRY_S = 60
@@ -50,7 +51,9 @@ def build(settings: Settings, *, worker: bool = False) -> Services:
                      file_roots=tuple(settings.file_roots), url_hosts=tuple(settings.url_hosts),
                      allow_private_urls=settings.allow_private_urls, s3_enabled=settings.s3_enabled, s3=s3,
                      staging_bucket=staging.bucket, fetch_timeout_s=settings.fetch_timeout_s,
-                     callback_hosts=tuple(settings.callback_hosts))
+                     callback_hosts=tuple(settings.callback_hosts),
+                     pacs=Pacs.of(settings, max_bytes=settings.max_upload_bytes,
+                                  bytes_setting="TRUSTFID_MAX_UPLOAD_BYTES"))
     inputs = InputPolicy(limits=settings.limits, max_upload_bytes=settings.max_upload_bytes,
                          max_files_per_set=settings.max_files_per_set,
                          upload_idle_timeout_s=settings.upload_idle_timeout_s,

@@ -86,6 +86,17 @@ def test_bearer_scheme_and_the_signed_callback(doc):
     assert headers == {"x-trustfid-timestamp", "x-trustfid-signature"}
 
 
+def test_the_report_is_documented_as_json_html_and_fhir(doc):
+    op = doc["paths"]["/v1/jobs/{job_id}/report"]["get"]
+    (fmt,) = [p for p in op["parameters"] if p["name"] == "format"]
+    assert fmt["in"] == "query" and fmt["schema"]["enum"] == ["json", "html", "fhir"]
+    assert fmt["schema"]["default"] == "json" and "FHIR R4" in fmt["description"]
+    content = op["responses"]["200"]["content"]
+    assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/Report"}
+    assert set(content) == {"application/json", "text/html", "application/fhir+json"}
+    assert "Observation" in content["application/fhir+json"]["schema"]["description"]
+
+
 # --- the live service conforms to its document ------------------------------------------------------
 
 def test_schemathesis_finds_no_undocumented_status_or_shape(stack, tmp_path):

@@ -79,6 +79,32 @@ def test_compose_wires_redis_aof_object_store_staging_and_one_gpu_per_worker():
     assert "AS api" in dockerfile and "AS worker" in dockerfile and "engine" in dockerfile
 
 
+def test_compose_offers_an_optional_demo_pacs_that_the_service_may_read():
+    from trustfid.inputs.dicomweb import DicomWebUri, Pacs
+    from trustfid.settings import EngineSettings
+
+    svc = compose()["services"]
+    orthanc = svc["orthanc"]
+    assert orthanc["profiles"] == ["pacs"]  # `docker compose up` alone starts no PACS
+    assert re.fullmatch(r"orthancteam/orthanc:\d+\.\d+\.\d+", orthanc["image"])
+    env = orthanc["environment"]
+    assert env["ORTHANC__DICOM_WEB__ENABLE"] == "true" and env["ORTHANC__DICOM_WEB__ROOT"] == "/dicom-web/"
+    assert env["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
+    assert orthanc["ports"] == ["127.0.0.1:8042:8042"]  # uploads from the host only
+    assert not any("orthanc" in (svc[name].get("depends_on") or {}) for name in svc)  # optional for all
+
+    def interpolated(text: str) -> str:  # compose's ${VAR:-default}, with the defaults
+        return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+
+    users = json.loads(interpolated(env["ORTHANC__REGISTERED_USERS"]))
+    for name in ("api", "worker-gpu0", "worker-gpu1"):  # the API lists a study at submission, workers fetch it
+        value = interpolated(svc[name]["environment"]["TRUSTFID_DICOMWEB_SERVERS"])
+        (server,) = EngineSettings(dicomweb_servers=value).dicomweb_servers
+        assert users[server.username] == server.password.get_secret_value()
+        study = DicomWebUri.parse("dicomweb+http://orthanc:8042/dicom-web/studies/1.2.3", "real")
+        assert Pacs(servers=(server,)).server_for(study) == server
+
+
 def test_the_api_side_never_imports_torch():
     code = ("import sys, app.api, app.serve, app.cli, app.jobs, app.store, app.ingest; from trustfid import Client; "
             "app.api.create_app(); bad = [m for m in ('torch', 'trustfid.pipeline') if m in sys.modules]; "

@@ -1,14 +1,16 @@
 """The library's commands of `trustfid` (``python -m trustfid`` runs them without the service):
 
-    trustfid score REAL GENERATED [MC options] [--json PATH]
+    trustfid score REAL GENERATED [MC options] [--json PATH] [--format text|json|fhir]
     trustfid stats SET -o FILE.npz [MC options]
     trustfid inspect SET --json PATH [MC options]
 
-Each SET is a folder, a .zip/.tar/.tar.gz archive, a .npy/.npz image array or (score) a saved
-statistics .npz; a side given as saved statistics supplies the MC options left out (and an option
-given differently is refused before anything runs). Exit codes: 0 success, 2 bad input (one line on
-stderr saying what and what to do), 3 the service could not be reached or did not finish in time
-(the service commands), 1 an internal error (a bug: please report it).
+Each SET is a folder, a .zip/.tar/.tar.gz archive, a .npy/.npz image array, a PACS study or series
+(dicomweb+https://HOST/PATH/studies/UID[/series/UID], read with the credentials of
+TRUSTFID_DICOMWEB_SERVERS) or (score) a saved statistics .npz; a side given as saved statistics
+supplies the MC options left out (and an option given differently is refused before anything runs).
+Exit codes: 0 success, 2 bad input (one line on stderr saying what and what to do), 3 the service
+could not be reached or did not finish in time (the service commands), 1 an internal error (a bug:
+please report it).
 
 The installed `trustfid` command is app/cli.py, which adds the service's commands (serve, worker,
 submit) to this parser. The engine (torch) is imported lazily inside the commands, so `trustfid
@@ -25,6 +27,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import TrustfidError, UnreachableError
+from .inputs.dicomweb import FORM
 from .inputs.rules import plural
 from .schemas import BLOCKS, Progress, ScoreOptions, validation_message
 from .stats import STATS_OPTIONS, merge_options, saved_options
@@ -257,8 +260,24 @@ def cmd_score(args) -> int:
     options = _options(args, _saved(args.real, args.generated))
     report = _with_progress(args, score, args.real, args.generated, options=options)
     write_json(args.json, report)
-    print(report.model_dump_json(indent=2) if args.json == "-" else summary(report))
+    print(render(report, args.format, args.json))
     return 0
+
+
+def render(report, fmt: str, json_path: str | None = None, job_id: str | None = None) -> str:
+    """What `score` and `submit --wait` print: the summary (text), the JSON report (json, or --json -) or
+    the report as FHIR R4 (fhir: trustfid/fhir.py, the service's document; ``job_id`` names the job)."""
+    if fmt == "fhir":
+        from .fhir import to_json
+
+        return to_json(report, job_id)
+    return report.model_dump_json(indent=2) if fmt == "json" or json_path == "-" else summary(report)
+
+
+def add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["text", "json", "fhir"], default="text",
+                   help="what to print: text (default: the summary), json (the report) or fhir (the report as a FHIR "
+                        "R4 transaction Bundle: a Device and one Observation per distance, docs/API.md)")
 
 
 def cmd_stats(args) -> int:
@@ -321,21 +340,23 @@ def build_parser(more_commands=None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="FID of GENERATED against REAL, with MC-dropout uncertainty and a trust level",
                        epilog=EXIT_CODES)
-    p.add_argument("real", help="folder, archive, image array or statistics .npz")
-    p.add_argument("generated", help="folder, archive, image array or statistics .npz")
+    p.add_argument("real", help="folder, archive, image array, statistics .npz, or a PACS study or series "
+                   f"({FORM})")
+    p.add_argument("generated", help="same choices as REAL")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON ('-' = print it)")
+    add_format(p)
     _add_mc_options(p, "; left out, they come from a side given as statistics saved by `trustfid stats`")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("stats", help="compute and save a set's statistics (.npz, pytorch-fid compatible mu/sigma)",
                        epilog=EXIT_CODES)
-    p.add_argument("set", help="folder, archive or image array")
+    p.add_argument("set", help=f"folder, archive, image array or a PACS study or series ({FORM})")
     p.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="where to write the statistics")
     _add_mc_options(p)
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("inspect", help="latent variance of every image of one set", epilog=EXIT_CODES)
-    p.add_argument("set", help="folder, archive or image array")
+    p.add_argument("set", help=f"folder, archive, image array or a PACS study or series ({FORM})")
     p.add_argument("--json", metavar="PATH", help="write {images: [...], summary: {...}} ('-' = print it)")
     _add_mc_options(p)
     p.set_defaults(func=cmd_inspect)

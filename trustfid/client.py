@@ -9,9 +9,10 @@
 
 ``real``/``generated``: a folder (sent as one tar), an image/archive/.npy/.npz file, a numpy array
 or torch tensor (N,H,W,C or N,C,H,W; uint8, or float in [0, 1] which is rounded to uint8), a
-``Reference`` (or {"reference_id": ...}), or a URI string (file://, http(s)://, s3://) the server
-fetches itself. ``submit`` copies array data before it returns, so the caller may overwrite its
-tensors at once; it never waits for the network unless ``wait=True``.
+``Reference`` (or {"reference_id": ...}), or a URI string (file://, http(s)://, s3://, or a PACS study
+or series as dicomweb+https://) the server fetches itself. ``submit`` copies array data before it
+returns, so the caller may overwrite its tensors at once; it never waits for the network unless
+``wait=True``. ``job.fhir()`` gives the report as the FHIR R4 Bundle the service builds (trustfid/fhir.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .inputs.rules import list_folder
 from .records import FINAL_STATES, ErrorResponse, JobRecord, ReferenceRecord, Series, SeriesPoint
 from .schemas import Report, lenient
 
-URI_SCHEMES = ("file://", "http://", "https://", "s3://")
+URI_SCHEMES = ("file://", "http://", "https://", "s3://", "dicomweb+https://", "dicomweb+http://")
 
 
 class ServiceError(TrustfidError):
@@ -182,6 +183,15 @@ class Job(_Handle):
 
     def report(self) -> Report:
         return lenient(Report, self.client.request("GET", f"{self._path}/{self.id}/report").content)
+
+    def fhir(self):
+        """The report as FHIR R4: the service's transaction Bundle (GET .../report?format=fhir, built by
+        trustfid/fhir.py), validated as a ``fhir.resources`` R4B ``Bundle``; ``.model_dump_json()`` gives
+        the document to POST to a FHIR server."""
+        from fhir.resources.R4B.bundle import Bundle
+
+        return Bundle.model_validate_json(
+            self.client.request("GET", f"{self._path}/{self.id}/report", params={"format": "fhir"}).content)
 
     def wait(self, timeout: float | None = None, poll: float = 1.0, on_update=None) -> Job:
         rec = super().wait(timeout, poll, on_update)

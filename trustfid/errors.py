@@ -58,3 +58,11 @@ class CancelledError(TrustfidError, code="cancelled", status=409):
 class UnreachableError(TrustfidError, code="unreachable", status=503):
     """The service could not be reached (nothing listening, DNS, network) or did not answer in time.
     The CLI exits with code 3 for it."""
+
+
+class PacsError(TrustfidError, code="pacs_unreachable", status=503):
+    """A PACS (DICOMweb) did not give what was asked: it could not be reached or did not answer in time
+    after retries (``pacs_unreachable``, 503), or refused trustfid's credentials (``pacs_auth_failed``,
+    502). A fault between trustfid and the PACS, not in what the caller sent; an unknown study or series
+    and one without images are InputErrors (``pacs_not_found``, ``pacs_no_images``). Messages name the
+    host and the UID, never a credential."""

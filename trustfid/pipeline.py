@@ -26,6 +26,7 @@ from .extras import Collector
 from .inception import FIDInceptionV3
 from .inputs import ImageSet, open_images
 from .inputs.array_rules import is_stats_npz
+from .inputs.dicomweb import fetches_dicomweb
 from .inputs.rules import MIN_IMAGES, too_few_images
 from .loader import ParallelLoader, prefetched, prepared_here, worker_count
 from .mc import SET_TAGS, MCDropout
@@ -308,6 +309,7 @@ def is_stats_file(path: Path) -> bool:
         return False
 
 
+@fetches_dicomweb("source")  # a set may be a PACS study or series (inputs/dicomweb.py)
 def compute_stats(source, options: ScoreOptions | dict | None = None, *, extractor=None,
                   progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
                   set_name: str = "real") -> SetStats:
@@ -319,6 +321,7 @@ def compute_stats(source, options: ScoreOptions | dict | None = None, *, extract
     return stats
 
 
+@fetches_dicomweb("real", "generated")  # a set may be a PACS study or series (inputs/dicomweb.py)
 def score(real, generated, options: ScoreOptions | dict | None = None, *, extractor=None,
           progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> Report:
     t0 = time.perf_counter()
@@ -477,6 +480,7 @@ def _timing(load_s: float, extract_s: float, frechet_s: float, images: int) -> T
                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
+@fetches_dicomweb("source")  # a set may be a PACS study or series (inputs/dicomweb.py)
 def inspect(source, options: ScoreOptions | dict | None = None, *, extractor=None, progress: ProgressFn | None = None,
             should_cancel: CancelFn | None = None) -> InspectReport:
     ex, options, _ = load_extractor(options, extractor)

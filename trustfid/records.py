@@ -68,7 +68,8 @@ class JobOptions(ScoreOptions):
 class InputRef(Strict):
     """One side of a JSON job submission: a URI to fetch, or a registered reference."""
 
-    uri: str | None = Field(None, max_length=4096, description="file:// (under allowed roots), http(s)://, s3://")
+    uri: str | None = Field(None, max_length=4096, description="file:// (under allowed roots), http(s)://, s3://, "
+                             "or dicomweb+https://HOST/PATH/studies/UID[/series/UID] on a configured PACS")
     reference_id: str | None = Field(None, max_length=64)
 
     @field_validator("reference_id")

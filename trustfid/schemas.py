@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.5"  # what each version added: CHANGELOG.md
+SCHEMA_VERSION = "1.6"  # what each version added: CHANGELOG.md
 
 # The feature network every published FID uses, by its registry name (trustfid/extractor.py).
 DEFAULT_EXTRACTOR = "inception-v3-tf-2015-12-05"
@@ -37,6 +37,12 @@ MetricName = Literal["fid", "frd", "frd:auto"]
 
 
 LENIENT = {"lenient": True}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 class Strict(BaseModel):
@@ -406,6 +412,19 @@ class Report(Strict):
     domain: Domain | None = None
     # 1.5
     frd: Frd | None = Field(None, description="Fréchet Radiomics Distance, when metrics asked for it")
+    # 1.6
+    trustfid_version: str | None = Field(
+        default_factory=_version, description="the trustfid release that computed the report (the FHIR "
+        "document's device version); null in reports of earlier schemas")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_version(cls, data):
+        # A report read back (it carries its schema_version) keeps the version it was made with, none
+        # before 1.6; only a report being made now gets this release's.
+        if isinstance(data, dict) and "schema_version" in data and "trustfid_version" not in data:
+            data = {**data, "trustfid_version": None}
+        return data
 
 
 class InspectImage(Strict):

@@ -5,18 +5,84 @@ docs/API.md lists them all."""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .inputs.rules import DEFAULT_LIMITS, Limits
 
 
+class DicomWebServer(BaseModel):
+    """A PACS the operator configured (TRUSTFID_DICOMWEB_SERVERS): its DICOMweb base URL and how trustfid
+    signs in there — HTTP basic (``username`` with ``password`` or ``password_file``) or a bearer token
+    (``token`` or ``token_file``). A ``*_file`` is read when the settings load (a Docker or Kubernetes
+    secret). The credentials live only here: never in a URI, a job, a record, a report or a log line."""
+
+    # Errors in this model never echo what was given: it may hold a password.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    url: str = Field(description="base URL of the DICOMweb service, e.g. https://pacs.example.org/dicom-web; an "
+                     "http:// URL is the operator allowing plain http for that host")
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("a DICOMweb server's url is http(s)://HOST[:PORT]/PATH, e.g. "
+                             "https://pacs.example.org/dicom-web")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("a DICOMweb server's url carries no credentials: give username and password "
+                             "(or password_file), or token (or token_file)")
+        if parts.query or parts.fragment:
+            raise ValueError("a DICOMweb server's url has no query or fragment")
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        return v.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self):
+        for name in ("password", "token"):
+            path = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            if getattr(self, name) is not None:
+                raise ValueError(f"give {name} or {name}_file, not both")
+            try:
+                secret = path.read_text().strip()
+            except OSError as e:
+                raise ValueError(f"cannot read {name}_file {str(path)!r} ({e.strerror})") from None
+            object.__setattr__(self, name, SecretStr(secret))
+            object.__setattr__(self, f"{name}_file", None)
+        if self.token is not None and (self.username is not None or self.password is not None):
+            raise ValueError("give a bearer token or a username and password, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("HTTP basic sign-in needs both username and password (or password_file)")
+        return self
+
+
+def _servers(v):
+    """TRUSTFID_DICOMWEB_SERVERS: a JSON list of servers (objects, or bare URLs for servers without
+    credentials), or comma-separated URLs."""
+    if isinstance(v, str):
+        v = v.strip()
+        v = json.loads(v) if v.startswith("[") else [u.strip() for u in v.split(",") if u.strip()]
+    return [{"url": x} if isinstance(x, str) else x for x in v]
+
+
 class EngineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TRUSTFID_", extra="ignore")
+    # Errors name the setting and what is wrong, never the value given: it may be a password or an API key.
+    model_config = SettingsConfigDict(env_prefix="TRUSTFID_", extra="ignore", hide_input_in_errors=True)
 
     weights: Path | None = Field(
         None,
@@ -49,6 +115,23 @@ class EngineSettings(BaseSettings):
                                        "available cores minus one on a GPU job of 256 images or more (started once "
                                        "per worker, kept for later sets), the "
                                        "thread on a CPU job (there the network already uses every core)")
+
+    dicomweb_servers: Annotated[list[DicomWebServer], NoDecode] = Field(
+        default_factory=list,
+        description="the PACS trustfid reads dicomweb+https:// (or dicomweb+http://) URIs from: a JSON list of "
+        "{\"url\", \"username\", \"password\" | \"password_file\"} or {\"url\", \"token\" | \"token_file\"} "
+        "objects, or comma-separated base URLs of servers that need no sign-in. The service reads only these; the "
+        "CLI and score() read any DICOMweb URI and sign in where one of these matches it")
+    dicomweb_timeout_s: float = Field(30.0, gt=0, description="timeout of one request to a PACS (connect, and "
+                                      "each wait for data)")
+    dicomweb_retries: int = Field(3, ge=0, le=10, description="retries of a PACS request that could not connect, "
+                                  "timed out or was answered 429/502/503/504, with exponential backoff (0.5 s "
+                                  "doubling), before the input fails with pacs_unreachable")
+
+    @field_validator("dicomweb_servers", mode="before")
+    @classmethod
+    def _dicomweb_servers(cls, v):
+        return _servers(v)
 
     @property
     def limits(self) -> Limits:

@@ -1,7 +1,9 @@
 """Inputs given by URI, and callback URLs: which the service may read (file:// under allowed roots,
 http(s) from allowed hosts on public addresses only, s3:// objects of the operator's store outside its
-staging bucket), checked at submission and again before fetching; and the fetching itself, streamed
-to the worker's staging folder with the upload byte limit, then screened as an upload is."""
+staging bucket, dicomweb+https:// studies and series of the PACS the operator configured), checked at
+submission and again before fetching; and the fetching itself, streamed to the worker's staging folder
+with the upload byte limit, then screened as an upload is (a PACS's instances are read by the engine
+like a folder of DICOM files: trustfid/inputs/dicomweb.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from app.errors import ForbiddenURLError
 from app.staging import S3
 from trustfid.errors import InputError, TooLargeError, TrustfidError, UnsupportedTypeError
 from trustfid.inputs import rules
+from trustfid.inputs.dicomweb import DicomWebUri, Pacs, is_dicomweb
 from trustfid.inputs.rules import Limits
 
 from .multipart import basename, safe_name
@@ -40,6 +43,7 @@ class UriPolicy:
     staging_bucket: str | None = None
     fetch_timeout_s: float = 60.0
     callback_hosts: tuple[str, ...] = ()
+    pacs: Pacs = Pacs()  # the configured PACS, held to max_bytes and the image limit (app/services.py)
 
     def check_uri(self, uri: str, what: str) -> None:
         """Refuse a URI the service may not read (called at submission and again before fetching)."""
@@ -61,9 +65,19 @@ class UriPolicy:
                 raise UnsupportedTypeError(f"{what}: the URL path must end in an image, archive or .npy/.npz suffix")
         elif scheme == "s3":
             self._check_s3(uri, parts, what)
+        elif is_dicomweb(uri):
+            self._check_dicomweb(uri, what)
         else:
             raise ForbiddenURLError(f"{what}: scheme {scheme or '(none)'!r} is not accepted; use file://, "
-                                    "http(s):// or s3://")
+                                    "http(s)://, s3:// or dicomweb+https://")
+
+    def check_input(self, uri: str, what: str) -> int | None:
+        """The check at submission: ``check_uri``, and for a PACS study or series its listing (QIDO-RS), so
+        that a wrong UID, a series without images, refused credentials or a PACS that cannot be reached
+        are refused now, not after the job was queued. Returns the number of image instances (None for
+        other URIs)."""
+        self.check_uri(uri, what)
+        return len(self.pacs.images(uri, what)) if is_dicomweb(uri) else None
 
     def check_callback_url(self, url: str) -> None:
         parts = urlsplit(url)
@@ -92,6 +106,8 @@ class UriPolicy:
         """Make a URI's data readable by the engine; returns the path to give it. file:// is read in
         place; http(s) and s3 are streamed into ``dest`` with the upload byte limit."""
         self.check_uri(uri, what)
+        if is_dicomweb(uri):  # a folder of DICOM files, which the engine reads as any folder
+            return self.pacs.fetch(uri, dest, what)
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()
         if scheme == "file":
@@ -146,6 +162,15 @@ class UriPolicy:
         if bucket == self.staging_bucket:
             raise ForbiddenURLError(f"{what}: bucket {bucket!r} holds the service's own staging and is not "
                                     "readable as an input")
+
+    def _check_dicomweb(self, uri: str, what: str) -> None:
+        """A PACS study or series may be read only from a server the operator configured (its scheme, host,
+        port and path), which may be on a private address: a PACS is on the hospital's network. The
+        address rules of http(s) inputs do not apply to it, and to nothing else because of it."""
+        parsed = DicomWebUri.parse(uri, what)
+        if self.pacs.server_for(parsed) is None:
+            raise ForbiddenURLError(f"{what}: cannot read {parsed.target}: {self.pacs.why_not_configured(parsed)}",
+                                    code="unknown_pacs")
 
     # --- fetching -----------------------------------------------------------------------------------
     def _fetch_http(self, uri: str, target: Path, what: str) -> None:

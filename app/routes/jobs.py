@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -16,6 +16,9 @@ from trustfid.schemas import Report
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 SETS = ("real", "generated")
 TEXTS = {"options": json_text(JobOptions, "JSON: any score option, plus tags and callback_url")}
+FHIR_DOC = ("a FHIR R4 transaction Bundle (application/fhir+json): a Device (trustfid's version, the feature "
+            "extractor, its weights' sha256) and one Observation per distance (FID, KID, FRD) with its value, 95% "
+            "interval, image counts and trust level with reasons (docs/API.md, \"The report as FHIR\")")
 
 
 @router.post("", status_code=202, response_model=JobRecord, callbacks=job_callbacks.routes,
@@ -44,13 +47,17 @@ async def get_job(job_id: str, store: StoreD, queue: QueueD, owner: Owner):
 
 
 @router.get("/{job_id}/report", response_model=Report,
-            responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}},
+            responses={200: {"content": {"text/html": {"schema": {"type": "string"}},
+                                         "application/fhir+json": {"schema": {
+                                             "type": "object", "description": FHIR_DOC}}}},
                        **errors(401, 404, 409, 422, 503, s409=(
                            "The job has not succeeded (`not_ready`, `job_failed`, `job_cancelled`) or its report "
                            "has expired (`report_expired`)."))},
-            summary="The report (409 until the job succeeded); ?format=html for a page a person reads")
+            summary="The report (409 until the job succeeded); ?format=html for a page a person reads, "
+                    "?format=fhir for FHIR R4")
 def get_report(job_id: str, store: StoreD, owner: Owner,
-               format: Annotated[str, Query(pattern="^(json|html)$")] = "json"):
+               format: Annotated[Literal["json", "html", "fhir"], Query(
+                   description="json: the Report; html: one self-contained page; fhir: " + FHIR_DOC)] = "json"):
     rec = store.get_owned(job_id, owner, "score").record
     if rec.state != "succeeded":
         detail = f" ({rec.error.code}: {rec.error.message})" if rec.error else ""
@@ -63,6 +70,10 @@ def get_report(job_id: str, store: StoreD, owner: Owner,
         from app.report_html import render
 
         return HTMLResponse(render(rec, Report.model_validate_json(raw)))
+    if format == "fhir":
+        from trustfid.fhir import to_json
+
+        return Response(to_json(Report.model_validate_json(raw), job_id), media_type="application/fhir+json")
     return Response(raw, media_type="application/json")
 
 
