@@ -36,8 +36,9 @@ class Cleanup:
         self.store.mark_cleanup(self.queue, kind, record_id)
 
     def clean(self, kind: str, record_id: str) -> bool:
-        """Remove what an ended (or deleted) record left, and unmark it once all of it is gone; returns
-        whether it is. A record still queued or running keeps its copies (it runs again)."""
+        """Remove what an ended (or deleted) record left: unmarked once all of it is gone, marked (for the
+        sweep) while some is left; returns whether all is gone. A record still queued or running keeps
+        its copies (it runs again)."""
         st = self.store.get(record_id)
         if st is not None and st.record.state not in FINAL_STATES:
             return False
@@ -46,6 +47,8 @@ class Cleanup:
             done = self.staging.remove_reference(record_id) and done
         if done:
             self.store.unmark_cleanup(self.queue, kind, record_id)
+        else:
+            self.mark(kind, record_id)
         return done
 
     def ending(self, kind: str, record_id: str, write: Callable[[], T]) -> T:

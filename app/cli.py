@@ -76,7 +76,7 @@ def cmd_submit(args) -> int:
         finally:
             watch.close()
     write_json(args.json, report)
-    print(job.fhir().model_dump_json(indent=2) if args.format == "fhir" else render(report, args.format, args.json))
+    print(render(report, args.format, args.json, job.id))  # fhir: the service's builder, on the report at hand
     return 0
 
 

@@ -207,7 +207,7 @@ def test_the_service_scores_a_pacs_series_as_the_same_files_from_a_folder(pacs_j
     same_numbers(pacs_job["report"], folder_report)
 
 
-def test_the_report_as_fhir_from_the_route_the_client_and_submit(pacs_job, pacs_stack, tmp_path):
+def test_the_report_as_fhir_from_the_route_the_client_and_submit(pacs, pacs_job, pacs_stack, tmp_path):
     from trustfid import Client
 
     job_id = pacs_job["record"]["id"]
@@ -218,6 +218,15 @@ def test_the_report_as_fhir_from_the_route_the_client_and_submit(pacs_job, pacs_
     assert set(observations) == {"fid", "kid", "frd"}
     with Client(pacs_stack.url, KEY_A) as client:
         assert client.job(job_id).fhir().model_dump_json(indent=2) == r.text
+    # `trustfid submit --wait --format fhir`: the same document for the job it ran, as the route serves it
+    p = subprocess.run([sys.executable, "-m", "app.cli", "submit", uri(pacs, REAL),
+                        uri(pacs, GENERATED), "--options", json.dumps(OPTIONS), "--wait", "-q",
+                        "--format", "fhir"], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, "TRUSTFID_URL": pacs_stack.url, "TRUSTFID_API_KEY": KEY_A})
+    assert p.returncode == 0, p.stderr[-3000:]
+    submitted = json.loads(p.stdout)["identifier"]["value"]
+    with pacs_stack.client() as c:
+        assert p.stdout.strip() == c.get(f"/v1/jobs/{submitted}/report", params={"format": "fhir"}).text
     with pacs_stack.client() as c:
         bad = c.get(f"/v1/jobs/{job_id}/report", params={"format": "xml"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"

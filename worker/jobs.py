@@ -43,7 +43,7 @@ def run(w: Worker, record_id: str) -> str:
     if st is None:
         return "gone"  # deleted or expired
     if st.record.state in FINAL_STATES:
-        w.cleanup.clean(st.record.kind, record_id)  # a delivery after its end: anything it left
+        w.cleanup.clean(st.record.kind, record_id)  # a delivery after its end: anything it left (or the sweep)
         return st.record.state
     with w.store.lease(record_id, w.id):
         if st.record.kind == "score" and shards.planned(w, record_id):

@@ -180,9 +180,8 @@ def _extract(w: Worker, st: Stored, shard: ShardId, out: Path, hooks: Hooks) -> 
     now = w.store.get(job_id)
     if now is None or now.record.state in FINAL_STATES:
         # A shard sent twice finished after the job ended (its merge removed the job's objects before
-        # this share, or will not run again): remove what it left (marked first: a store away now is
-        # tried again by the sweep).
-        w.cleanup.ending("score", job_id, lambda: None)
+        # this share, or will not run again): remove what it left (a store away now: the sweep does).
+        w.cleanup.clean("score", job_id)
         return "late"
     w.store.set_shards(job_id, {str(shard): "done", f"{shard}:done": stop - start})
     return "done"
