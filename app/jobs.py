@@ -242,6 +242,7 @@ def _point(rec: JobRecord, report_json: str | None) -> SeriesPoint:
                        fid_ci95_high=ci95[1] if ci95 else None, fid_mc_std=rec.fid_mc_std,
                        trust_level=rec.trust_level, frd=h.frd if h is not None else None,
                        frd_ci95_low=frd_ci95[0] if frd_ci95 else None, frd_ci95_high=frd_ci95[1] if frd_ci95 else None,
+                       **({k: getattr(h, k) for k in ("precision", "recall", "density", "coverage")} if h else {}),
                        job_id=rec.id, created_at=rec.created_at, finished_at=rec.finished_at)
 
 

@@ -224,11 +224,12 @@ def domain_plot(report: Report) -> SimpleNamespace | None:
 
 
 def render(job: JobRecord, report: Report) -> str:
+    from trustfid.prdc import MEANING
     from trustfid.trust import LEVEL_MEANING
 
     when = report.timing.finished_at or (time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(job.finished_at))
                                          if job.finished_at else None)
     return ENV.get_template("report.html.j2").render(
-        job=job, report=report, when=when, levels=LEVEL_MEANING, histogram=histogram(report),
+        job=job, report=report, when=when, levels=LEVEL_MEANING, prdc_meaning=MEANING, histogram=histogram(report),
         variance=variance_bars(report), domain=domain_plot(report),
         skipped=sum(len(s.skipped) for s in (report.counts.real, report.counts.generated)))

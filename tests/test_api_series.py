@@ -25,7 +25,8 @@ def run_jobs(stack, image_sets):
     ids = {}
     with stack.client() as c:
         for label, tags in specs:
-            r = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]), {**FAST_OPTIONS, "tags": tags})
+            r = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]),
+                       {**FAST_OPTIONS, "prdc_k": 2, "tags": tags})  # k < 4 images: precision, recall, ...
             assert r.status_code == 202, r.text
             ids[label] = r.json()["id"]
         r = upload(c, pngs(image_sets["real"]), pngs(image_sets["generated"]),
@@ -56,6 +57,8 @@ def test_points_are_ordered_by_step_not_by_submission(stack, run_jobs):
             assert p.fid == rec["fid"] == report["fid"]
             assert [p.fid_ci95_low, p.fid_ci95_high] == report["fid_bootstrap"]["ci95"]
             assert p.trust_level == report["trust"]["level"] and p.fid_mc_std == report["fid_mc"]["std"]
+            assert [p.precision, p.recall, p.density, p.coverage] == [
+                report["prdc"][name]["value"] for name in ("precision", "recall", "density", "coverage")]
             assert p.created_at == rec["created_at"] and p.finished_at == rec["finished_at"]
 
 

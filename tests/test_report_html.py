@@ -64,6 +64,14 @@ def test_the_page_states_headline_levels_and_provenance(page):
         assert f'<li class="level-{level}' in html
     assert f'<li class="level-{report.trust.level} current">' in html
     assert report.model.weights_sha256 in html and report.timing.finished_at in html
+    # why the FID is far: precision, recall, density and coverage, each with what it means
+    from trustfid.prdc import MEANING
+
+    section = html.split('id="prdc-network"')[1].split("</section>")[0]
+    for name, meaning in MEANING.items():
+        value = getattr(report.prdc, name)
+        assert f"<th>{name}</th><td>{value.value:.3f} (95% {value.ci95[0]:.3f}" in section
+        assert escape(meaning) in section
     # the generated medical crops are the atypical ones, shown as thumbnails
     thumbs = re.findall(r'<figure class="atypical"><img src="data:image/png;base64,', html)
     assert len(thumbs) >= 3

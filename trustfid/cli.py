@@ -3,6 +3,7 @@
     trustfid score REAL GENERATED [MC options] [--json PATH] [--format text|json|fhir]
     trustfid stats SET -o FILE.npz [MC options]
     trustfid inspect SET --json PATH [MC options]
+    trustfid features SET -o FILE.npz [options]
 
 Each SET is a folder, a .zip/.tar/.tar.gz archive, a .npy/.npz image array, a PACS study or series
 (dicomweb+https://HOST/PATH/studies/UID[/series/UID], read with the credentials of
@@ -86,7 +87,11 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
     o.add_argument("--top-k", type=int, default=d.top_k, metavar="K",
                    help=f"most uncertain / most atypical images listed per set (default {d.top_k})")
     o.add_argument("--max-feature-rows", type=int, default=d.max_feature_rows, metavar="N",
-                   help=f"feature rows kept per set for KID, FID∞ and the bootstrap (default {d.max_feature_rows})")
+                   help=f"feature rows kept per set for KID, FID∞, the bootstrap and precision/recall/density/"
+                        f"coverage (default {d.max_feature_rows}; a set with more images uses a seeded sample)")
+    o.add_argument("--prdc-k", type=int, default=d.prdc_k, metavar="K",
+                   help=f"nearest neighbours of precision, recall, density and coverage (default {d.prdc_k}, as "
+                        "Naeem et al.; 0 = none)")
     o.add_argument("--kid-subsets", type=int, default=d.kid_subsets, metavar="N",
                    help=f"KID subsets (default {d.kid_subsets}, as clean-fid; 0 = no KID)")
     o.add_argument("--thumbnails", type=int, default=d.thumbnails, metavar="N",
@@ -121,7 +126,7 @@ def _options(args, saved: list[tuple[str, dict]] = ()) -> ScoreOptions:
                         bootstrap_resamples=args.bootstrap_resamples, top_k=args.top_k, strict=args.strict,
                         max_feature_rows=args.max_feature_rows, kid_subsets=args.kid_subsets,
                         thumbnails=args.thumbnails, metrics=args.metrics, frd_paper_log=args.frd_paper_log,
-                        frd_reading=args.frd_reading)
+                        frd_reading=args.frd_reading, prdc_k=args.prdc_k)
 
 
 def _saved(*sources: str) -> list[tuple[str, dict]]:
@@ -184,6 +189,9 @@ def summary(report) -> str:
         lines += _fid_lines(report)
     if report.frd is not None:
         lines += _frd_lines(report.frd)
+    for p in (report.prdc, report.prdc_radiomics):
+        if p is not None:
+            lines += _prdc_lines(p)
     skipped = [(side, s) for side in ("real", "generated") for s in getattr(report.counts, side).skipped]
     if skipped:
         lines.append(f"{plural(len(skipped), 'file')} skipped:")
@@ -200,6 +208,21 @@ def _frd_lines(frd) -> list[str]:
     for side in ("real", "generated"):
         for s in getattr(frd, side).skipped[:5]:
             lines.append(f"  FRD left out ({side}): {s.name}: {s.reason}")
+    return lines
+
+
+def _prdc_lines(p) -> list[str]:
+    from .prdc import MEANING, NAMES
+
+    what = "the FID network's" if p.features == "network" else "the FRD's radiomic"
+    lines = [f"fidelity and diversity on {what} features (k = {p.k}, {p.real_rows} real vs {p.generated_rows} "
+             f"generated rows{'' if p.exact else ', a seeded sample: max_feature_rows'}):"]
+    for name in NAMES:
+        v = getattr(p, name)
+        ci = f"  (95% {v.ci95[0]:.3f}–{v.ci95[1]:.3f})" if v.ci95 else ""
+        lines.append(f"  {name:<9} {v.value:.3f}{ci}  {MEANING[name]}")
+    if p.note:
+        lines.append(f"  note: {p.note}")
     return lines
 
 
@@ -291,6 +314,19 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_features(args) -> int:
+    from .pipeline import features
+
+    names, rows, ex = _with_progress(args, features, args.set)
+    import numpy as np
+
+    np.savez(args.output, features=rows, names=np.asarray(names, dtype=str),
+             extractor=np.asarray(ex.name), weights_sha256=np.asarray(ex.weights_sha256))
+    print(f"wrote {args.output}: {rows.shape[0]} images x {rows.shape[1]} features (float32, the plain pass of "
+          f"{ex.name}), with their file names")
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from .pipeline import inspect
 
@@ -360,6 +396,15 @@ def build_parser(more_commands=None) -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write {images: [...], summary: {...}} ('-' = print it)")
     _add_mc_options(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("features", help="write every image's plain-pass network features (N x 2048 float32) and "
+                       "file names to an .npz, as clean-fid's get_folder_features", epilog=EXIT_CODES)
+    p.add_argument("set", help=f"folder, archive, image array or a PACS study or series ({FORM})")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npz",
+                   help="where to write them: arrays features (N x D float32), names (N file names, in the order of "
+                        "the rows), extractor, weights_sha256")
+    _add_mc_options(p)
+    p.set_defaults(func=cmd_features)
 
     if more_commands is not None:
         more_commands(sub)

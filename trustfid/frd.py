@@ -100,6 +100,15 @@ def bootstrap(real: RadiomicsStats, generated: RadiomicsStats, resamples: int, s
     return np.asarray(out) if len(out) >= 2 else None
 
 
+def standardised_rows(real: RadiomicsStats, generated: RadiomicsStats) -> tuple[np.ndarray, np.ndarray]:
+    """Both sets' kept rows of the features the FRD uses, z-scored against the reference as the FRD does (its
+    mean and std with ddof 0 over all its images): the rows precision, recall, density and coverage read."""
+    g = real.moments.gaussian()
+    std = np.sqrt(_variance0(g))
+    keep = _usable(real, generated) & np.isfinite(g.mu) & np.isfinite(std) & (std > 0)
+    return tuple((s.kept.rows()[:, keep].astype(np.float64) - g.mu[keep]) / std[keep] for s in (real, generated))
+
+
 def check_frd_stats(side: RadiomicsStats | None, set_name: str, source: str, expected: dict) -> RadiomicsStats:
     if side is None:
         raise InputError(f"the {set_name} set's statistics ({source}) hold no radiomic features, so no FRD can be "

@@ -428,6 +428,12 @@ def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extra
     trust = sections["trust"]
     outside = trust is not None and trust.reference_domain == "outside"
     frd, _ = frd_of(r, g, options, outside)
+    prdc_radiomics = None
+    if frd is not None and r.radiomics.kept is not None and g.radiomics.kept is not None:
+        from .frd import standardised_rows
+
+        prdc_radiomics = _prdc(*standardised_rows(r.radiomics, g.radiomics), options, "radiomics",
+                               len(r.radiomics.kept) == r.radiomics.n and len(g.radiomics.kept) == g.radiomics.n)
     if outside:
         rep.point_to_frd(trust, frd, options.frd_mode)
     result = Report(
@@ -435,8 +441,8 @@ def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extra
         config=options, intensity={"real": r.intensity, "generated": g.intensity}, device=str(device),
         timing=_timing(load_s, extract_s, time.perf_counter() - t0, r.n + g.n),
         headline=rep.headline(sections["fid"], sections["fid_mc"], sections["boot_samples"], sections["feature_rows"],
-                              frd),
-        frd=frd, **{k: v for k, v in sections.items() if k != "boot_samples"},
+                              frd, sections["prdc"]),
+        frd=frd, prdc_radiomics=prdc_radiomics, **{k: v for k, v in sections.items() if k != "boot_samples"},
     )
     if progress:
         progress(Progress(stage="done", passes=passes))
@@ -445,7 +451,7 @@ def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extra
 
 # The report's FID sections when metrics leave fid out: no network ran, so no domain check and no trust level.
 _NO_FID = dict(fid=None, fid_mc=None, fid_bootstrap=None, boot_samples=None, latent_variance=None, trust=None,
-               feature_rows=None, preprocessing="none: the FID network did not run (metrics: frd)",
+               feature_rows=None, prdc=None, preprocessing="none: the FID network did not run (metrics: frd)",
                model=ModelInfo(name="none (metrics: frd)", weights_sha256="", weights_source=""))
 
 
@@ -467,17 +473,50 @@ def _fid_sections(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor
     kid_value = kid(r.feature_rows(), g.feature_rows(), options.kid_subsets, options.kid_subset_size, options.seed)
     fid_inf = fid_infinity(r.feature_rows(), g.feature_rows(), options.seed)
     dom = rep.domain(r, g, ex.weights_sha256, options.resize, options.top_k)
+    prdc = _prdc(r.feature_rows(), g.feature_rows(), options, "network", rows is not None and not rows.capped)
     return dict(fid=fid, fid_mc=mc, fid_bootstrap=boot, boot_samples=boot_samples, latent_variance=lv,
-                feature_rows=rows, kid=kid_value, fid_infinity=fid_inf, domain=dom,
+                feature_rows=rows, kid=kid_value, fid_infinity=fid_inf, domain=dom, prdc=prdc,
                 trust=rep.trust(fid, mc, boot, dom, r, g),
                 preprocessing=describe(options.resize, ex.input_size, ex.input_range_for(options.resize)),
                 model=model_info(ex))
+
+
+def _prdc(real, generated, options: ScoreOptions, features: str, exact: bool):
+    from .prdc import prdc
+
+    return prdc(real, generated, k=options.prdc_k, resamples=options.bootstrap_resamples, seed=options.seed,
+                features=features, exact=exact)
 
 
 def _timing(load_s: float, extract_s: float, frechet_s: float, images: int) -> Timing:
     return Timing(load_s=load_s, extract_s=extract_s, frechet_s=frechet_s, total_s=load_s + extract_s + frechet_s,
                   images_per_s=images / extract_s if extract_s > 0 else 0.0,
                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+MAX_EXPORT_ROWS = 200_000  # ScoreOptions.max_feature_rows' upper bound: every row of a set up to this size
+
+
+@fetches_dicomweb("source")  # a set may be a PACS study or series (inputs/dicomweb.py)
+def features(source, options: ScoreOptions | dict | None = None, *, extractor=None,
+             progress: ProgressFn | None = None, should_cancel: CancelFn | None = None
+             ) -> tuple[list[str], np.ndarray, Extractor]:
+    """Every image's plain-pass features (N x D float32, in the order of the names) and the extractor that
+    made them (``trustfid features``): the rows the report's KID, intervals and precision/recall read, for
+    checking them with another tool. Dropout passes, thumbnails and the FRD are not run."""
+    options = as_options(options).model_copy(update=dict(passes=0, thumbnails=0, metrics=["fid"],
+                                                         max_feature_rows=MAX_EXPORT_ROWS))
+    images = open_set(source, "real", options)
+    if images is None:
+        raise InputError("features are computed from images; this is a statistics file (it holds no image's "
+                         "features): give the folder, archive or array of images")
+    if len(images) > MAX_EXPORT_ROWS:
+        raise InputError(f"the set has {len(images)} files; features are written for at most {MAX_EXPORT_ROWS} "
+                         "images at once: split the set")
+    ex, options, _ = load_extractor(options, extractor)
+    stats = extract(source, "real", options, extractor=ex, progress=progress, should_cancel=should_cancel,
+                    images=images)
+    return list(stats.names), stats.feature_rows(), ex
 
 
 @fetches_dicomweb("source")  # a set may be a PACS study or series (inputs/dicomweb.py)

@@ -184,6 +184,11 @@ class SeriesPoint(Strict):
     frd: float | None = Field(None, description="the job's FRD (report.frd.value), when its metrics asked for it")
     frd_ci95_low: float | None = Field(None, description="the FRD's 95% sampling interval, lower end")
     frd_ci95_high: float | None = Field(None, description="upper end of the same interval")
+    # 1.7
+    precision: float | None = Field(None, description="fidelity: the report's prdc.precision.value (network features)")
+    recall: float | None = Field(None, description="diversity: the report's prdc.recall.value")
+    density: float | None = Field(None, description="the report's prdc.density.value")
+    coverage: float | None = Field(None, description="the report's prdc.coverage.value")
     job_id: str
     created_at: float
     finished_at: float

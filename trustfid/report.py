@@ -25,6 +25,7 @@ from .schemas import (
     Headline,
     ImageVariance,
     LatentVariance,
+    Prdc,
     SetDomain,
     SetRows,
     SetVariance,
@@ -116,7 +117,7 @@ def _g(x: float) -> str:
 
 
 def headline(fid: float | None, mc: FidMC | None, boot_samples: np.ndarray | None, rows: FeatureRows | None,
-             frd: Frd | None = None) -> Headline:
+             frd: Frd | None = None, prdc: Prdc | None = None) -> Headline:
     """Plain FID first, with two 95% intervals about it (schemas.Headline says how they are made); then the
     FRD with its sampling interval when it was computed (alone when metrics left fid out)."""
     warnings = []
@@ -152,15 +153,22 @@ def headline(fid: float | None, mc: FidMC | None, boot_samples: np.ndarray | Non
             warnings.append(f"the {what} interval rests on only {n} {unit} (fewer than {FEW_RESAMPLES}): "
                             "its ends are rough")
     if rows is not None and rows.capped and sampling:
-        warnings.append(f"the sampling interval, KID and FID∞ use {rows.generated.kept} of {rows.generated.used} "
-                        f"generated and {rows.real.kept} of {rows.real.used} real images (max_feature_rows "
+        warnings.append(f"the sampling interval, KID, FID∞ and precision/recall/density/coverage use "
+                        f"{rows.generated.kept} of {rows.generated.used} generated and {rows.real.kept} of "
+                        f"{rows.real.used} real images (max_feature_rows "
                         f"{rows.cap}): the interval is wider than the whole set's")
     if frd is not None:
         parts.append(frd_text(frd))
+    if prdc is not None:
+        from .prdc import text as prdc_text
+
+        parts.append(prdc_text(prdc))
     return Headline(fid=fid, sampling_ci95=sampling, resamples=resamples if sampling else 0,
                     network_ci95=network, network_relative_std=rel, passes=passes, text="; ".join(parts),
                     warnings=warnings, frd=frd.value if frd is not None else None,
-                    frd_ci95=frd.sampling_ci95 if frd is not None else None)
+                    frd_ci95=frd.sampling_ci95 if frd is not None else None,
+                    **({name: getattr(prdc, name).value for name in ("precision", "recall", "density", "coverage")}
+                       if prdc is not None else {}))
 
 
 def frd_text(frd: Frd) -> str:

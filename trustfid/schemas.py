@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.6"  # what each version added: CHANGELOG.md
+SCHEMA_VERSION = "1.7"  # what each version added: CHANGELOG.md
 
 # The feature network every published FID uses, by its registry name (trustfid/extractor.py).
 DEFAULT_EXTRACTOR = "inception-v3-tf-2015-12-05"
@@ -122,6 +122,9 @@ class ScoreOptions(Strict):
     kid_subset_size: int = Field(1000, ge=2, le=100_000, description="KID subset size cap (clean-fid: 1000)")
     thumbnails: int = Field(4, ge=0, le=16, description="thumbnails (64 px PNG) of the most atypical images "
                                                         "per set embedded in the report; 0 = none")
+    # 1.7
+    prdc_k: int = Field(5, ge=0, le=100, description="k of the k-nearest-neighbour balls of precision, recall, "
+                                                     "density and coverage (Naeem et al. 2020: 5); 0 = none")
     # 1.5
     metrics: list[MetricName] = Field(
         default_factory=lambda: ["fid"],
@@ -247,6 +250,11 @@ class Headline(Strict):
     # 1.5
     frd: float | None = Field(None, description="the FRD (Report.frd.value), when computed")
     frd_ci95: tuple[float, float] | None = Field(None, description="its 95% sampling interval (Report.frd)")
+    # 1.7
+    precision: float | None = Field(None, description="Report.prdc.precision.value, when computed")
+    recall: float | None = Field(None, description="Report.prdc.recall.value")
+    density: float | None = Field(None, description="Report.prdc.density.value")
+    coverage: float | None = Field(None, description="Report.prdc.coverage.value")
     text: str
     warnings: list[str] = Field(default_factory=list)
 
@@ -363,6 +371,34 @@ class FrdSet(Strict):
                                                                          "for (frd-score drops them too)")
 
 
+class PrdcValue(Strict):
+    value: float
+    ci95: tuple[float, float] | None = Field(None, description="95% interval from resampling the images: value + "
+                                             "(q2.5, q97.5) - median of the resampled values, clipped to the range")
+
+
+class Prdc(Strict):
+    """Fidelity and diversity (trustfid/prdc.py; Naeem et al. 2020): precision and density say whether the
+    generated images look real, recall and coverage whether they cover the real set's variety. Equal to the
+    prdc package's compute_prdc on the same feature rows."""
+
+    features: Literal["network", "radiomics"] = Field(
+        description="network: the FID network's plain-pass features (the rows of feature_rows); radiomics: the "
+                    "FRD's radiomic features, z-scored against the reference as the FRD does")
+    k: int = Field(description="nearest neighbours that set each image's ball (prdc_k)")
+    precision: PrdcValue = Field(description="share of generated images inside some real image's ball (fidelity)")
+    recall: PrdcValue = Field(description="share of real images inside some generated image's ball (diversity)")
+    density: PrdcValue = Field(description="real balls holding each generated image / k, averaged (fidelity "
+                                           "robust to outliers; ~1 for the same distribution, can exceed 1)")
+    coverage: PrdcValue = Field(description="share of real images whose ball holds a generated image (diversity "
+                                            "robust to outliers)")
+    real_rows: int
+    generated_rows: int
+    exact: bool = Field(description="true when every image's row was used (no set above max_feature_rows)")
+    resamples: int = Field(0, description="resamples behind the intervals (0: none)")
+    note: str | None = None
+
+
 class Frd(Strict):
     """Fréchet Radiomics Distance, frd-score v1 (trustfid/frd.py): radiomic features from pyradiomics,
     z-scored against the reference set, Fréchet distance d², then a log. Lower is closer; it is not on
@@ -416,6 +452,11 @@ class Report(Strict):
     trustfid_version: str | None = Field(
         default_factory=_version, description="the trustfid release that computed the report (the FHIR "
         "document's device version); null in reports of earlier schemas")
+    # 1.7
+    prdc: Prdc | None = Field(None, description="precision, recall, density and coverage on the FID network's "
+                                                "features (prdc_k 0 or metrics without fid: null)")
+    prdc_radiomics: Prdc | None = Field(None, description="the same on the FRD's radiomic features, when the FRD "
+                                                          "was computed")
 
     @model_validator(mode="before")
     @classmethod
