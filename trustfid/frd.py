@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from .errors import InputError
+from .plugins import Plugin
 from .schemas import Frd, FrdSet
 from .stats import Gaussian, RadiomicsStats, check_compatible
 
@@ -138,3 +139,44 @@ def frd(real: RadiomicsStats, generated: RadiomicsStats, *, resamples: int, seed
                sampling_ci95=ci, resamples=0 if samples is None else len(samples),
                real=FrdSet(used=real.n, kept_rows=len(real.kept), skipped=real.skipped),
                generated=FrdSet(used=generated.n, kept_rows=len(generated.kept), skipped=generated.skipped)), samples
+
+
+class _Frd(Plugin):
+    """The FRD as a metric (plugins.py): computed when metrics has frd, or frd:auto and the FID's domain check
+    finds the reference outside the network's domain and both sets have radiomic statistics; with it,
+    precision, recall, density and coverage on the radiomic features. A reference outside the domain gets
+    the trust reason's pointer to it (or to how to get it)."""
+
+    name = "frd"
+    fields = ("frd", "prdc_radiomics")
+
+    def wanted(self, options) -> bool:
+        return options.frd_mode != "off"
+
+    def section(self, r, g, ctx) -> dict:
+        from .radiomics import provenance as radiomics_provenance
+        from .report import point_to_frd
+
+        options, trust = ctx.options, ctx.sections.get("trust")
+        outside = trust is not None and trust.reference_domain == "outside"
+        value = prdc_radiomics = None
+        if options.frd_mode == "on" or (outside and r.radiomics is not None and g.radiomics is not None):
+            expected = radiomics_provenance(options.frd_reading)
+            real, generated = (check_frd_stats(s.radiomics, name, s.source or name, expected)
+                               for name, s in (("real", r), ("generated", g)))
+            value, _ = frd(real, generated, resamples=options.bootstrap_resamples, seed=options.seed,
+                           paper_log=options.frd_paper_log)
+            if real.kept is not None and generated.kept is not None:
+                from .prdc import of_options
+
+                prdc_radiomics = of_options(*standardised_rows(real, generated), options, "radiomics",
+                                            len(real.kept) == real.n and len(generated.kept) == generated.n)
+        if outside:
+            point_to_frd(trust, value, options.frd_mode)
+        return dict(frd=value, prdc_radiomics=prdc_radiomics)
+
+    def absent(self, options) -> dict:
+        return dict(frd=None, prdc_radiomics=None)
+
+
+PLUGIN = _Frd()

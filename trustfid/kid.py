@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .frechet import frechet_distance
+from .plugins import Plugin
 from .schemas import FidInfinity, FidInfinityPoint, Kid
 from .stats import Moments
 
@@ -119,3 +120,22 @@ def fid_infinity(real: np.ndarray | None, generated: np.ndarray | None, seed: in
         points.append(FidInfinityPoint(n_real=a, n_generated=b, fid=float(np.mean(fids)), repeats=len(fids)))
     slope, intercept = np.polyfit(np.asarray(xs), np.asarray(ys), 1)
     return FidInfinity(value=float(intercept), slope=float(slope), points=points)
+
+
+class _Kid(Plugin):
+    """KID and FID∞ as a metric (plugins.py), from the FID network's kept feature rows."""
+
+    name = "kid"
+    fields = ("kid", "fid_infinity")
+
+    def wanted(self, options) -> bool:
+        return options.fid_on
+
+    def section(self, r, g, ctx) -> dict:
+        o = ctx.options
+        real, generated = r.feature_rows(), g.feature_rows()
+        return dict(kid=kid(real, generated, o.kid_subsets, o.kid_subset_size, o.seed),
+                    fid_infinity=fid_infinity(real, generated, o.seed))
+
+
+PLUGIN = _Kid()

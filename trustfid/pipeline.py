@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import plugins
 from . import report as rep
 from .errors import CancelledError, InputError
 from .extractor import Extractor
@@ -30,9 +31,9 @@ from .inputs.dicomweb import fetches_dicomweb
 from .inputs.rules import MIN_IMAGES, too_few_images
 from .loader import ParallelLoader, prefetched, prepared_here, worker_count
 from .mc import SET_TAGS, MCDropout
-from .preprocess import describe
+from .plugins import Context
 from .registry import as_extractor, get_extractor, load_fid_inception
-from .schemas import InspectImage, InspectReport, ModelInfo, Progress, Report, ScoreOptions, SkippedFile, Timing
+from .schemas import InspectImage, InspectReport, Progress, Report, ScoreOptions, SkippedFile, Timing
 from .settings import EngineSettings, get_engine_settings
 from .stats import Moments, RadiomicsStats, SetStats, check_compatible, load_stats, provenance
 from .weights import Weights
@@ -390,26 +391,6 @@ def frd_auto(sides: dict[str, SetStats], sources: dict, options: ScoreOptions, e
                                                 **kwargs).radiomics
 
 
-def model_info(ex: Extractor) -> ModelInfo:
-    return ModelInfo(name=ex.description, weights_sha256=ex.weights_sha256, weights_source=ex.weights_source,
-                     extractor=ex.name, feature_dim=ex.feature_dim, input_size=ex.input_size)
-
-
-def frd_of(r: SetStats, g: SetStats, options: ScoreOptions, outside: bool):
-    """(report.frd, its bootstrap samples): computed when metrics has frd, or frd:auto and the reference is
-    outside the FID network's domain and both sets have radiomic statistics."""
-    mode = options.frd_mode
-    if mode == "off" or (mode == "auto" and not (outside and r.radiomics is not None and g.radiomics is not None)):
-        return None, None
-    from .frd import check_frd_stats, frd
-    from .radiomics import provenance as radiomics_provenance
-
-    expected = radiomics_provenance(options.frd_reading)
-    sides = [check_frd_stats(s.radiomics, name, s.source or name, expected)
-             for name, s in (("real", r), ("generated", g))]
-    return frd(*sides, resamples=options.bootstrap_resamples, seed=options.seed, paper_log=options.frd_paper_log)
-
-
 def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor | None, device: torch.device, *,
                       load_s: float, extract_s: float, progress: ProgressFn | None = None) -> Report:
     """The report of two sets' statistics, however they were made (one pass, merged shards, saved
@@ -424,68 +405,20 @@ def report_from_stats(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extra
     passes = options.passes if ex is not None else 0
     if progress:
         progress(Progress(stage="frechet", passes=passes))
-    sections = _fid_sections(r, g, options, ex, device, progress) if ex is not None else _NO_FID
-    trust = sections["trust"]
-    outside = trust is not None and trust.reference_domain == "outside"
-    frd, _ = frd_of(r, g, options, outside)
-    prdc_radiomics = None
-    if frd is not None and r.radiomics.kept is not None and g.radiomics.kept is not None:
-        from .frd import standardised_rows
-
-        prdc_radiomics = _prdc(*standardised_rows(r.radiomics, g.radiomics), options, "radiomics",
-                               len(r.radiomics.kept) == r.radiomics.n and len(g.radiomics.kept) == g.radiomics.n)
-    if outside:
-        rep.point_to_frd(trust, frd, options.frd_mode)
+    ctx = Context(options, ex, device, progress)
+    fields, extra = plugins.sections(r, g, ctx)
+    found = ctx.sections
     result = Report(
         counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
         config=options, intensity={"real": r.intensity, "generated": g.intensity}, device=str(device),
         timing=_timing(load_s, extract_s, time.perf_counter() - t0, r.n + g.n),
-        headline=rep.headline(sections["fid"], sections["fid_mc"], sections["boot_samples"], sections["feature_rows"],
-                              frd, sections["prdc"]),
-        frd=frd, prdc_radiomics=prdc_radiomics, **{k: v for k, v in sections.items() if k != "boot_samples"},
+        headline=rep.headline(found.get("fid"), found.get("fid_mc"), found.get("boot_samples"),
+                              found.get("feature_rows"), found.get("frd"), found.get("prdc")),
+        extra_metrics=extra, **fields,
     )
     if progress:
         progress(Progress(stage="done", passes=passes))
     return result
-
-
-# The report's FID sections when metrics leave fid out: no network ran, so no domain check and no trust level.
-_NO_FID = dict(fid=None, fid_mc=None, fid_bootstrap=None, boot_samples=None, latent_variance=None, trust=None,
-               feature_rows=None, prdc=None, preprocessing="none: the FID network did not run (metrics: frd)",
-               model=ModelInfo(name="none (metrics: frd)", weights_sha256="", weights_source=""))
-
-
-def _fid_sections(r: SetStats, g: SetStats, options: ScoreOptions, ex: Extractor, device: torch.device,
-                  progress: ProgressFn | None) -> dict:
-    """The FID and everything read from the network's features: the MC-dropout distribution, the bootstrap
-    (and its samples, for the headline), latent variance, KID, FID∞, the domain check and the trust level."""
-    from .frechet import CPU, frechet_distance
-    from .kid import fid_infinity, kid
-
-    where = device if device.type == "cuda" else CPU  # the float64 linear algebra on the job's GPU
-    fid = frechet_distance(r.plain.gaussian(), g.plain.gaussian(), where)
-    mc = rep.fid_mc(r, g, where)
-    if progress:
-        progress(Progress(stage="report", passes=options.passes))
-    boot, boot_samples = rep.bootstrap(r, g, options.bootstrap_resamples, options.seed)
-    lv = rep.latent_variance(r, g, options.top_k)
-    rows = rep.feature_rows(r, g, options.max_feature_rows)
-    kid_value = kid(r.feature_rows(), g.feature_rows(), options.kid_subsets, options.kid_subset_size, options.seed)
-    fid_inf = fid_infinity(r.feature_rows(), g.feature_rows(), options.seed)
-    dom = rep.domain(r, g, ex.weights_sha256, options.resize, options.top_k)
-    prdc = _prdc(r.feature_rows(), g.feature_rows(), options, "network", rows is not None and not rows.capped)
-    return dict(fid=fid, fid_mc=mc, fid_bootstrap=boot, boot_samples=boot_samples, latent_variance=lv,
-                feature_rows=rows, kid=kid_value, fid_infinity=fid_inf, domain=dom, prdc=prdc,
-                trust=rep.trust(fid, mc, boot, dom, r, g),
-                preprocessing=describe(options.resize, ex.input_size, ex.input_range_for(options.resize)),
-                model=model_info(ex))
-
-
-def _prdc(real, generated, options: ScoreOptions, features: str, exact: bool):
-    from .prdc import prdc
-
-    return prdc(real, generated, k=options.prdc_k, resamples=options.bootstrap_resamples, seed=options.seed,
-                features=features, exact=exact)
 
 
 def _timing(load_s: float, extract_s: float, frechet_s: float, images: int) -> Timing:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .plugins import Plugin
 from .schemas import Prdc, PrdcValue
 
 BLOCK = 1024  # rows of one set whose distances to the other set are held at once
@@ -157,3 +158,27 @@ def text(p: Prdc) -> str:
     """The four values in the headline's words."""
     return (f"precision {p.precision.value:.3f}, recall {p.recall.value:.3f}, density {p.density.value:.3f}, "
             f"coverage {p.coverage.value:.3f} (k = {p.k}, {p.features} features)")
+
+
+class _Prdc(Plugin):
+    """Precision, recall, density and coverage as a metric (plugins.py), on the FID network's kept rows."""
+
+    name = "prdc"
+    fields = ("prdc",)
+
+    def wanted(self, options) -> bool:
+        return options.fid_on and options.prdc_k > 0
+
+    def section(self, r, g, ctx) -> dict:
+        rows = ctx.sections.get("feature_rows")
+        return dict(prdc=of_options(r.feature_rows(), g.feature_rows(), ctx.options, "network",
+                                    rows is not None and not rows.capped))
+
+
+def of_options(real, generated, options, features: str, exact: bool) -> Prdc | None:
+    """``prdc`` with a job's options (``prdc_k``, its bootstrap resamples and seed)."""
+    return prdc(real, generated, k=options.prdc_k, resamples=options.bootstrap_resamples, seed=options.seed,
+                features=features, exact=exact)
+
+
+PLUGIN = _Prdc()

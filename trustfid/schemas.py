@@ -11,7 +11,7 @@ not know, so an older client keeps working against a newer service.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -457,6 +457,9 @@ class Report(Strict):
                                                 "features (prdc_k 0 or metrics without fid: null)")
     prdc_radiomics: Prdc | None = Field(None, description="the same on the FRD's radiomic features, when the FRD "
                                                           "was computed")
+    extra_metrics: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="the sections of metrics registered from outside trustfid "
+        "(trustfid.plugins.register; docs/METRICS.md), by their names")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,108 @@
+"""Metrics as plug-ins: the report builder (``pipeline.report_from_stats``) asks each registered metric, in
+order, for its part of the report, and names none of them.
+
+A metric is one module holding a ``Plugin`` and one call to ``register``. It says:
+
+- ``wanted(options)``: whether a job with these options computes it (``options.metrics``, its own option);
+- ``section(real, generated, ctx)``: its report fields, from the two sets' statistics (stats.SetStats:
+  the FID network's moments and kept feature rows, the radiomic statistics, the per-image arrays), as a
+  dict. A built-in metric lists the ``Report`` fields it fills in ``fields``; a metric registered from
+  outside trustfid leaves ``fields`` empty and its dict (JSON values) lands in ``Report.extra_metrics``
+  under its ``name``;
+- ``absent(options)``: its fields when it is not wanted (by default null).
+
+``ctx.sections`` holds what the metrics before it produced (the FID's ``trust`` for the FRD's hint,
+``boot_samples`` for the headline): a metric may read the sections of those registered before it.
+
+Built in, in this order: ``fid`` (trustfid/fid.py: the plain FID, MC dropout, the bootstrap, latent
+variance, the domain check and the trust level), ``kid`` (KID and FID∞, kid.py), ``prdc`` (precision,
+recall, density, coverage, prdc.py) and ``frd`` (the FRD and its precision/recall, frd.py).
+docs/METRICS.md shows how to add one, with the example that tests/test_plugins.py registers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Context:
+    """What the report builder hands every metric: the job's options (resolved for its extractor), the
+    extractor (None when no network ran), the device of the float64 linear algebra, the progress callback,
+    and the sections made so far."""
+
+    options: Any
+    extractor: Any = None
+    device: Any = "cpu"
+    progress: Any = None
+    sections: dict = field(default_factory=dict)
+
+
+class Plugin:
+    """One metric (see the module docstring)."""
+
+    name: str = ""
+    fields: tuple[str, ...] = ()  # the Report fields a built-in metric fills; empty: Report.extra_metrics[name]
+
+    def wanted(self, options) -> bool:
+        return True
+
+    def section(self, real, generated, ctx: Context) -> dict:
+        raise NotImplementedError
+
+    def absent(self, options) -> dict:
+        return dict.fromkeys(self.fields)
+
+
+_registry: dict[str, Plugin] = {}
+
+
+def register(plugin: Plugin) -> Plugin:
+    """Add a metric after those registered before it (the same name replaces it in place)."""
+    if not plugin.name or not plugin.name.replace("_", "").isalnum():
+        raise ValueError(f"a metric needs a name of letters, digits and _ (got {plugin.name!r})")
+    _registry[plugin.name] = plugin
+    return plugin
+
+
+def unregister(name: str) -> None:
+    _registry.pop(name, None)
+
+
+def registered() -> list[Plugin]:
+    """Every metric, built-in ones first, in the order they were registered."""
+    _builtins()
+    return list(_registry.values())
+
+
+def sections(real, generated, ctx: Context) -> tuple[dict, dict]:
+    """(the Report's fields, the extra_metrics of metrics registered from outside) of every metric."""
+    fields, extra = {}, {}
+    for plugin in registered():
+        wanted = plugin.wanted(ctx.options)
+        part = plugin.section(real, generated, ctx) if wanted else plugin.absent(ctx.options)
+        ctx.sections.update(part)
+        if plugin.fields:
+            fields.update({k: v for k, v in part.items() if k in plugin.fields})
+        elif wanted:
+            extra[plugin.name] = part
+    return fields, extra
+
+
+_loaded = False
+
+
+def _builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from . import fid, frd, kid, prdc
+
+    for plugin in (fid.PLUGIN, kid.PLUGIN, prdc.PLUGIN, frd.PLUGIN):
+        if plugin.name not in _registry:
+            _registry[plugin.name] = plugin
+    # built-ins go first, before any metric registered from outside
+    for name in [n for n in _registry if n not in ("fid", "kid", "prdc", "frd")]:
+        _registry[name] = _registry.pop(name)
