@@ -197,4 +197,6 @@ def test_a_medical_reference_gets_the_frd_in_the_same_report_and_the_reason_poin
     # later jobs with the same FRD; a natural one does not
     saved = compute_stats(medical, opts)
     assert saved.radiomics is not None and compute_stats(natural_a, opts).radiomics is None
-    assert score(saved, natural_b, opts).frd.value == pytest.approx(rep.frd.value, rel=1e-9)
+    # the same FRD within the FRD's tolerance, not to the last digit: the radiomics are recomputed for the generated
+    # set, and the float64 linear algebra's threads may split its sums otherwise (4e-8 measured once, loaded machine)
+    assert _close(score(saved, natural_b, opts).frd.value, rep.frd.value)
