@@ -8,8 +8,10 @@ float32 z-scoring and scipy's sqrtm against our float64 moments and exact Fréch
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -55,6 +57,44 @@ def test_frd_alone_skips_the_fid_network_and_still_equals_frd_score(frd_sets):
     assert report.headline.text.startswith("FRD ") and report.counts.real.used == 12
     paper = score(frd_sets["real"], frd_sets["generated"], {**FRD_ONLY, "frd_paper_log": True}).frd
     assert paper.log == "log(d)" and paper.value == pytest.approx(report.frd.value / 2, rel=1e-12)
+
+
+def test_an_frd_only_job_never_imports_torch_and_gives_the_frd_of_a_fid_job(frd_sets, tmp_path):
+    """score(), compute_stats() and `trustfid score` with metrics frd, in a fresh process whose radiomics run in
+    spawned decode processes: no process imports torch (a stand-in torch first on the path writes down every
+    process that imports it), and the FRD equals the one of a job that runs the FID network beside it."""
+    stand_in = tmp_path / "path" / "torch"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text("import os\nwith open(os.environ['TORCH_IMPORTED'], 'a') as f:\n"
+                                          "    f.write(f'{os.getpid()}\\n')\n"
+                                          "raise ImportError('a job of metrics frd imported torch')\n")
+    imported, ref, out = tmp_path / "torch-imported", tmp_path / "real.npz", tmp_path / "cli.json"
+    real, generated = str(frd_sets["real"]), str(frd_sets["generated"])
+    code = textwrap.dedent(f"""
+        import json, sys
+        from trustfid import compute_stats, score
+        report = score({real!r}, {generated!r}, {FRD_ONLY!r})
+        compute_stats({real!r}, {FRD_ONLY!r}).save({str(ref)!r})
+        from app.cli import main
+        code = main(["score", {str(ref)!r}, {generated!r}, "--metrics", "frd", "-q", "--json", {str(out)!r}])
+        print(json.dumps({{"frd": report.frd.value, "ci": report.frd.sampling_ci95, "device": report.device,
+                           "cli": code, "torch": "torch" in sys.modules}}))
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stand_in.parent), str(ROOT)]),
+           "TORCH_IMPORTED": str(imported)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert not imported.exists(), f"processes {imported.read_text().split()} imported torch"
+    alone = json.loads(r.stdout.strip().splitlines()[-1])
+    assert alone["torch"] is False and alone["cli"] == 0 and alone["device"] == "cpu"
+
+    with_fid = score(frd_sets["real"], frd_sets["generated"], {**FAST_OPTIONS, **FRD_ONLY, "metrics": ["fid", "frd"]})
+    assert with_fid.fid is not None
+    assert alone["frd"] == pytest.approx(with_fid.frd.value, rel=1e-9, abs=0)
+    assert alone["ci"] == pytest.approx(with_fid.frd.sampling_ci95, rel=1e-9, abs=0)
+    cli = json.loads(out.read_text())  # the reference from compute_stats, saved: the same FRD
+    assert cli["frd"]["value"] == pytest.approx(with_fid.frd.value, rel=1e-9, abs=0)
+    assert cli["device"] == "cpu" and cli["frd"]["real"]["used"] == 12 and cli["frd"]["generated"]["used"] == 12
 
 
 def test_reading_the_decoded_images_is_an_option_and_moves_the_frd(frd_sets):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance as pytorch_fid_frechet
 
-from trustfid.frechet import frechet_distance, frechet_distances
+from trustfid.frechet import NUMPY, frechet_distance, frechet_distances
 from trustfid.stats import Gaussian, Moments
 
 REL = 1e-6  # the issue's acceptance tolerance on well-conditioned cases
@@ -77,15 +77,19 @@ def test_singular_covariance_from_repeated_images_is_finite():
     assert fid == pytest.approx(_reference(repeated, y), rel=1e-5)
 
 
-def test_batched_distances_equal_one_by_one():
+@pytest.mark.parametrize("device", ["cpu", NUMPY])
+def test_batched_distances_equal_one_by_one(device):
     pairs = []
     for seed in range(3):
         x, y = _sets(48, 300, 200, seed=seed)
         pairs.append((_moments(x, 64), _moments(y, 64)))
     x, y = _sets(48, 20, 30)
     pairs.append((_moments(x, 8), _moments(y, 8)))  # a small-set pair in the same call
-    batched = frechet_distances(pairs, group=2)
-    assert batched == pytest.approx([frechet_distance(a, b) for a, b in pairs], rel=1e-10)
+    low_rank = np.cov(np.repeat(x, 10, axis=0), rowvar=False)  # rank 19 in 48 dims: its Cholesky fails
+    pairs.append((Gaussian(200, x.mean(0), sigma=low_rank), Gaussian(200, y.mean(0), sigma=np.cov(y, rowvar=False))))
+    batched = frechet_distances(pairs, group=2, device=device)
+    assert batched == pytest.approx([frechet_distance(a, b, device) for a, b in pairs], rel=1e-10)
+    assert np.isfinite(batched).all()
 
 
 def test_small_sets_batched_and_gram_route_equal_the_svd_nuclear_norm():
@@ -93,12 +97,35 @@ def test_small_sets_batched_and_gram_route_equal_the_svd_nuclear_norm():
     matrix, batched over passes, equals the sum of its singular values (an SVD) within 1e-12."""
     import torch
 
-    from trustfid.frechet import _fid, _t
+    from trustfid.frechet import _fid
 
     pairs = []
     for seed in range(3):
         x, y = _sets(256, 90, 120, seed=seed)
         pairs.append((_moments(x, 32), _moments(y, 32)))
-    svd = [_fid(a, b, float(torch.linalg.svdvals(_t(a.factor()) @ _t(b.factor()).T).sum())) for a, b in pairs]
+    svd = [_fid(a, b, float(torch.linalg.svdvals(torch.from_numpy(a.factor()) @ torch.from_numpy(b.factor()).T).sum()))
+           for a, b in pairs]
     assert frechet_distances(pairs, group=2) == pytest.approx(svd, rel=1e-12)
     assert [frechet_distance(a, b) for a, b in pairs] == pytest.approx(svd, rel=1e-12)
+
+
+def test_numpy_gives_torch_s_distance():
+    """The FRD's route (numpy, which never imports torch) and the FID's (torch on the CPU) run one algorithm:
+    the same distance within 1e-12 on every route whose eigenvalues are determined — two large sets, two
+    small sets (the FRD's route up to d images per set), one of them singular from repeated images — and
+    the same batched. Where a route takes the square roots of round-off zeros (one small set: F1 S2 F1^T
+    always has one; a singular covariance given as a matrix) two LAPACKs agree only to about sqrt(eps),
+    as the GPU and the CPU do (tests/test_cuda.py)."""
+    pairs = []
+    for seed in range(3):
+        x, y = _sets(64, 400, 900, seed=seed)
+        pairs.append((_moments(x, 64), _moments(y, 64)))  # both large: Cholesky + eigvalsh
+        x, y = _sets(464, 40, 60, seed=seed)
+        pairs.append((_moments(x, 8), _moments(y, 8)))  # both small: the cross matrix's Gram eigenvalues
+        repeated = np.repeat(x[:12], 3, axis=0)  # 36 rows of rank 11: a singular covariance
+        pairs.append((_moments(repeated, 8), _moments(y, 8)))
+        pairs.append((_moments(y, 8), _moments(repeated, 8)))
+    assert pairs[0][0].sigma is not None and pairs[1][0].factor() is not None
+    torch_route = [frechet_distance(a, b) for a, b in pairs]
+    assert [frechet_distance(a, b, NUMPY) for a, b in pairs] == pytest.approx(torch_route, rel=1e-12, abs=0)
+    assert frechet_distances(pairs, group=2, device=NUMPY) == pytest.approx(torch_route, rel=1e-12, abs=0)

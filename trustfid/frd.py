@@ -13,7 +13,7 @@ frd-score v1, step by step, and where each step sits here:
    of about 1e-7 relative).
 3. columns whose z-scores hold NaN or Inf in either set are dropped: a feature constant over the
    reference (std_1 = 0) or non-finite anywhere. Here: per-column min and max, kept in the statistics.
-4. Fréchet distance d² of the two Gaussians (frechet.py, exact; frd-score uses scipy's sqrtm).
+4. Fréchet distance d² of the two Gaussians (frechet.py, exact, in numpy; frd-score uses scipy's sqrtm).
 5. FRD = log(d²) (frd-score's default, "the original code convention"); with ``frd_paper_log``,
    log(d) = log(d²) / 2 as the paper's Eq. 3 writes it. The log sits after the distance: the
    statistics hold raw moments, never logs.
@@ -52,14 +52,15 @@ def _standardised(g: Gaussian, mean: np.ndarray, std: np.ndarray, keep: np.ndarr
 def distance_squared(real: Gaussian, generated: Gaussian, usable: np.ndarray) -> tuple[float, int]:
     """(d², features used): steps 2-4 of the module docstring, on raw-feature Gaussians; ``usable`` the
     features finite in both sets."""
-    from .frechet import frechet_distance
+    from .frechet import NUMPY, frechet_distance
 
     std = np.sqrt(_variance0(real))
     keep = usable & np.isfinite(real.mu) & np.isfinite(generated.mu) & np.isfinite(std) & (std > 0)
     if not keep.any():
         raise InputError("FRD: no radiomic feature varies over the reference set (every one is constant or "
                          "undefined); it needs at least two differing reference images")
-    d2 = frechet_distance(_standardised(real, real.mu, std, keep), _standardised(generated, real.mu, std, keep))
+    d2 = frechet_distance(_standardised(real, real.mu, std, keep), _standardised(generated, real.mu, std, keep),
+                          NUMPY)  # numpy's LAPACK: a job of metrics frd never imports torch
     return d2, int(keep.sum())
 
 

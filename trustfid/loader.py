@@ -27,13 +27,16 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .decode_worker import prepare, serve
 from .errors import TrustfidError
 from .inputs import SetShard
+
+if TYPE_CHECKING:
+    import torch
 
 DEPTH = 8  # units queued per process
 # The first set decoded in processes waits for them to start (seconds: spawn imports torch); a smaller
@@ -48,19 +51,22 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def worker_count(setting: int | None, device: torch.device, source, candidates: int, radiomics: bool = False) -> int:
+def worker_count(setting: int | None, device: torch.device | str, source, candidates: int,
+                 radiomics: bool = False) -> int:
     """Decode processes for a set: the setting when given; else the available cores but one on a GPU
     job with at least MIN_IMAGES candidates, and none (the prefetch thread) on a CPU job, whose network
     already uses every core. Radiomics (FRD, about 0.3 s of CPU per image) always run in processes: every
-    core on a CPU job, all but one on a GPU job. One pool of processes per number serves every set."""
+    core on a CPU job, all but one on a GPU job. One pool of processes per number serves every set.
+    ``device``: the job's (a job without the network has the string "cpu")."""
     path = source.source if isinstance(source, SetShard) else source
     if not isinstance(path, (str, os.PathLike)) or multiprocessing.current_process().daemon or not candidates:
         return 0
     if setting is not None:
         return setting
+    gpu = str(device).startswith("cuda")
     if radiomics:
-        return max(1, available_cores() - (1 if device.type == "cuda" else 0))
-    return max(1, available_cores() - 1) if device.type == "cuda" and candidates >= MIN_IMAGES else 0
+        return max(1, available_cores() - (1 if gpu else 0))
+    return max(1, available_cores() - 1) if gpu and candidates >= MIN_IMAGES else 0
 
 
 class _Pool:
@@ -197,7 +203,11 @@ class ParallelLoader:
 def stacked(batch: list[tuple]) -> tuple[list[str], torch.Tensor | None, list | None]:
     """``prepare``'s items of one batch as (names, network inputs (n, 3, H, W) or None, features or None)."""
     names = [item[0] for item in batch]
-    x = torch.from_numpy(np.stack([item[1] for item in batch])) if batch[0][1] is not None else None
+    x = None
+    if batch[0][1] is not None:  # the FID network's input: torch is loaded already
+        import torch
+
+        x = torch.from_numpy(np.stack([item[1] for item in batch]))
     return names, x, [item[2] for item in batch] if batch[0][2] is not None else None
 
 

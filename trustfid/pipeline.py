@@ -6,6 +6,10 @@
 
 Every function takes ``extractor=``: None (``options.extractor``, by default the FID Inception), a
 registry name, an ``Extractor`` or a list of stages (extractor.py).
+
+torch is imported only where the FID network is loaded (``resolve_device``, ``network``,
+``load_extractor``) or its features made (``extract`` with fid): a job of metrics frd alone never
+imports it (its device is the string "cpu"), nor do its decode processes (decode_worker.py).
 """
 
 from __future__ import annotations
@@ -15,28 +19,30 @@ from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import plugins
 from . import report as rep
 from .errors import CancelledError, InputError
-from .extractor import Extractor
-from .extras import Collector
-from .inception import FIDInceptionV3
 from .inputs import ImageSet, open_images
 from .inputs.array_rules import is_stats_npz
 from .inputs.dicomweb import fetches_dicomweb
 from .inputs.rules import MIN_IMAGES, too_few_images
 from .loader import ParallelLoader, prefetched, prepared_here, worker_count
-from .mc import SET_TAGS, MCDropout
 from .plugins import Context
-from .registry import as_extractor, get_extractor, load_fid_inception
 from .schemas import InspectImage, InspectReport, Progress, Report, ScoreOptions, SkippedFile, Timing
 from .settings import EngineSettings, get_engine_settings
 from .stats import Moments, RadiomicsStats, SetStats, check_compatible, load_stats, provenance
-from .weights import Weights
+
+if TYPE_CHECKING:
+    import torch
+
+    from .extractor import Extractor
+    from .extras import Collector
+    from .inception import FIDInceptionV3
+    from .weights import Weights
 
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
@@ -45,6 +51,8 @@ CancelFn = Callable[[], bool]
 def resolve_device(name: str) -> torch.device:
     """The torch device for an options' ``device``; one this machine does not have is the caller's
     error (InputError), never a crash later in the network."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -63,12 +71,16 @@ def resolve_device(name: str) -> torch.device:
 
 def _use_threads(settings: EngineSettings) -> None:
     if settings.threads:
+        import torch
+
         torch.set_num_threads(settings.threads)
 
 
 def network(options: ScoreOptions,
             settings: EngineSettings | None = None) -> tuple[FIDInceptionV3, Weights, torch.device]:
     """The FID Inception and its weights, loaded once per process and device (a worker keeps it)."""
+    from .registry import load_fid_inception
+
     settings = settings or get_engine_settings()
     _use_threads(settings)
     device = resolve_device(options.device)
@@ -96,6 +108,8 @@ def load_extractor(options: ScoreOptions | dict | None, extractor=None, settings
     points checked against its stages). A registered extractor runs on ``options.device``; a given
     one on its own device unless ``options.device`` names another ("auto" keeps it where it is).
     ``device``, when given, wins over both (the Metric runs where the images are)."""
+    from .registry import as_extractor, get_extractor
+
     settings = settings or get_engine_settings()
     _use_threads(settings)
     if extractor is None or isinstance(extractor, str):
@@ -119,12 +133,12 @@ def metrics_of(options: ScoreOptions | dict | None) -> list[str]:
 
 
 def job_extractor(options: ScoreOptions | dict | None, extractor=None, settings: EngineSettings | None = None
-                  ) -> tuple[Extractor | None, ScoreOptions, torch.device]:
-    """``load_extractor`` when the metrics include fid; without it no network is loaded: (None, the
-    options, the CPU)."""
+                  ) -> tuple[Extractor | None, ScoreOptions, torch.device | str]:
+    """``load_extractor`` when the metrics include fid; without it no network (nor torch) is loaded: (None,
+    the options, "cpu")."""
     if "fid" in metrics_of(options):
         return load_extractor(options, extractor, settings)
-    return None, as_options(options), torch.device("cpu")
+    return None, as_options(options), "cpu"
 
 
 def reading_options(options: ScoreOptions | dict | None) -> ScoreOptions:
@@ -238,6 +252,9 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
 
         require()  # a clear error before any work when pyradiomics is missing
     if fid:
+        from .extras import Collector
+        from .mc import SET_TAGS, MCDropout
+
         ex, options, device = load_extractor(options, extractor, settings)
         model = MCDropout(ex, options, device, settings)
         prep = (options.resize, ex.input_size, ex.input_range_for(options.resize))
@@ -245,7 +262,7 @@ def extract(source, set_name: str, options: ScoreOptions | dict | None, *, extra
         step = settings.gpu_batch if device.type == "cuda" else options.batch_size
     else:
         options = as_options(options)
-        device, prep, step = torch.device("cpu"), None, options.batch_size
+        device, prep, step = "cpu", None, options.batch_size
     open_kwargs = input_rules(options, settings, stored=radiomics)
     if images is None:
         images = open_set(source, set_name, options, settings, min_images, stored=radiomics)
