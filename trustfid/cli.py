@@ -92,6 +92,9 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
     o.add_argument("--prdc-k", type=int, default=d.prdc_k, metavar="K",
                    help=f"nearest neighbours of precision, recall, density and coverage (default {d.prdc_k}, as "
                         "Naeem et al.; 0 = none)")
+    o.add_argument("--no-copy-check", dest="copy_check", action="store_false",
+                   help="leave out the copy check (every generated image against every reference image for "
+                        "near-copies; on by default with fid)")
     o.add_argument("--kid-subsets", type=int, default=d.kid_subsets, metavar="N",
                    help=f"KID subsets (default {d.kid_subsets}, as clean-fid; 0 = no KID)")
     o.add_argument("--thumbnails", type=int, default=d.thumbnails, metavar="N",
@@ -126,7 +129,7 @@ def _options(args, saved: list[tuple[str, dict]] = ()) -> ScoreOptions:
                         bootstrap_resamples=args.bootstrap_resamples, top_k=args.top_k, strict=args.strict,
                         max_feature_rows=args.max_feature_rows, kid_subsets=args.kid_subsets,
                         thumbnails=args.thumbnails, metrics=args.metrics, frd_paper_log=args.frd_paper_log,
-                        frd_reading=args.frd_reading, prdc_k=args.prdc_k)
+                        frd_reading=args.frd_reading, prdc_k=args.prdc_k, copy_check=args.copy_check)
 
 
 def _saved(*sources: str) -> list[tuple[str, dict]]:
@@ -192,6 +195,15 @@ def summary(report) -> str:
     for p in (report.prdc, report.prdc_radiomics):
         if p is not None:
             lines += _prdc_lines(p)
+    m = report.memorization
+    if m is not None:
+        lines.append(f"copy check: {m.copies_found} of {m.generated} generated images are near-copies of the "
+                     f"{m.reference} reference images (score ≥ {m.threshold}; median nearest score "
+                     f"{m.median_score:.3f})")
+        lines += [f"  {c.generated} ≈ {c.reference} ({c.score:.3f}{', mirrored' if c.mirrored else ''})"
+                  for c in m.copies[:10]]
+        if m.copies_found > 10:
+            lines.append(f"  ... and {m.copies_found - 10} more (memorization.copies in the JSON report)")
     skipped = [(side, s) for side in ("real", "generated") for s in getattr(report.counts, side).skipped]
     if skipped:
         lines.append(f"{plural(len(skipped), 'file')} skipped:")

@@ -53,7 +53,6 @@ a symmetric anatomy, and scans that share one outline against black.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -456,12 +455,9 @@ def find_copies(ref_prints, ref_names, gen_prints, gen_names, threshold: float =
 def _one_blas_thread():
     """The search's matrix products are many and small: on one BLAS thread they do not wait for each other's
     threads. On the 2-core machine shared with other work (load average 5), 10,000 x 10,000 took 10 s on one
-    thread and 50 s on two. threadpoolctl sets it where installed (the test and study extras); elsewhere
-    OPENBLAS_NUM_THREADS=1 in the process does."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
+    thread and 50 s on two (threadpoolctl, an engine dependency, sets it for the search only)."""
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(1, user_api="blas")
 
 

@@ -6,7 +6,8 @@
 - a bounded, deterministic sample of plain feature rows (rows.py) for KID, FID∞ and the bootstrap;
 - small thumbnails (``THUMB`` px, uint8) of the ``options.thumbnails`` images with the highest domain
   scores, for the report a person reads. Bounded: at most that many per set, and only when the
-  shipped domain model can score this network's features.
+  shipped domain model can score this network's features;
+- each image's print for the copy check (memorization.py; 1 KB per image, every image of the set).
 """
 
 from __future__ import annotations
@@ -55,20 +56,25 @@ class Collector:
         self.kept = KeptRows(ex.feature_dim, options.max_feature_rows, options.seed)
         self.parts: list[dict[str, np.ndarray]] = []  # per batch: the per-image domain arrays
         self.k = options.thumbnails
+        self.copies = options.copy_check  # each image's print for the copy check (memorization.py)
         self.model = shipped_model(ex.weights_sha256, options.resize) if self.probe else None
         self._heap: list = []  # (score, -index, name, thumbnail): the k highest scores
 
     def add(self, x, f_plain, f_mc, names: list[str], first_index: int) -> None:
         self.kept.add(f_plain.numpy(), first_index)
-        if self.probe is None:
-            return
-        raw = self.probe.take(f_plain)
-        if self.model is None:
-            self.parts.append({STATS_KEY: raw})
-            return
-        part = self.model.per_image(raw, f_plain)
-        self.parts.append(part)
-        if not self.k:
+        part = {}
+        if self.copies:
+            from .copies import PRINTS_KEY
+            from .memorization import prints_of
+
+            part[PRINTS_KEY] = prints_of(x)
+        raw = None
+        if self.probe is not None:
+            raw = self.probe.take(f_plain)
+            part.update({STATS_KEY: raw} if self.model is None else self.model.per_image(raw, f_plain))
+        if part:
+            self.parts.append(part)
+        if raw is None or self.model is None or not self.k:
             return
         scores = self.model.score_stats(part, len(raw))
         for i, (s, name) in enumerate(zip(scores, names)):

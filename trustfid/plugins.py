@@ -16,7 +16,8 @@ A metric is one module holding a ``Plugin`` and one call to ``register``. It say
 
 Built in, in this order: ``fid`` (trustfid/fid.py: the plain FID, MC dropout, the bootstrap, latent
 variance, the domain check and the trust level), ``kid`` (KID and FID∞, kid.py), ``prdc`` (precision,
-recall, density, coverage, prdc.py) and ``frd`` (the FRD and its precision/recall, frd.py).
+recall, density, coverage, prdc.py), ``frd`` (the FRD and its precision/recall, frd.py) and
+``memorization`` (the copy check, memorization.py on copies.py).
 docs/METRICS.md shows how to add one, with the example that tests/test_plugins.py registers.
 """
 
@@ -91,6 +92,7 @@ def sections(real, generated, ctx: Context) -> tuple[dict, dict]:
 
 
 _loaded = False
+BUILT_IN = ("fid", "kid", "prdc", "frd", "memorization")
 
 
 def _builtins() -> None:
@@ -98,11 +100,11 @@ def _builtins() -> None:
     if _loaded:
         return
     _loaded = True
-    from . import fid, frd, kid, prdc
+    from . import fid, frd, kid, memorization, prdc
 
-    for plugin in (fid.PLUGIN, kid.PLUGIN, prdc.PLUGIN, frd.PLUGIN):
+    for plugin in (fid.PLUGIN, kid.PLUGIN, prdc.PLUGIN, frd.PLUGIN, memorization.PLUGIN):
         if plugin.name not in _registry:
             _registry[plugin.name] = plugin
     # built-ins go first, before any metric registered from outside
-    for name in [n for n in _registry if n not in ("fid", "kid", "prdc", "frd")]:
+    for name in [n for n in _registry if n not in BUILT_IN]:
         _registry[name] = _registry.pop(name)

@@ -125,6 +125,8 @@ class ScoreOptions(Strict):
     # 1.7
     prdc_k: int = Field(5, ge=0, le=100, description="k of the k-nearest-neighbour balls of precision, recall, "
                                                      "density and coverage (Naeem et al. 2020: 5); 0 = none")
+    copy_check: bool = Field(True, description="compare every generated image with every reference image for "
+                                               "near-copies (memorisation: report.memorization); needs fid")
     # 1.5
     metrics: list[MetricName] = Field(
         default_factory=lambda: ["fid"],
@@ -399,6 +401,34 @@ class Prdc(Strict):
     note: str | None = None
 
 
+class CopyPair(Strict):
+    generated: str
+    reference: str = Field(description="the reference image it copies")
+    score: float = Field(description="1 = an exact copy (also mirrored or slightly cropped); a copy from the threshold")
+    mirrored: bool = Field(description="the match was the generated image mirrored left-right")
+    generated_print: str | None = Field(None, max_length=6_000, pattern=r"^data:image/png;base64,[A-Za-z0-9+/=]+$",
+                                        description="what the check compared (32 px grayscale), for the worst pairs")
+    reference_print: str | None = Field(None, max_length=6_000, pattern=r"^data:image/png;base64,[A-Za-z0-9+/=]+$")
+
+
+class Memorization(Strict):
+    """The copy check (trustfid/copies.py; docs/VALIDATION.md "The copy check"): every generated image's
+    nearest reference image in the pixel domain, and those close enough to be copies. A finding about the
+    generator (a privacy leak when the reference is training data), never a trust level."""
+
+    method: str
+    threshold: float
+    generated: int = Field(description="generated images checked")
+    reference: int = Field(description="reference images they were compared with")
+    too_plain: int = Field(description="generated images with too little structure to tell a copy (score 0)")
+    copies_found: int
+    share: float = Field(description="copies_found / generated")
+    copies: list[CopyPair] = Field(default_factory=list, description="the copies, worst (highest score) first; at "
+                                   "most 1,000 listed (copies_found counts them all)")
+    median_score: float = Field(description="the median of every generated image's nearest score: honest sets sit "
+                                            "well below the threshold")
+
+
 class Frd(Strict):
     """Fréchet Radiomics Distance, frd-score v1 (trustfid/frd.py): radiomic features from pyradiomics,
     z-scored against the reference set, Fréchet distance d², then a log. Lower is closer; it is not on
@@ -457,6 +487,7 @@ class Report(Strict):
                                                 "features (prdc_k 0 or metrics without fid: null)")
     prdc_radiomics: Prdc | None = Field(None, description="the same on the FRD's radiomic features, when the FRD "
                                                           "was computed")
+    memorization: Memorization | None = Field(None, description="the copy check (copy_check; metrics with fid)")
     extra_metrics: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="the sections of metrics registered from outside trustfid "
         "(trustfid.plugins.register; docs/METRICS.md), by their names")
