@@ -114,6 +114,13 @@ def fingerprint(image: np.ndarray) -> np.ndarray:
     return np.rint((thumb - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
+def batch_prints(x) -> np.ndarray:
+    """(n, SIDE, SIDE) uint8 prints of a batch of images (n, C, H, W), a numpy array or a torch tensor on any
+    device (the FID network's input as the collector sees it, extras.py)."""
+    a = x.float().cpu().numpy() if hasattr(x, "cpu") else np.asarray(x, np.float32)
+    return np.stack([fingerprint(im.transpose(1, 2, 0)) for im in a]) if len(a) else np.zeros((0, SIDE, SIDE), np.uint8)
+
+
 def _area_average(channel: np.ndarray) -> np.ndarray:
     """A 2-D float32 array area-averaged (Pillow's BOX filter: exact pixel-area weights) to SIDE x SIDE,
     as float64; a smaller image is enlarged by the same rule (each print cell takes the pixel it lies in)."""

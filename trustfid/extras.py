@@ -64,10 +64,9 @@ class Collector:
         self.kept.add(f_plain.numpy(), first_index)
         part = {}
         if self.copies:
-            from .copies import PRINTS_KEY
-            from .memorization import prints_of
+            from .copies import PRINTS_KEY, batch_prints
 
-            part[PRINTS_KEY] = prints_of(x)
+            part[PRINTS_KEY] = batch_prints(x)
         raw = None
         if self.probe is not None:
             raw = self.probe.take(f_plain)

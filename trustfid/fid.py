@@ -4,7 +4,7 @@ images, latent variance, the domain check and the trust level, all from the FID 
 
 from __future__ import annotations
 
-from .plugins import Context, Plugin
+from .plugin import Context, Plugin
 from .schemas import ModelInfo, Progress
 
 

@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from .errors import InputError
-from .plugins import Plugin
+from .plugin import Plugin
 from .schemas import Frd, FrdSet
 from .stats import Gaussian, RadiomicsStats, check_compatible
 

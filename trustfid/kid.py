@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .frechet import frechet_distance
-from .plugins import Plugin
+from .plugin import Plugin
 from .schemas import FidInfinity, FidInfinityPoint, Kid
 from .stats import Moments
 

@@ -1,6 +1,6 @@
 """The copy check as a metric (plugins.py): did the generator copy its training images?
 
-Each image's print (copies.fingerprint: 32 x 32 grayscale, 1 KB) is made from the network's input as the
+Each image's print (copies.batch_prints: 32 x 32 grayscale, 1 KB) is made from the network's input as the
 image goes through the FID network (extras.Collector) and kept for every image of a set, in image order,
 in the set's per-image arrays: shards merge them by concatenation and saved statistics carry them, as the
 domain check's inputs. The report's ``memorization`` section lists the copies, worst first, with the
@@ -11,18 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plugins import Plugin
+from .plugin import Plugin
 
 LISTED = 1000  # copies listed in the report (all are counted)
-
-
-def prints_of(x) -> np.ndarray:
-    """(n, 32, 32) uint8 prints of a batch of network inputs (n, C, H, W) (the print does not depend on the
-    intensity scale, so the network's input range needs no undoing)."""
-    from .copies import fingerprint
-
-    a = x.float().cpu().numpy() if hasattr(x, "cpu") else np.asarray(x, np.float32)
-    return np.stack([fingerprint(im.transpose(1, 2, 0)) for im in a]) if len(a) else np.zeros((0, 32, 32), np.uint8)
 
 
 def _thumb(p: np.ndarray) -> str:

@@ -23,40 +23,14 @@ docs/METRICS.md shows how to add one, with the example that tests/test_plugins.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from . import fid, frd, kid, memorization, prdc
+from .plugin import Context, Plugin
+
+__all__ = ["Context", "Plugin", "register", "registered", "sections", "unregister"]
 
 
-@dataclass
-class Context:
-    """What the report builder hands every metric: the job's options (resolved for its extractor), the
-    extractor (None when no network ran), the device of the float64 linear algebra, the progress callback,
-    and the sections made so far."""
-
-    options: Any
-    extractor: Any = None
-    device: Any = "cpu"
-    progress: Any = None
-    sections: dict = field(default_factory=dict)
-
-
-class Plugin:
-    """One metric (see the module docstring)."""
-
-    name: str = ""
-    fields: tuple[str, ...] = ()  # the Report fields a built-in metric fills; empty: Report.extra_metrics[name]
-
-    def wanted(self, options) -> bool:
-        return True
-
-    def section(self, real, generated, ctx: Context) -> dict:
-        raise NotImplementedError
-
-    def absent(self, options) -> dict:
-        return dict.fromkeys(self.fields)
-
-
-_registry: dict[str, Plugin] = {}
+BUILT_IN = (fid.PLUGIN, kid.PLUGIN, prdc.PLUGIN, frd.PLUGIN, memorization.PLUGIN)
+_registry: dict[str, Plugin] = {p.name: p for p in BUILT_IN}
 
 
 def register(plugin: Plugin) -> Plugin:
@@ -73,7 +47,6 @@ def unregister(name: str) -> None:
 
 def registered() -> list[Plugin]:
     """Every metric, built-in ones first, in the order they were registered."""
-    _builtins()
     return list(_registry.values())
 
 
@@ -89,22 +62,3 @@ def sections(real, generated, ctx: Context) -> tuple[dict, dict]:
         elif wanted:
             extra[plugin.name] = part
     return fields, extra
-
-
-_loaded = False
-BUILT_IN = ("fid", "kid", "prdc", "frd", "memorization")
-
-
-def _builtins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from . import fid, frd, kid, memorization, prdc
-
-    for plugin in (fid.PLUGIN, kid.PLUGIN, prdc.PLUGIN, frd.PLUGIN, memorization.PLUGIN):
-        if plugin.name not in _registry:
-            _registry[plugin.name] = plugin
-    # built-ins go first, before any metric registered from outside
-    for name in [n for n in _registry if n not in BUILT_IN]:
-        _registry[name] = _registry.pop(name)

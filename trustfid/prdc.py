@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plugins import Plugin
+from .plugin import Plugin
 from .schemas import Prdc, PrdcValue
 
 BLOCK = 1024  # rows of one set whose distances to the other set are held at once

@@ -1,0 +1,35 @@
+"""What a metric is (plugins.py registers them): ``Plugin``, and the ``Context`` the report builder hands it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Context:
+    """What the report builder hands every metric: the job's options (resolved for its extractor), the
+    extractor (None when no network ran), the device of the float64 linear algebra, the progress callback,
+    and the sections made so far."""
+
+    options: Any
+    extractor: Any = None
+    device: Any = "cpu"
+    progress: Any = None
+    sections: dict = field(default_factory=dict)
+
+
+class Plugin:
+    """One metric (see the module docstring)."""
+
+    name: str = ""
+    fields: tuple[str, ...] = ()  # the Report fields a built-in metric fills; empty: Report.extra_metrics[name]
+
+    def wanted(self, options) -> bool:
+        return True
+
+    def section(self, real, generated, ctx: Context) -> dict:
+        raise NotImplementedError
+
+    def absent(self, options) -> dict:
+        return dict.fromkeys(self.fields)
