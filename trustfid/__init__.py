@@ -23,8 +23,9 @@ array, a saved statistics .npz, a numpy array or torch tensor (N,H,W,C or N,C,H,
 [0, 1]), or a SetStats. ``progress`` is called with ``schemas.Progress``; ``should_cancel()``
 returning True makes the engine raise ``errors.CancelledError`` at its next batch.
 
-Importing ``trustfid`` is cheap: torch is loaded only when an engine function is first used, and
-``Client`` never loads it. The package imports nothing from the service (app/, worker/).
+Importing ``trustfid`` is cheap: torch is loaded only when the FID network is (a job of metrics frd alone
+never loads it, nor do its decode processes), and ``Client`` never loads it. The package imports nothing
+from the service (app/, worker/).
 """
 
 __version__ = "0.2.0"
