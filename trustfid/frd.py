@@ -146,13 +146,13 @@ class _Frd(Plugin):
     """The FRD as a metric (plugins.py): computed when metrics has frd, or frd:auto and the FID's domain check
     finds the reference outside the network's domain and both sets have radiomic statistics; with it,
     precision, recall, density and coverage on the radiomic features. A reference outside the domain gets
-    the trust reason's pointer to it (or to how to get it)."""
+    the trust reason's pointer to it, or to how to get it: also when metrics left the FRD out."""
 
     name = "frd"
     fields = ("frd", "prdc_radiomics")
 
     def wanted(self, options) -> bool:
-        return options.frd_mode != "off"
+        return True  # without frd in metrics it computes nothing, but still points a reader to the FRD
 
     def section(self, r, g, ctx) -> dict:
         from .radiomics import provenance as radiomics_provenance
@@ -160,8 +160,9 @@ class _Frd(Plugin):
 
         options, trust = ctx.options, ctx.sections.get("trust")
         outside = trust is not None and trust.reference_domain == "outside"
+        mode = options.frd_mode
         value = prdc_radiomics = None
-        if options.frd_mode == "on" or (outside and r.radiomics is not None and g.radiomics is not None):
+        if mode == "on" or (mode == "auto" and outside and r.radiomics is not None and g.radiomics is not None):
             expected = radiomics_provenance(options.frd_reading)
             real, generated = (check_frd_stats(s.radiomics, name, s.source or name, expected)
                                for name, s in (("real", r), ("generated", g)))
@@ -173,11 +174,8 @@ class _Frd(Plugin):
                 prdc_radiomics = of_options(*standardised_rows(real, generated), options, "radiomics",
                                             len(real.kept) == real.n and len(generated.kept) == generated.n)
         if outside:
-            point_to_frd(trust, value, options.frd_mode)
+            point_to_frd(trust, value, mode)
         return dict(frd=value, prdc_radiomics=prdc_radiomics)
-
-    def absent(self, options) -> dict:
-        return dict(frd=None, prdc_radiomics=None)
 
 
 PLUGIN = _Frd()
