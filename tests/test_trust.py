@@ -178,7 +178,9 @@ def test_natural_against_natural_is_high_at_every_resolution(heldout, form):
     assert rep.trust.reference_domain == "natural", rep.trust.reasons
     assert rep.trust.level == "high" or (rep.trust.level == "medium" and _only_sample_size(rep.trust.reasons)), \
         rep.trust.reasons
-    assert rep.trust.findings == []
+    # no domain finding; the copy check may rightly flag some: halves a and b are crops (half to all of the
+    # short side) of the same photos, so two large crops of one photo overlap almost entirely
+    assert [f for f in rep.trust.findings if not f.startswith("copies found")] == []
 
 
 @pytest.mark.slow
