@@ -1,6 +1,6 @@
 """Benchmarks (b) and (c): feature-extraction speed of the engine's network, on the CPU.
 
-"Ours" is the engine as the pipeline runs it: the network from ``pipeline.network`` (loaded as the
+"Ours" is the engine as the pipeline runs it: the network from ``job.network`` (loaded as the
 pipeline loads it, including its memory format) driven by ``MCDropout.features``; a deterministic
 pass is ``features`` with T=0 (trunk, then the tail once with dropout off). Network only: the inputs
 are random tensors already in the network's range, so decoding and resizing do not blur the ratios.
@@ -53,9 +53,9 @@ ISSUE_DROPOUT_AT = ["Mixed_6e", "Mixed_7a", "Mixed_7b"]  # (c)'s configuration i
 
 def engine_network():
     """The network exactly as the pipeline loads it (weights, device, memory format)."""
-    from trustfid import pipeline
+    from trustfid.job import network
 
-    net, _, _ = pipeline.network(ScoreOptions(device="cpu"))
+    net, _, _ = network(ScoreOptions(device="cpu"))
     return net
 
 
@@ -169,15 +169,16 @@ def end_to_end(n_images: int, size: int, passes: int) -> dict:
     import time
 
     from trustfid import pipeline
+    from trustfid.job import open_job
 
     folder = make_image_folder(OUT / f"images-{size}px-{n_images}", n_images, size, seed=7)
     out = {"images": n_images, "source_size": f"{size}x{size} PNG", "dropout_at": ScoreOptions().dropout_at,
            "runs": {}}
     for t_passes in (0, passes):
         options = ScoreOptions(passes=t_passes, device="cpu")
-        pipeline.network(options)  # load the weights outside the timing
+        job = open_job(options)  # load the weights outside the timing
         t0 = time.perf_counter()
-        stats = pipeline.extract(folder, "real", options)
+        stats = pipeline.extract(folder, "real", job)
         wall = time.perf_counter() - t0
         assert stats.n == n_images, f"extracted {stats.n} of {n_images} images"
         out["runs"][str(t_passes)] = {"passes": t_passes, "wall_s": wall, "images_per_s": n_images / wall}

@@ -52,11 +52,11 @@ def _sync(device: torch.device) -> None:
 
 def network_speed(device: torch.device, batch: int, rounds: int, calls: int) -> dict:
     """(g1): img/s of the deterministic pass per precision; T=20 / T=0 in fp32 and tf32."""
-    from trustfid import pipeline
+    from trustfid import job
     from trustfid.mc import MCDropout
     from trustfid.settings import EngineSettings
 
-    net, _, _ = pipeline.network(ScoreOptions(device=str(device)))
+    net, _, _ = job.network(ScoreOptions(device=str(device)))
     settings = EngineSettings(gpu_batch=batch)
     x = network_inputs(batch).to(device)
 

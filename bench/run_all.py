@@ -152,7 +152,7 @@ def render(results: dict, meta: dict) -> str:
         "",
         f"Network only: {det['images_per_call']} random inputs already in [-1, 1-1/128], the same tensor for "
         f"every variant, {ex['threads']} torch threads, `torch.inference_mode()`. *ours* is the engine as the "
-        f"pipeline runs it (`pipeline.network`'s module, {det['memory_format']} memory format, through "
+        f"pipeline runs it (`job.network`'s module, {det['memory_format']} memory format, through "
         "`MCDropout.features` with T=0); *ours_default_layout* is our FIDInceptionV3 called directly in "
         "torch's default NCHW layout (the engine before it adopted channels_last). Two untimed warm-up calls "
         "each (TorchScript's profiling executor optimises on the second), then "

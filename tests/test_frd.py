@@ -129,13 +129,13 @@ def test_a_saved_reference_serves_later_jobs_and_is_refused_with_other_settings(
 
 def test_shards_merge_to_the_unsharded_frd(frd_sets):
     opts = {**FRD_ONLY, "max_feature_rows": 8}  # a capped bootstrap sample must merge exactly too
-    from trustfid.pipeline import as_options
+    from trustfid.job import open_job
 
-    options = as_options(opts)
+    job = open_job(opts)
     whole = score(frd_sets["real"], frd_sets["generated"], opts)
     shards = [(0, 5), (5, 10), (10, 12)]
-    parts = {name: merge_set(frd_sets[name], name, options, shards,
-                             [extract_shard(frd_sets[name], name, options, a, b) for a, b in shards])
+    parts = {name: merge_set(frd_sets[name], name, job, shards,
+                             [extract_shard(frd_sets[name], name, job, a, b) for a, b in shards])
              for name in ("real", "generated")}
     merged = score(parts["real"], parts["generated"], opts)
     assert merged.frd.value == pytest.approx(whole.frd.value, rel=1e-9, abs=0)

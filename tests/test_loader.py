@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import write_images
 from trustfid.errors import InputError, TooLargeError
+from trustfid.job import open_job
 from trustfid.pipeline import extract
 from trustfid.settings import EngineSettings
 
@@ -22,7 +23,7 @@ def folder(tmp_path_factory):
 
 
 def _stats(source, workers, **kw):
-    return extract(source, "real", {**FAST, **kw}, settings=EngineSettings(decode_workers=workers))
+    return extract(source, "real", open_job({**FAST, **kw}, settings=EngineSettings(decode_workers=workers)))
 
 
 def _same(a, b):
@@ -50,9 +51,10 @@ def test_processes_read_one_shard_of_a_set_as_one_thread_does(folder):
     from trustfid.inputs import SetShard
 
     shard = SetShard(folder, 2, 6)
-    one = extract(shard, "real", FAST, settings=EngineSettings(decode_workers=0), first_index=2, min_images=0)
+    one = extract(shard, "real", open_job(FAST, settings=EngineSettings(decode_workers=0)), first_index=2, min_images=0)
     assert one.n == 4
-    _same(extract(shard, "real", FAST, settings=EngineSettings(decode_workers=2), first_index=2, min_images=0), one)
+    _same(extract(shard, "real", open_job(FAST, settings=EngineSettings(decode_workers=2)), first_index=2, min_images=0),
+          one)
 
 
 def test_a_set_abandoned_part_way_leaves_the_processes_ready_for_the_next(folder):
@@ -73,5 +75,5 @@ def test_errors_from_a_decode_process_reach_the_caller_as_the_same_error(folder)
         _stats(folder, 2, strict=True)
     settings = EngineSettings(decode_workers=2, max_pixels=100)  # every 64x64 image is too large
     with pytest.raises(TooLargeError) as e:
-        extract(folder, "real", FAST, settings=settings)
+        extract(folder, "real", open_job(FAST, settings=settings))
     assert e.value.code == "too_large" and "pixels" in e.value.message

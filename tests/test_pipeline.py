@@ -183,10 +183,10 @@ def test_the_feature_row_cap_applies_and_the_report_says_so(sets):
 
 
 def test_a_sharded_set_merges_to_the_whole_sets_rows_and_domain_inputs():
-    from trustfid import extract
+    from trustfid import extract, open_job
 
     x = np.stack(realimages.crops(realimages.NATURAL, 9, size=64, seed=8))
-    opts = ScoreOptions(passes=2, bootstrap_resamples=0, max_feature_rows=5, batch_size=4)
+    opts = open_job(ScoreOptions(passes=2, bootstrap_resamples=0, max_feature_rows=5, batch_size=4))
     whole = extract(x, "real", opts)
     merged = extract(x[:4], "real", opts).merge(extract(x[4:], "real", opts, first_index=4))
     assert np.array_equal(merged.rows.index(), whole.rows.index()) and len(whole.rows) == 5
@@ -196,7 +196,7 @@ def test_a_sharded_set_merges_to_the_whole_sets_rows_and_domain_inputs():
 
 def test_domain_hooks_are_removed_after_extraction(sets):
     from trustfid.inception import ConvBN
-    from trustfid.pipeline import network
+    from trustfid.job import network
 
     inspect(str(sets[1]), ScoreOptions(**FAST))
     net, _, _ = network(ScoreOptions(**FAST))

@@ -1,9 +1,11 @@
 """The FRD through the service (real API, Redis and Celery workers): a job with metrics fid,frd gives frd-score's
-FRD, the HTML report and /v1/series show it, a sharded job's FRD equals the unsharded one, and a service whose
+FRD, the HTML report and /v1/series show it, a sharded job's FRD equals the unsharded one (with frd:auto, its
+radiomics run as a second round of shards), and a service whose
 workers cannot compute it refuses the request with 422 instead of failing later."""
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -49,6 +51,37 @@ def test_a_sharded_frd_job_equals_the_unsharded_one(stack, frd_sets):
     assert b["sampling_ci95"] == pytest.approx(a["sampling_ci95"], rel=1e-9)
     assert whole["report"]["fid"] is None and whole["report"]["trust"] is None
     assert "No FID and no trust level" in whole["html"]
+
+
+@pytest.mark.slow
+def test_a_sharded_frd_auto_job_runs_the_radiomics_as_shards_and_equals_the_unsharded_one(stack, tmp_path):
+    """frd:auto on a medical reference (the study's held-out crops, never fitted on): the first merge finds it
+    outside the FID network's domain and sends each set's radiomics as a second round of shards, never
+    computing them itself; the job's report equals the unsharded job's."""
+    from PIL import Image
+
+    from bench.validation import domain_sets as DS
+
+    held = DS.heldout(24)
+    assert not held.notes, held.notes
+    sets = {}
+    for set_name, source in (("real", "medical_a"), ("generated", "natural_64_b")):
+        folder = sets[set_name] = tmp_path / set_name
+        folder.mkdir()
+        for i, im in enumerate(held.sets[source].images[:14]):
+            Image.fromarray(im).save(folder / f"{i:02d}.png")
+    options = {**FAST_OPTIONS, "metrics": ["fid", "frd:auto"], "bootstrap_resamples": 10}
+    whole = _job(stack, sets, options)["report"]
+    sharded = _job(stack, sets, {**options, "shard_size": 5})
+    report = sharded["report"]
+    assert whole["trust"]["reference_domain"] == "outside" and whole["frd"] is not None
+    assert report["frd"]["value"] == pytest.approx(whole["frd"]["value"], rel=1e-9, abs=0)
+    assert report["frd"]["sampling_ci95"] == pytest.approx(whole["frd"]["sampling_ci95"], rel=1e-9)
+    assert report["fid"] == pytest.approx(whole["fid"], rel=1e-9) and report["trust"] == whole["trust"]
+    logs = "".join((stack.logs / f).read_text(errors="replace") for f in os.listdir(stack.logs) if "worker" in f)
+    job = sharded["record"]["id"]
+    for shard in ("real:0:radiomics", "real:2:radiomics", "generated:2:radiomics"):
+        assert f"job {job}: shard {shard} done" in logs, logs[-3000:]
 
 
 def test_without_a_worker_that_can_compute_frd_the_request_is_refused_with_422(make_stack, tmp_path, image_sets):

@@ -8,7 +8,7 @@ from tests import realimages
 from tests.engine_helpers import merge_set
 from trustfid import extract
 from trustfid.inputs import SetShard, open_images
-from trustfid.pipeline import load_extractor
+from trustfid.job import open_job
 from trustfid.pipeline import report_from_stats as build_report
 from trustfid.schemas import ScoreOptions
 from trustfid.shards import extract_shard, plan
@@ -36,19 +36,19 @@ def _numbers(report) -> dict:
 
 
 def test_shards_merge_to_the_unsharded_report(sets, tmp_path):
-    ex, options, device = load_extractor(ScoreOptions(**OPTIONS))
-    one_pass = {name: extract(folder, name, options, extractor=ex) for name, folder in zip(("real", "generated"), sets)}
-    whole = build_report(one_pass["real"], one_pass["generated"], options, ex, device, load_s=0, extract_s=1)
+    job = open_job(ScoreOptions(**OPTIONS))
+    one_pass = {name: extract(folder, name, job) for name, folder in zip(("real", "generated"), sets)}
+    whole = build_report(one_pass["real"], one_pass["generated"], job, load_s=0, extract_s=1)
     merged = {}
     for set_name, folder in zip(("real", "generated"), sets):
         shards = plan(len(open_images(folder)), 3)
         assert len(shards) >= 2
         for k, (start, stop) in enumerate(shards):  # each shard on its own, through its .npz
-            extract_shard(folder, set_name, options, start, stop, extractor=ex).save(
+            extract_shard(folder, set_name, job, start, stop).save(
                 tmp_path / f"{set_name}-{k}.npz", thumbnails=True)
-        merged[set_name] = merge_set(folder, set_name, options, shards,
-                                     lambda k, s=set_name: load_stats(tmp_path / f"{s}-{k}.npz"), extractor=ex)
-    sharded = build_report(merged["real"], merged["generated"], options, ex, device, load_s=0, extract_s=1)
+        merged[set_name] = merge_set(folder, set_name, job, shards,
+                                     lambda k, s=set_name: load_stats(tmp_path / f"{s}-{k}.npz"))
+    sharded = build_report(merged["real"], merged["generated"], job, load_s=0, extract_s=1)
 
     assert [s.name for s in sharded.counts.real.skipped] == [s.name for s in whole.counts.real.skipped] != []
     assert sharded.feature_rows.real.kept < sharded.feature_rows.real.used and len(merged["generated"].thumbnails) == 4

@@ -145,12 +145,14 @@ NEEDED = [f"natural_{v}_{h}" for v in ("full", "128", "64", "32") for h in "ab"]
 def heldout():
     """The study's held-out sets (bench/validation/domain_sets.heldout, >= 100 images each), extracted
     by the engine with MC dropout off (the verdict does not use it)."""
+    from trustfid.job import open_job
     from trustfid.pipeline import extract
 
     held = DS.heldout(100)
     assert not held.notes, f"held-out sources missing (scripts/setup.sh installs them): {held.notes}"
     opts = ScoreOptions(device="cpu", batch_size=16, passes=0)
-    stats = {k: extract(np.stack(held.sets[k].images), "generated", opts) for k in NEEDED}
+    job = open_job(opts)
+    stats = {k: extract(np.stack(held.sets[k].images), "generated", job) for k in NEEDED}
     return held, stats, opts
 
 

@@ -12,6 +12,8 @@ The library, usable on its own from a training loop or a notebook::
 - ``score(real, generated, options=None, *, progress=None, should_cancel=None) -> Report``
 - ``compute_stats(source, options=None, ...) -> SetStats`` (``.save(path)``); ``load_stats(path)``
 - ``inspect(source, options=None, ...) -> InspectReport`` (per-image latent variance)
+- ``open_job(options=None, extractor=None) -> Job``: options resolved once (job.py); ``extract(source, set_name,
+  job) -> SetStats`` computes one set's statistics for it
 - ``Metric(options=None, *, extractor=None)``: ``update(images, real=True)``, ``compute() -> Report``,
   ``reset()`` — the same report in-process from a training loop, on the images' own device (metric.py)
 - ``Extractor``, ``register_extractor``: bring another feature network (extractor.py, registry.py); every function
@@ -31,7 +33,7 @@ from the service (app/, worker/).
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "score": "pipeline", "compute_stats": "pipeline", "inspect": "pipeline", "extract": "pipeline",
+    "score": "pipeline", "compute_stats": "pipeline", "inspect": "pipeline", "extract": "pipeline", "open_job": "job",
     "Metric": "metric", "Extractor": "extractor", "register_extractor": "registry",
     "load_stats": "stats", "SetStats": "stats",
     "ScoreOptions": "schemas", "Report": "schemas", "InspectReport": "schemas", "Progress": "schemas",

@@ -4,7 +4,7 @@ images, latent variance, the domain check and the trust level, all from the FID 
 
 from __future__ import annotations
 
-from .plugin import Context, Plugin
+from .plugin import FEATURES, Context, Plugin
 from .schemas import ModelInfo, Progress
 
 
@@ -15,6 +15,7 @@ def model_info(ex) -> ModelInfo:
 
 class Fid(Plugin):
     name = "fid"
+    uses = frozenset({FEATURES})
     fields = ("fid", "fid_mc", "fid_bootstrap", "latent_variance", "feature_rows", "domain", "trust",
               "preprocessing", "model")
 

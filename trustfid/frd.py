@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from .errors import InputError
-from .plugin import Plugin
+from .plugin import RADIOMICS, Plugin
 from .schemas import Frd, FrdSet
 from .stats import Gaussian, RadiomicsStats, check_compatible
 
@@ -153,6 +153,9 @@ class _Frd(Plugin):
 
     def wanted(self, options) -> bool:
         return True  # without frd in metrics it computes nothing, but still points a reader to the FRD
+
+    def needs(self, options) -> frozenset[str]:
+        return frozenset({RADIOMICS}) if options.frd_mode == "on" else frozenset()  # frd:auto: pipeline.frd_auto
 
     def section(self, r, g, ctx) -> dict:
         from .radiomics import provenance as radiomics_provenance

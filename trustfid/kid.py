@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .frechet import frechet_distance
-from .plugin import Plugin
+from .plugin import FEATURES, Plugin
 from .schemas import FidInfinity, FidInfinityPoint, Kid
 from .stats import Moments
 
@@ -126,6 +126,7 @@ class _Kid(Plugin):
     """KID and FID∞ as a metric (plugins.py), from the FID network's kept feature rows."""
 
     name = "kid"
+    uses = frozenset({FEATURES})
     fields = ("kid", "fid_infinity")
 
     def wanted(self, options) -> bool:

@@ -38,16 +38,15 @@ import torch
 from .decode_worker import prepare
 from .errors import InputError
 from .extractor import Extractor
-from .extras import Collector
 from .inputs.array_rules import array_layout
 from .inputs.intensity import EIGHT_BIT, FLOAT_01
-from .mc import SET_TAGS, MCDropout
-from .pipeline import SetFeatures, as_options, load_extractor, report_from_stats
+from .job import Job, open_job, resolve, work_of
+from .pipeline import SetFeatures, report_from_stats
+from .plugins import FEATURES
 from .preprocess import network_input
-from .radiomics import provenance as radiomics_provenance
 from .registry import as_extractor
 from .schemas import Report, ScoreOptions
-from .stats import RadiomicsStats, SetStats, provenance
+from .stats import SetStats
 
 
 class Metric:
@@ -55,17 +54,15 @@ class Metric:
 
     def __init__(self, options: ScoreOptions | dict | None = None, *, extractor=None, settings=None):
         self._given = extractor if extractor is None or isinstance(extractor, str) else as_extractor(extractor)
-        self.options = as_options(options, self._given.name if isinstance(self._given, Extractor) else self._given)
+        self.options = resolve(options, self._given)
         if isinstance(self._given, Extractor):  # a wrong dropout stage fails here, not at the first update
             self.options = self._given.options_for(self.options)
         self._settings = settings
         if self.options.frd_mode == "auto":
             raise InputError("the Metric streams its images, so frd:auto cannot come back for a second pass once the "
                              "domain check is known: use metrics ['fid', 'frd'] (or score() on files)")
-        self._frd = self.options.frd_mode == "on"
-        if self._frd:
-            radiomics_provenance(self.options.frd_reading)  # a clear error now when pyradiomics is missing
-        self._loaded: tuple[torch.device, Extractor, MCDropout] | None = None
+        self._work = work_of(self.options)
+        self._job: Job | None = None  # opened at the first update, on the images' device
         self._load_s = 0.0
         self.reset()
 
@@ -74,21 +71,13 @@ class Metric:
         self._sets: dict[str, SetFeatures | None] = {"real": None, "generated": None}
         self._extract_s = 0.0
 
-    def _network(self, device: torch.device) -> tuple[torch.device, Extractor, MCDropout]:
-        if self._loaded is None or self._loaded[0] != device:
+    def _job_on(self, device: torch.device) -> Job:
+        if self._job is None or (FEATURES in self._work and self._job.device != device):
             t0 = time.perf_counter()
-            ex, self.options, _ = load_extractor(self.options, self._given, self._settings, device=device)
-            self._loaded = (device, ex, MCDropout(ex, self.options, device, self._settings))
+            self._job = open_job(self.options, self._given, self._settings, device=device, work=self._work)
+            self.options = self._job.options
             self._load_s += time.perf_counter() - t0
-        return self._loaded
-
-    def _new_set(self, ex: Extractor | None) -> SetFeatures:
-        o = self.options
-        radiomics = (RadiomicsStats(o.max_feature_rows, o.seed, provenance=radiomics_provenance(o.frd_reading))
-                     if self._frd else None)
-        if ex is None:
-            return SetFeatures(0, 0, None, radiomics)
-        return SetFeatures(ex.feature_dim, o.passes, Collector(ex, o), radiomics)
+        return self._job
 
     def update(self, images, real: bool = True) -> None:
         """Add a batch of images to the real (``real=True``) or the generated set."""
@@ -96,30 +85,34 @@ class Metric:
         x = image_batch(images)
         if not len(x):
             return
-        ex, model = self._network(x.device)[1:] if self.options.fid_on else (None, None)
+        job = self._job_on(x.device)
         t0 = time.perf_counter()
-        found = self._sets[set_name] or self._new_set(ex)
+        found = self._sets[set_name] or SetFeatures.start(job, set_name)
+        if found.model is not None:
+            found.model = job.model  # the network on this update's device
         self._sets[set_name] = found
         for start in range(0, len(x), self.options.batch_size):
             chunk = x[start:start + self.options.batch_size]
             names = [f"{set_name}[{found.n + i:05d}]" for i in range(len(chunk))]
             # uint8 -> float 0..255; float [0, 1] * 255 in float32: what the file pipeline does for arrays
             found.intensity[EIGHT_BIT if chunk.dtype == torch.uint8 else FLOAT_01] += len(chunk)
-            if self._frd:  # on the CPU, image by image: stored intensities (uint8 values, or the floats)
+            radiomics = None
+            if found.radiomics is not None:  # on the CPU, image by image: the stored intensities (uint8 or floats)
                 stored = chunk.permute(0, 2, 3, 1).cpu().numpy()
-                found.add_radiomics(names, [prepare(n, im, None, None, True)[2] for n, im in zip(names, stored)],
-                                    found.n)
-            if ex is None:
-                found.names.extend(names)
-                continue
-            mode = self.options.resize
-            chunk = chunk.to(torch.float32) if chunk.dtype == torch.uint8 else chunk.to(torch.float32) * 255.0
-            inp = network_input(chunk, mode, ex.input_size, ex.input_range_for(mode))
-            if inp.shape[1] == 1:  # channels are resized independently: replicate after the resize
-                inp = inp.expand(-1, 3, -1, -1)
-            plain, mc = model.features(inp, SET_TAGS[set_name], found.n, watch=found.collector.watch)
-            found.add(names, plain, mc, x=inp, first_index=found.n)
+                radiomics = [prepare(n, im, None, None, True)[2] for n, im in zip(names, stored)]
+            found.take(names, self._network_input(chunk, job) if found.model is not None else None, radiomics,
+                       found.n)
         self._extract_s += time.perf_counter() - t0
+
+    @staticmethod
+    def _network_input(chunk: torch.Tensor, job: Job) -> torch.Tensor:
+        """The FID network's input of a chunk of the caller's images, on their device."""
+        mode, ex = job.options.resize, job.extractor
+        chunk = chunk.to(torch.float32) if chunk.dtype == torch.uint8 else chunk.to(torch.float32) * 255.0
+        inp = network_input(chunk, mode, ex.input_size, ex.input_range_for(mode))
+        if inp.shape[1] == 1:  # channels are resized independently: replicate after the resize
+            inp = inp.expand(-1, 3, -1, -1)
+        return inp
 
     def stats(self, real: bool = True) -> SetStats:
         """One set's statistics so far (``.save(path)`` writes them for later scores)."""
@@ -128,15 +121,12 @@ class Metric:
         if found is None:
             raise InputError(f"the {set_name} set has no images yet: call update(images, real={real}) first",
                              code="too_few_images")
-        ex = self._loaded[1] if self._loaded is not None else None
-        return found.stats(set_name, provenance(ex.weights_sha256, self.options) if ex is not None else None,
-                           f"Metric {set_name}")
+        return found.stats(f"Metric {set_name}")
 
     def compute(self) -> Report:
         """The report of every image given since the last reset (more updates may follow)."""
         r, g = self.stats(real=True), self.stats(real=False)
-        device, ex, _ = self._loaded if self._loaded is not None else (torch.device("cpu"), None, None)
-        return report_from_stats(r, g, self.options, ex, device, load_s=self._load_s, extract_s=self._extract_s)
+        return report_from_stats(r, g, self._job, load_s=self._load_s, extract_s=self._extract_s)
 
 
 def image_batch(images) -> torch.Tensor:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+FEATURES = "features"  # per-image work: the extractor's features (the FID, KID, PRDC, domain check, copy prints)
+RADIOMICS = "radiomics"  # per-image work: radiomic features (the FRD)
+
 
 @dataclass
 class Context:
@@ -24,9 +27,14 @@ class Plugin:
 
     name: str = ""
     fields: tuple[str, ...] = ()  # the Report fields a built-in metric fills; empty: Report.extra_metrics[name]
+    uses: frozenset[str] = frozenset()  # the per-image work it reads (FEATURES, RADIOMICS)
 
     def wanted(self, options) -> bool:
         return True
+
+    def needs(self, options) -> frozenset[str]:
+        """The per-image work a job with these options runs for this metric (job.work_of)."""
+        return self.uses if self.wanted(options) else frozenset()
 
     def section(self, real, generated, ctx: Context) -> dict:
         raise NotImplementedError

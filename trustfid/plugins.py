@@ -24,9 +24,9 @@ docs/METRICS.md shows how to add one, with the example that tests/test_plugins.p
 from __future__ import annotations
 
 from . import fid, frd, kid, memorization, prdc
-from .plugin import Context, Plugin
+from .plugin import FEATURES, RADIOMICS, Context, Plugin
 
-__all__ = ["Context", "Plugin", "register", "registered", "sections", "unregister"]
+__all__ = ["FEATURES", "RADIOMICS", "Context", "Plugin", "register", "registered", "sections", "unregister"]
 
 
 BUILT_IN = (fid.PLUGIN, kid.PLUGIN, prdc.PLUGIN, frd.PLUGIN, memorization.PLUGIN)

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .inputs import SetShard
+from .job import Job
 from .pipeline import CancelFn, ProgressFn, extract, open_set, require_images
 from .schemas import ScoreOptions
 from .settings import EngineSettings
@@ -47,28 +48,31 @@ def count_candidates(source, set_name: str, options: ScoreOptions, settings: Eng
     return len(open_set(source, set_name, options, settings))
 
 
-def extract_shard(source, set_name: str, options: ScoreOptions, start: int, stop: int, *, extractor=None,
+def extract_shard(source, set_name: str, job: Job, start: int, stop: int, *, work=None,
                   first_index: int | None = None, progress: ProgressFn | None = None,
                   should_cancel: CancelFn | None = None) -> SetStats:
-    """Statistics of candidates start..stop-1 of a set (may hold fewer than 2 images, even none)."""
-    return extract(SetShard(source, start, stop), set_name, options, extractor=extractor, progress=progress,
+    """Statistics of candidates start..stop-1 of a set (may hold fewer than 2 images, even none), for
+    ``work`` (default: the job's)."""
+    return extract(SetShard(source, start, stop), set_name, job, work=work, progress=progress,
                    should_cancel=should_cancel, first_index=start if first_index is None else first_index,
                    min_images=0)
 
 
-def merge_set(source, set_name: str, options: ScoreOptions, shards: list[tuple[int, int]],
-              parts: Iterable[SetStats], *, extractor=None, should_cancel: CancelFn | None = None) -> SetStats:
+def merge_set(source, set_name: str, job: Job, shards: list[tuple[int, int]],
+              parts: Iterable[SetStats], *, work=None, should_cancel: CancelFn | None = None) -> SetStats:
     """The whole set's statistics from its shards' (``parts``: shard k's statistics, extracted with
     ``first_index`` = its start, in shard order), merged in that order; given as an iterator, one shard
     is in memory besides the sum. A shard
     whose images have other indices in the whole set (files skipped or multi-frame before it) is
     extracted again here when that changes the numbers: overlapping indices always, a gap for per-image
-    masks or when the set may be capped (more candidates than ``max_feature_rows``)."""
+    masks or when the set may be capped (more candidates than ``max_feature_rows``). ``work``: what the
+    shards computed (default: the job's)."""
+    options = job.options
     index_matters = options.mask_mode == "per_image" or shards[-1][1] > options.max_feature_rows
     merged, before = None, 0
     for (start, stop), part in zip(shards, parts, strict=True):
         if start < before or (start > before and index_matters):
-            part = extract_shard(source, set_name, options, start, stop, extractor=extractor, first_index=before,
+            part = extract_shard(source, set_name, job, start, stop, work=work, first_index=before,
                                  should_cancel=should_cancel)
         before += part.n
         merged = part if merged is None else merged.merge(part)

@@ -1,6 +1,8 @@
 """The end of a sharded job (worker/shards.py): under the job's lease, once every shard is done,
 fetch the shards' statistics, merge them in shard order (trustfid/shards.py) and build the report as
-every report is built (pipeline.report_from_stats); a failed shard fails the job with its error."""
+every report is built (pipeline.report_from_stats); a failed shard fails the job with its error. With
+frd:auto and a reference outside the FID network's domain, the first merge sends the radiomics as a second
+round of shards (shards.plan_radiomics) and the job ends at that round's merge."""
 
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from .errors import job_error
 from .hooks import Hooks
 from .jobs import end, succeeded
 from .process import Worker
-from .shards import local_source, plan_of, planned, shard_path
+from .shard_plan import RADIOMICS_PASS
+from .shards import local_source, plan_of, plan_radiomics, planned, send_shards, shard_path
+
+SECOND_PASS = "radiomics"  # what a merge returns once it has planned frd:auto's radiomics shards
 
 
 def merge(w: Worker, job_id: str) -> str:
@@ -22,9 +27,12 @@ def merge(w: Worker, job_id: str) -> str:
     already (cancelled) is cleaned up; one with a shard still to come is left to that shard's chord."""
     try:
         with w.store.lease(job_id, w.id):
-            return _merge(w, job_id)
+            state = _merge(w, job_id)
     except LeaseHeld:
         return "elsewhere"  # another merge (of another chord of this job) runs
+    if state == SECOND_PASS:  # sent once the lease is free, which the second round's merge takes
+        send_shards(job_id, [s for s in plan_of(w, job_id).shard_ids() if s.work == RADIOMICS_PASS])
+    return state
 
 
 def _merge(w: Worker, job_id: str) -> str:
@@ -50,7 +58,10 @@ def _merge(w: Worker, job_id: str) -> str:
 
         hooks = Hooks(w.store, job_id, w.limits, write=every_image_done)
         try:
-            ending = succeeded(w, job_id, report(w, st, hooks))
+            result = report(w, st, hooks)
+            if result is None:  # frd:auto's radiomics run as shards: their chord's merge ends the job
+                return SECOND_PASS
+            ending = succeeded(w, job_id, result)
         except Exception as e:
             ending = finish("failed", error=job_error(e, hooks, w.staging, job_id))
     return end(w, st, ending)
@@ -69,14 +80,16 @@ def outcome(w: Worker, job_id: str) -> tuple[str, JobError | None]:
     return "waiting", None
 
 
-def report(w: Worker, st: Stored, hooks: Hooks) -> Report:
-    """The job's report from its shards' statistics, fetched here and merged in shard order."""
-    from trustfid.pipeline import extract, frd_auto, job_extractor, report_from_stats
+def report(w: Worker, st: Stored, hooks: Hooks) -> Report | None:
+    """The job's report from its shards' statistics, fetched here and merged in shard order; None when
+    frd:auto's radiomics are still to compute (planned here as a second round of shards)."""
+    from trustfid.job import open_job
+    from trustfid.pipeline import extract, frd_auto_sets, report_from_stats
+    from trustfid.plugins import RADIOMICS
     from trustfid.shards import merge_set
-    from trustfid.stats import load_stats
 
     t0 = time.perf_counter()
-    ex, options, device = job_extractor(st.record.options.score_options())
+    job = open_job(st.record.options.score_options())
     load_s = time.perf_counter() - t0
     layout = plan_of(w, st.record.id)
     sides, sources = {}, {}
@@ -84,14 +97,28 @@ def report(w: Worker, st: Stored, hooks: Hooks) -> Report:
         info = layout.set(set_name)
         source = sources[set_name] = local_source(w, st.record.id, info)
         if not info.shards:  # saved statistics: read as the unsharded job reads them
-            sides[set_name] = extract(source, set_name, options, extractor=ex)
+            sides[set_name] = extract(source, set_name, job)
             continue
-        files = [w.staging.fetch(st.record.id, shard_path(w, st.record.id, shard))
-                 for shard in layout.shard_ids() if shard.set_name == set_name]
-        sides[set_name] = merge_set(source, set_name, options, info.shards, (load_stats(f) for f in files),
-                                    extractor=ex, should_cancel=hooks.should_cancel)
-    # frd:auto learns only now whether the FRD is wanted: its radiomics run here, over each whole set
-    frd_auto(sides, sources, options, ex, progress=hooks.progress, should_cancel=hooks.should_cancel)
+        sides[set_name] = merge_set(source, set_name, job, info.shards, _parts(w, st.record.id, layout, set_name),
+                                    should_cancel=hooks.should_cancel)
+    # frd:auto learns only now whether the FRD is wanted: its radiomics run in a second round of shards
+    second = frd_auto_sets(sides, sources, job)
+    if second and not layout.radiomics:
+        plan_radiomics(w, st.record.id, layout, second)
+        return None
+    for set_name in second:
+        sides[set_name].radiomics = merge_set(sources[set_name], set_name, job, layout.set(set_name).shards,
+                                              _parts(w, st.record.id, layout, set_name, RADIOMICS_PASS),
+                                              work={RADIOMICS}, should_cancel=hooks.should_cancel).radiomics
     extract_s = max(time.time() - (st.record.started_at or time.time()) - load_s, 1e-9)
-    return report_from_stats(sides["real"], sides["generated"], options, ex, device, load_s=load_s,
-                             extract_s=extract_s, progress=hooks.progress)
+    return report_from_stats(sides["real"], sides["generated"], job, load_s=load_s, extract_s=extract_s,
+                             progress=hooks.progress)
+
+
+def _parts(w: Worker, job_id: str, layout, set_name: str, work: str = ""):
+    """One set's shard statistics of one pass, fetched and read one at a time, in shard order."""
+    from trustfid.stats import load_stats
+
+    for shard in layout.shard_ids():
+        if shard.set_name == set_name and shard.work == work:
+            yield load_stats(w.staging.fetch(job_id, shard_path(w, job_id, shard)))

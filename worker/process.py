@@ -145,7 +145,7 @@ def warm_up() -> None:
     """Load the network once per worker process, before the first job (the engine caches it)."""
     current()
     try:
-        from trustfid.pipeline import network
+        from trustfid.job import network
         from trustfid.schemas import ScoreOptions
 
         network(ScoreOptions(), get_settings())

@@ -7,7 +7,9 @@ one Redis hash (app/store/leases.py). ``send_shards`` then sends a Celery chord:
 task per shard, any worker takes any of them, and the ``merge_shards`` callback. A shard (``run``)
 extracts its candidates with ``first_index`` = its start (trustfid/shards.py) and saves its statistics
 as a pickle-free .npz in the job's staging folder; the merge fetches them, merges them in shard order
-and builds the report as the unsharded job would.
+and builds the report as the unsharded job would. With frd:auto, a merge that finds the reference outside
+the FID network's domain sends a second chord instead (``plan_radiomics``): the radiomics of each set, sharded
+over the same ranges, whose merge then ends the job; they never run inside a merge.
 
 Workers on different machines (object-store staging, app/staging.py): the plan names each set by its
 place in the job's staging folder; a shard's worker pulls the staged inputs into its own folder (the
@@ -49,14 +51,15 @@ from .celery_app import app
 from .errors import job_error
 from .hooks import Hooks
 from .process import Worker
-from .shard_plan import SETS, SetPlan, ShardId, ShardPlan
+from .shard_plan import RADIOMICS_PASS, SETS, SetPlan, ShardId, ShardPlan
 
 log = logging.getLogger("trustfid.worker")
 
 
 def shard_path(w: Worker, job_id: str, shard: ShardId) -> Path:
     """Where a shard keeps its statistics: the job's staging folder."""
-    return w.staging.local_dir(job_id) / "shards" / f"{shard.set_name}-{shard.k:05d}.npz"
+    suffix = f"-{shard.work}" if shard.work else ""
+    return w.staging.local_dir(job_id) / "shards" / f"{shard.set_name}-{shard.k:05d}{suffix}.npz"
 
 
 def plan_of(w: Worker, job_id: str) -> ShardPlan | None:
@@ -87,6 +90,15 @@ def plan_job(w: Worker, st: Stored, sources: dict[str, Path]) -> list[ShardId]:
     todo = layout.shard_ids()
     w.store.set_shards(st.record.id, {"plan": layout.dump(), **{str(shard): "queued" for shard in todo}})
     return todo
+
+
+def plan_radiomics(w: Worker, job_id: str, layout: ShardPlan, sets: list[str]) -> None:
+    """frd:auto's second pass (the merge found the reference outside the FID network's domain): the radiomics
+    of ``sets`` as shards over the same ranges, recorded in the plan; the merge sends them as a chord whose
+    merge ends the job (a worker lost before that leaves them to the reaper, as any shard: ``pending``)."""
+    layout = layout.model_copy(update={"radiomics": [s for s in SETS if s in sets]})
+    w.store.set_shards(job_id, {"plan": layout.dump(), "merge": "",
+                                **{str(s): "queued" for s in layout.shard_ids() if s.work == RADIOMICS_PASS}})
 
 
 def local_source(w: Worker, job_id: str, info: SetPlan) -> Path:
@@ -159,7 +171,8 @@ def _run(w: Worker, job_id: str, shard: ShardId, hooks: Hooks) -> str:
 
 
 def _extract(w: Worker, st: Stored, shard: ShardId, out: Path, hooks: Hooks) -> str:
-    from trustfid.pipeline import job_extractor
+    from trustfid.job import open_job
+    from trustfid.plugins import RADIOMICS
     from trustfid.shards import extract_shard
 
     job_id = st.record.id
@@ -171,8 +184,8 @@ def _extract(w: Worker, st: Stored, shard: ShardId, out: Path, hooks: Hooks) -> 
     w.store.set_shards(job_id, {str(shard): "running"})
     info = plan_of(w, job_id).set(shard.set_name)
     start, stop = info.shards[shard.k]
-    ex, options, _ = job_extractor(st.record.options.score_options())
-    stats = extract_shard(local_source(w, job_id, info), shard.set_name, options, start, stop, extractor=ex,
+    stats = extract_shard(local_source(w, job_id, info), shard.set_name, open_job(st.record.options.score_options()),
+                          start, stop, work={RADIOMICS} if shard.work == RADIOMICS_PASS else None,
                           progress=hooks.progress, should_cancel=hooks.should_cancel)
     with atomic_path(out) as tmp:  # a shard's statistics appear whole or not at all
         stats.save(tmp, thumbnails=True)

@@ -40,11 +40,12 @@ def options():
 
 def extract_sets(sets: dict, log=print) -> dict:
     """Each held-out set through pipeline.extract (the engine, as a user's arrays)."""
+    from trustfid.job import open_job
     from trustfid.pipeline import extract
 
-    stats = {}
+    stats, job = {}, open_job(options())
     for name, s in sets.items():
-        stats[name] = extract(np.stack(s.images), "generated", options())
+        stats[name] = extract(np.stack(s.images), "generated", job)
         log(f"held-out {name}: {stats[name].n} images extracted")
     return stats
 

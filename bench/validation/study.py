@@ -119,13 +119,14 @@ def check_engine_equivalence(net, images: list[np.ndarray], settings: list[Setti
     """Max relative differences between the study's per-image latent variance (cached trunk, passes
     stacked into one batch) and domain inputs (one pass, hooks) and the engine's pipeline.extract on
     the same images. Guards the study against measuring something other than the product."""
+    from trustfid.job import open_job
     from trustfid.pipeline import extract
 
     worst, worst_domain = 0.0, 0.0
     arr = np.stack(images).astype(np.uint8)
     for setting in settings:
         opts = setting.options(passes, seed=SEED).model_copy(update={"batch_size": 2})
-        stats = extract(arr, "generated", opts)
+        stats = extract(arr, "generated", open_job(opts))
         engine = stats.latent_variance
         split = first_split(net, [setting])
         feats = extract_features(net, {"x": images}, {"x": split}, probe=probe)
