@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plugin import Plugin
+from .plugin import FEATURES, Plugin
 
 LISTED = 1000  # copies listed in the report (all are counted)
 
@@ -34,6 +34,7 @@ def copies_text(m) -> str:
 
 class _Memorization(Plugin):
     name = "memorization"
+    uses = frozenset({FEATURES})  # the prints come from the network input (extras.Collector)
     fields = ("memorization",)
 
     def wanted(self, options) -> bool:
@@ -47,14 +48,14 @@ class _Memorization(Plugin):
         if ref is None or gen is None or not len(ref) or not len(gen):
             return {"memorization": None}  # statistics saved without prints (an earlier version, another tool)
         check = find_copies(ref, r.names, gen, g.names)
-        index = {name: i for i, name in enumerate(r.names)}
+        ref_index, gen_index = ({name: i for i, name in enumerate(s.names)} for s in (r, g))
         shown = ctx.options.thumbnails
         pairs = []
         for k, c in enumerate(check.copies[:LISTED]):
             thumbs = {}
             if k < shown:
-                thumbs = dict(generated_print=_thumb(gen[g.names.index(c["generated"])]),
-                              reference_print=_thumb(ref[index[c["reference"]]]))
+                thumbs = dict(generated_print=_thumb(gen[gen_index[c["generated"]]]),
+                              reference_print=_thumb(ref[ref_index[c["reference"]]]))
             pairs.append(CopyPair(**c, **thumbs))
         m = Memorization(method=check.method, threshold=check.threshold, generated=len(gen), reference=len(ref),
                          too_plain=int(np.sum(check.plain)), copies_found=len(check.copies), share=check.share,

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plugin import Plugin
+from .plugin import FEATURES, Plugin
 from .schemas import Prdc, PrdcValue
 
 BLOCK = 1024  # rows of one set whose distances to the other set are held at once
@@ -81,11 +81,16 @@ def _radii(x: np.ndarray, x_sq: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def values(real: np.ndarray, generated: np.ndarray, k: int) -> dict[str, float]:
-    """Precision, recall, density and coverage of two sets of rows (n, d), as ``prdc.compute_prdc``."""
+def _prepare(real: np.ndarray, generated: np.ndarray, k: int) -> tuple:
+    """What the values and the bootstrap share: both sets' float64 rows, squared norms and ball radii."""
     r, g = _as64(real), _as64(generated)
     r_sq, g_sq = np.einsum("ij,ij->i", r, r), np.einsum("ij,ij->i", g, g)
-    r_rad, g_rad = _radii(r, r_sq, k), _radii(g, g_sq, k)
+    return r, g, r_sq, g_sq, _radii(r, r_sq, k), _radii(g, g_sq, k)
+
+
+def values(real: np.ndarray, generated: np.ndarray, k: int, prepared: tuple | None = None) -> dict[str, float]:
+    """Precision, recall, density and coverage of two sets of rows (n, d), as ``prdc.compute_prdc``."""
+    r, g, r_sq, g_sq, r_rad, g_rad = prepared or _prepare(real, generated, k)
     in_real_ball = np.zeros(len(g), bool)  # per generated image
     balls_holding = np.zeros(len(g), np.int64)
     recalled = np.empty(len(r), bool)  # per real image
@@ -113,13 +118,12 @@ def _resampled_values(r_rad, g_rad, rg, k, counts_r, counts_g) -> list[float]:
             float(wg @ (wr @ inside) / (n_g * k)), float(wr @ (d.min(axis=1) < r_rad[ur]) / n_r)]
 
 
-def bootstrap(real: np.ndarray, generated: np.ndarray, k: int, resamples: int, seed: int) -> np.ndarray | None:
+def bootstrap(real: np.ndarray, generated: np.ndarray, k: int, resamples: int, seed: int,
+              prepared: tuple | None = None) -> np.ndarray | None:
     """(resamples, 4) resampled values (see the module docstring), or None above ``BOOT_LIMIT`` rows."""
     if resamples < 2 or max(len(real), len(generated)) > BOOT_LIMIT:
         return None
-    r, g = _as64(real), _as64(generated)
-    r_sq, g_sq = np.einsum("ij,ij->i", r, r), np.einsum("ij,ij->i", g, g)
-    r_rad, g_rad = _radii(r, r_sq, k), _radii(g, g_sq, k)
+    r, g, r_sq, g_sq, r_rad, g_rad = prepared or _prepare(real, generated, k)
     rg = distances(r, g, r_sq, g_sq)
     rng = np.random.default_rng([seed, 0x9D0C])
     out = np.empty((resamples, 4))
@@ -136,8 +140,9 @@ def prdc(real: np.ndarray | None, generated: np.ndarray | None, *, k: int, resam
     ``features`` says which features the rows are; ``exact``: every image's row is there."""
     if not k or real is None or generated is None or min(len(real), len(generated)) <= k:
         return None
-    v = values(real, generated, k)
-    samples = bootstrap(real, generated, k, resamples, seed)
+    prepared = _prepare(real, generated, k)  # norms and radii once, for the values and the bootstrap
+    v = values(real, generated, k, prepared)
+    samples = bootstrap(real, generated, k, resamples, seed, prepared)
     note = None
     if samples is None and resamples >= 2:
         note = (f"no intervals: more than {BOOT_LIMIT} rows in a set (the values use all "
@@ -164,6 +169,7 @@ class _Prdc(Plugin):
     """Precision, recall, density and coverage as a metric (plugins.py), on the FID network's kept rows."""
 
     name = "prdc"
+    uses = frozenset({FEATURES})
     fields = ("prdc",)
 
     def wanted(self, options) -> bool:
