@@ -7,13 +7,14 @@ import pytest
 
 from tests.conftest import FAST_OPTIONS
 from trustfid import plugins, score
-from trustfid.plugins import Plugin, register
+from trustfid.plugins import FEATURES, Plugin, register
 
 
 class MeanTerm(Plugin):
     """The FID's first term, |mu_r - mu_g|^2: how much of the distance comes from the sets' means."""
 
     name = "mean_term"
+    uses = frozenset({FEATURES})  # the per-image work it reads
 
     def wanted(self, options):
         return options.fid_on
@@ -39,7 +40,7 @@ def test_a_registered_metric_gets_its_section_and_the_others_keep_theirs(image_s
     d = r.plain.gaussian().mu - g.plain.gaussian().mu
     assert section["value"] == pytest.approx(float(d @ d), rel=1e-12)
     assert 0 < section["share_of_fid"] < 1  # the covariance term is the rest of the FID
-    assert [p.name for p in plugins.registered()] == ["fid", "kid", "prdc", "frd", "memorization", "mean_term"]
+    assert [p.name for p in plugins.registered()] == ["fid", "kid", "frd", "prdc", "memorization", "mean_term"]
     plugins.unregister("mean_term")
     without = score(image_sets["real"], image_sets["generated"], FAST_OPTIONS)
     assert without.extra_metrics == {} and without.fid == report.fid and without.kid == report.kid

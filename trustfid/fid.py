@@ -42,6 +42,11 @@ class Fid(Plugin):
                     preprocessing=describe(options.resize, ex.input_size, ex.input_range_for(options.resize)),
                     model=model_info(ex))
 
+    def headline(self, sections: dict) -> tuple[dict, str | None, list[str]]:
+        from .report import fid_headline
+
+        return fid_headline(sections["fid"], sections["fid_mc"], sections["boot_samples"], sections["feature_rows"])
+
     def absent(self, options) -> dict:
         # no network ran: no FID, no domain check, no trust level
         return dict(fid=None, fid_mc=None, fid_bootstrap=None, boot_samples=None, latent_variance=None, trust=None,

@@ -180,5 +180,13 @@ class _Frd(Plugin):
             point_to_frd(trust, value, mode)
         return dict(frd=value, prdc_radiomics=prdc_radiomics)
 
+    def headline(self, sections: dict) -> tuple[dict, str | None, list[str]]:
+        from .report import frd_text
+
+        value = sections.get("frd")
+        if value is None:
+            return {}, None, []
+        return dict(frd=value.value, frd_ci95=value.sampling_ci95), frd_text(value), []
+
 
 PLUGIN = _Frd()

@@ -340,13 +340,11 @@ def report_from_stats(r: SetStats, g: SetStats, job: Job, *, load_s: float, extr
         progress(Progress(stage="frechet", passes=passes))
     ctx = Context(options, ex, job.device, progress)
     fields, extra = plugins.sections(r, g, ctx)
-    found = ctx.sections
     result = Report(
         counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
         config=options, intensity={"real": r.intensity, "generated": g.intensity}, device=str(job.device),
         timing=_timing(load_s, extract_s, time.perf_counter() - t0, r.n + g.n),
-        headline=rep.headline(found.get("fid"), found.get("fid_mc"), found.get("boot_samples"),
-                              found.get("feature_rows"), found.get("frd"), found.get("prdc")),
+        headline=plugins.headline(ctx),
         extra_metrics=extra, **fields,
     )
     if progress:

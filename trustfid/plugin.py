@@ -41,3 +41,8 @@ class Plugin:
 
     def absent(self, options) -> dict:
         return dict.fromkeys(self.fields)
+
+    def headline(self, sections: dict) -> tuple[dict, str | None, list[str]]:
+        """Its part of the report's headline, from the sections made: (schemas.Headline fields, a sentence,
+        warnings); by default none."""
+        return {}, None, []

@@ -14,9 +14,12 @@ A metric is one module holding a ``Plugin`` and one call to ``register``. It say
 ``ctx.sections`` holds what the metrics before it produced (the FID's ``trust`` for the FRD's hint,
 ``boot_samples`` for the headline): a metric may read the sections of those registered before it.
 
+Each also says which per-image work it reads (``uses`` / ``needs(options)``: FEATURES, RADIOMICS; job.py) and
+its part of the headline (``headline(sections)``).
+
 Built in, in this order: ``fid`` (trustfid/fid.py: the plain FID, MC dropout, the bootstrap, latent
-variance, the domain check and the trust level), ``kid`` (KID and FID∞, kid.py), ``prdc`` (precision,
-recall, density, coverage, prdc.py), ``frd`` (the FRD and its precision/recall, frd.py) and
+variance, the domain check and the trust level), ``kid`` (KID and FID∞, kid.py), ``frd`` (the FRD and its
+precision/recall, frd.py), ``prdc`` (precision, recall, density, coverage, prdc.py) and
 ``memorization`` (the copy check, memorization.py on copies.py).
 docs/METRICS.md shows how to add one, with the example that tests/test_plugins.py registers.
 """
@@ -26,10 +29,11 @@ from __future__ import annotations
 from . import fid, frd, kid, memorization, prdc
 from .plugin import FEATURES, RADIOMICS, Context, Plugin
 
-__all__ = ["FEATURES", "RADIOMICS", "Context", "Plugin", "register", "registered", "sections", "unregister"]
+__all__ = ["FEATURES", "RADIOMICS", "Context", "Plugin", "headline", "register", "registered", "sections",
+           "unregister"]
 
 
-BUILT_IN = (fid.PLUGIN, kid.PLUGIN, prdc.PLUGIN, frd.PLUGIN, memorization.PLUGIN)
+BUILT_IN = (fid.PLUGIN, kid.PLUGIN, frd.PLUGIN, prdc.PLUGIN, memorization.PLUGIN)  # the headline's order
 _registry: dict[str, Plugin] = {p.name: p for p in BUILT_IN}
 
 
@@ -48,6 +52,19 @@ def unregister(name: str) -> None:
 def registered() -> list[Plugin]:
     """Every metric, built-in ones first, in the order they were registered."""
     return list(_registry.values())
+
+
+def headline(ctx: Context) -> dict:
+    """The Headline's fields from the wanted metrics' parts (``Plugin.headline``), their sentences joined in
+    registry order."""
+    fields, texts, warnings = {"fid": None}, [], []
+    for plugin in registered():
+        if plugin.wanted(ctx.options):
+            part, text, warned = plugin.headline(ctx.sections)
+            fields.update(part)
+            texts += [text] if text else []
+            warnings += warned
+    return {**fields, "text": "; ".join(texts), "warnings": warnings}
 
 
 def sections(real, generated, ctx: Context) -> tuple[dict, dict]:

@@ -180,6 +180,12 @@ class _Prdc(Plugin):
         return dict(prdc=of_options(r.feature_rows(), g.feature_rows(), ctx.options, "network",
                                     rows is not None and not rows.capped))
 
+    def headline(self, sections: dict) -> tuple[dict, str | None, list[str]]:
+        p = sections.get("prdc")
+        if p is None:
+            return {}, None, []
+        return {name: getattr(p, name).value for name in NAMES}, text(p), []
+
 
 def of_options(real, generated, options, features: str, exact: bool) -> Prdc | None:
     """``prdc`` with a job's options (``prdc_k``, its bootstrap resamples and seed)."""

@@ -22,10 +22,8 @@ from .schemas import (
     FidBootstrap,
     FidMC,
     Frd,
-    Headline,
     ImageVariance,
     LatentVariance,
-    Prdc,
     SetDomain,
     SetRows,
     SetVariance,
@@ -116,14 +114,14 @@ def _g(x: float) -> str:
     return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.0f}"
 
 
-def headline(fid: float | None, mc: FidMC | None, boot_samples: np.ndarray | None, rows: FeatureRows | None,
-             frd: Frd | None = None, prdc: Prdc | None = None) -> Headline:
-    """Plain FID first, with two 95% intervals about it (schemas.Headline says how they are made); then the
-    FRD with its sampling interval when it was computed (alone when metrics left fid out)."""
+def fid_headline(fid: float, mc: FidMC | None, boot_samples: np.ndarray | None,
+                 rows: FeatureRows | None) -> tuple[dict, str, list[str]]:
+    """The FID's part of the headline (fid.py): its fields, its text and its warnings. The plain FID with two
+    95% intervals about it (schemas.Headline says how they are made)."""
     warnings = []
     sampling = None
     resamples = 0 if boot_samples is None else len(boot_samples)
-    if fid is not None and resamples >= 2:
+    if resamples >= 2:
         lo, med, hi = np.percentile(boot_samples, [2.5, 50, 97.5])
         sampling = (max(0.0, float(fid + lo - med)), float(fid + hi - med))
     network, rel = None, None
@@ -133,19 +131,16 @@ def headline(fid: float | None, mc: FidMC | None, boot_samples: np.ndarray | Non
         if med > 0:
             network = (float(fid * lo / med), float(fid * hi / med))
         rel = float(s.std(ddof=1) / s.mean()) if s.mean() > 0 else None
-    parts = []
-    if fid is not None:
-        text = f"FID {fid:.2f}"
-        if sampling:
-            text += (f", 95% interval {_g(sampling[0])}–{_g(sampling[1])} from resampling the images "
-                     f"({resamples} resamples)")
-        else:
-            text += " (no sampling interval: bootstrap off)"
-            warnings.append("no sampling interval: the bootstrap over images was off (bootstrap_resamples < 2)")
-        if network and rel is not None:
-            text += (f"; the network's own uncertainty moves it by ±{100 * rel:.1f}% "
-                     f"({_g(network[0])}–{_g(network[1])}, {mc.passes} dropout passes)")
-        parts.append(text)
+    text = f"FID {fid:.2f}"
+    if sampling:
+        text += (f", 95% interval {_g(sampling[0])}–{_g(sampling[1])} from resampling the images "
+                 f"({resamples} resamples)")
+    else:
+        text += " (no sampling interval: bootstrap off)"
+        warnings.append("no sampling interval: the bootstrap over images was off (bootstrap_resamples < 2)")
+    if network and rel is not None:
+        text += (f"; the network's own uncertainty moves it by ±{100 * rel:.1f}% "
+                 f"({_g(network[0])}–{_g(network[1])}, {mc.passes} dropout passes)")
     passes = mc.passes if mc is not None else 0
     for what, n in (("sampling", resamples if sampling else None), ("network", passes if network else None)):
         if n is not None and n < FEW_RESAMPLES:
@@ -157,18 +152,9 @@ def headline(fid: float | None, mc: FidMC | None, boot_samples: np.ndarray | Non
                         f"{rows.generated.kept} of {rows.generated.used} generated and {rows.real.kept} of "
                         f"{rows.real.used} real images (max_feature_rows "
                         f"{rows.cap}): the interval is wider than the whole set's")
-    if frd is not None:
-        parts.append(frd_text(frd))
-    if prdc is not None:
-        from .prdc import text as prdc_text
-
-        parts.append(prdc_text(prdc))
-    return Headline(fid=fid, sampling_ci95=sampling, resamples=resamples if sampling else 0,
-                    network_ci95=network, network_relative_std=rel, passes=passes, text="; ".join(parts),
-                    warnings=warnings, frd=frd.value if frd is not None else None,
-                    frd_ci95=frd.sampling_ci95 if frd is not None else None,
-                    **({name: getattr(prdc, name).value for name in ("precision", "recall", "density", "coverage")}
-                       if prdc is not None else {}))
+    fields = dict(fid=fid, sampling_ci95=sampling, resamples=resamples if sampling else 0, network_ci95=network,
+                  network_relative_std=rel, passes=passes)
+    return fields, text, warnings
 
 
 def frd_text(frd: Frd) -> str:
