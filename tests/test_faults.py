@@ -172,7 +172,9 @@ def test_a_job_cut_short_by_stopping_serve_runs_again_within_a_minute(tmp_path, 
         s.stop()
 
 
-def test_twenty_concurrent_jobs_all_complete(serve, sets):
+def test_twelve_concurrent_jobs_all_complete(serve, sets):
+    """Twelve uploads at once (more than the service's workers and decode processes): every one is accepted
+    and ends with the same FID. Twelve, not more: each job adds seconds to the suite and nothing new."""
     s = serve()
     tiny = {**FAST_OPTIONS, "passes": 0, "bootstrap_resamples": 0}
     real, gen = sets[0][:2], sets[1][:2]
@@ -181,10 +183,10 @@ def test_twenty_concurrent_jobs_all_complete(serve, sets):
         with s.client() as c:
             return upload(c, real, gen, tiny)
 
-    with ThreadPoolExecutor(20) as pool:
-        answers = list(pool.map(submit, range(20)))
-    assert [a.status_code for a in answers] == [202] * 20
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(submit, range(12)))
+    assert [a.status_code for a in answers] == [202] * 12
     records = [s.wait_done(a.json()["id"], 300) for a in answers]
     assert all(r["state"] == "succeeded" for r in records), [r["state"] for r in records]
     fids = {r["fid"] for r in records}
-    assert len(fids) == 1  # the same inputs twenty times: one FID
+    assert len(fids) == 1  # the same inputs twelve times: one FID
