@@ -164,6 +164,9 @@ def test_bad_forms_and_options_are_422(stack, image_sets):
         assert "passes" in e["message"]
         err(upload(c, real, gen, {"dropout_at": ["Mixed_9z"]}), 422, "bad_options")
         err(upload(c, real, gen, {"bogus": 1}), 422, "bad_options")
+        e = err(upload(c, real, gen, {"pases": 3}), 422, "bad_options")  # a typo names the option meant
+        assert "pases: not a known field (did you mean 'passes'?)" in e["message"], e
+        assert upload(c, real, gen, {**FAST_OPTIONS, "metrics": ["FID", " frd:auto"]}).status_code == 202
         for bad in (0, -3, 1.5, "two"):
             e = err(upload(c, real, gen, {"shard_size": bad}), 422, "bad_options")
             assert "shard_size" in e["message"]

@@ -114,6 +114,30 @@ def test_bad_input_exits_2_with_one_line(args, says):
     assert p.stderr.count("\n") == 1 and says in p.stderr and "Traceback" not in p.stderr
 
 
+def test_a_misspelt_option_gets_the_commands_usage_and_the_closest_option():
+    p = trustfid("score", "samples/real", "samples/generated", "--pases", "3")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "usage: trustfid score" in p.stderr and "unrecognized arguments: --pases 3 (did you mean --passes?)" in p.stderr
+
+
+def test_submit_of_a_missing_folder_exits_2_with_one_line(tmp_path):
+    p = trustfid("submit", str(tmp_path / "missing"), "samples/generated", "--url", "http://127.0.0.1:9")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "real: '" in p.stderr and "missing' does not exist" in p.stderr
+
+
+def test_metric_names_ignore_case_and_spaces_and_an_unknown_option_names_the_closest():
+    from pydantic import ValidationError
+
+    from trustfid.schemas import ScoreOptions, validation_message
+
+    assert ScoreOptions(metrics=["FID", " Frd "]).metrics == ["fid", "frd"]
+    assert ScoreOptions(metrics=["fid", "FRD:Auto"]).frd_mode == "auto"
+    with pytest.raises(ValidationError) as e:
+        ScoreOptions.model_validate({"pases": 3})
+    assert validation_message(e.value) == "pases: not a known field (did you mean 'passes'?)"
+
+
 # --- saved statistics fix the MC options; help; version; an unreachable service ----------------------
 
 @pytest.fixture(scope="module")

@@ -307,6 +307,15 @@ def test_dicom_found_by_its_bytes_without_extension_and_non_images_skipped(tmp_p
     assert [k.name for k in s.skipped] == ["plan.dcm"] and "no pixel data" in s.skipped[0].reason
 
 
+def test_random_bytes_named_dcm_are_not_a_dicom_file_not_a_structured_report(tmp_path):
+    shutil.copy(dicom("CT_small.dcm"), tmp_path / "ct.dcm")
+    (tmp_path / "noise.dcm").write_bytes(np.random.default_rng(0).bytes(4096))
+    s, out = read_all(tmp_path)
+    assert list(out) == ["ct.dcm"]
+    (reason,) = [k.reason for k in s.skipped if k.name == "noise.dcm"]
+    assert "not a DICOM file" in reason and "pixel data" not in reason and "structured report" not in reason
+
+
 def test_dicom_compressed_without_decoder_says_what_to_install(tmp_path, monkeypatch):
     from pydicom.pixels import get_decoder
     from pydicom.uid import JPEGLSLossless

@@ -21,6 +21,7 @@ submit) to this parser. The engine (torch) is imported lazily inside the command
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
@@ -425,7 +426,9 @@ def build_parser(more_commands=None) -> argparse.ArgumentParser:
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command, turning user errors into one line and exit code 2."""
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        refuse_unknown(parser, args.command, unknown)
     try:
         return args.func(args)
     except UnreachableError as e:
@@ -440,6 +443,20 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trustfid: interrupted", file=sys.stderr)
         return 130
+
+
+def refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    """Exit 2 with the command's own usage (not the top level's) and, for a misspelt option, the closest."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    p = sub.choices.get(command, parser)
+    flags = [f for a in p._actions for f in a.option_strings if f.startswith("--")]
+    hint = ""
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split("=")[0], flags, n=1, cutoff=0.75) if arg.startswith("--") else []
+        if close:
+            hint = f" (did you mean {close[0]}?)"
+            break
+    p.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
 def main(argv: list[str] | None = None) -> int:

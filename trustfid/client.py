@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from .errors import TrustfidError, UnreachableError
+from .errors import InputError, TrustfidError, UnreachableError
 from .inputs.rules import list_folder
 from .records import FINAL_STATES, ErrorResponse, JobRecord, ReferenceRecord, Series, SeriesPoint
 from .schemas import Report, lenient
@@ -110,7 +110,9 @@ def _prepare(x: Any, side: str) -> _Part:
                         tf.add(path, arcname=name)
             return _Part(path=Path(tmp), name=f"{side}.tar", cleanup=True)
         if not p.is_file():
-            raise FileNotFoundError(f"{side}: {p} does not exist")
+            from .inputs.imageset import ACCEPTED_INPUTS
+
+            raise InputError(f"{side}: '{p}' does not exist; give {ACCEPTED_INPUTS}.")
         return _Part(path=p)
     return _Part(data=_array_bytes(x), name=f"{side}.npy")
 

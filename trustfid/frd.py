@@ -138,8 +138,13 @@ def frd(real: RadiomicsStats, generated: RadiomicsStats, *, resamples: int, seed
                version=real.provenance["frd_version"], config_sha256=real.provenance["config_sha256"],
                pyradiomics=real.provenance["pyradiomics"], features=used, features_extracted=len(real.names),
                sampling_ci95=ci, resamples=0 if samples is None else len(samples),
-               real=FrdSet(used=real.n, kept_rows=len(real.kept), skipped=real.skipped),
-               generated=FrdSet(used=generated.n, kept_rows=len(generated.kept), skipped=generated.skipped)), samples
+               real=FrdSet(used=real.n, kept_rows=len(real.kept), skipped=sorted(real.skipped, key=_name)),
+               generated=FrdSet(used=generated.n, kept_rows=len(generated.kept),
+                                skipped=sorted(generated.skipped, key=_name))), samples
+
+
+def _name(skipped) -> str:
+    return skipped.name
 
 
 class _Frd(Plugin):

@@ -341,7 +341,8 @@ def report_from_stats(r: SetStats, g: SetStats, job: Job, *, load_s: float, extr
     ctx = Context(options, ex, job.device, progress)
     fields, extra = plugins.sections(r, g, ctx)
     result = Report(
-        counts={"real": {"used": r.n, "skipped": r.skipped}, "generated": {"used": g.n, "skipped": g.skipped}},
+        counts={side: {"used": s.n, "skipped": sorted(s.skipped, key=lambda f: f.name)}  # by name, on every path
+                for side, s in (("real", r), ("generated", g))},
         config=options, intensity={"real": r.intensity, "generated": g.intensity}, device=str(job.device),
         timing=_timing(load_s, extract_s, time.perf_counter() - t0, r.n + g.n),
         headline=plugins.headline(ctx),

@@ -10,6 +10,7 @@ not know, so an older client keeps working against a newer service.
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Literal
 
@@ -66,8 +67,24 @@ def validation_message(error) -> str:
     parts = []
     for err in error.errors():
         loc = ".".join(str(x) for x in err.get("loc", ()))
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        msg = err["msg"]
+        if err.get("type") == "extra_forbidden" and err.get("loc"):
+            msg = f"not a known field{did_you_mean(str(err['loc'][-1]))}"
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+def did_you_mean(name: str, known=None) -> str:
+    """' (did you mean 'passes'?)' for a misspelt ``name``: the closest of ``known`` (default: every field of
+    the contract's models), or '' when none is close."""
+    if known is None:
+        known, models = set(), [Strict]
+        while models:
+            model = models.pop()
+            known |= set(model.model_fields)
+            models += model.__subclasses__()
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def lenient(model: type[BaseModel], data):
@@ -140,6 +157,14 @@ class ScoreOptions(Strict):
         "alpha dropped). docs/IMAGES.md says why decoded is the sounder choice for JPEGs with a dpi header")
     frd_paper_log: bool = Field(False, description="FRD as log(d), the paper's Eq. 3, instead of frd-score's default "
                                                    "log(d²) (values half as large; not comparable with published FRDs)")
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_names(cls, v):
+        # case and spaces do not matter: "FID", " frd " and "Frd:Auto" are fid, frd and frd:auto
+        if isinstance(v, (list, tuple)):
+            return [m.strip().lower().replace(" ", "") if isinstance(m, str) else m for m in v]
+        return v
 
     @field_validator("metrics")
     @classmethod

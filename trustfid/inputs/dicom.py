@@ -38,6 +38,8 @@ def _install_hint(uid: str) -> str:
     return f"pip install {pkgs} (or pip install python-gdcm)" if pkgs else "pip install python-gdcm"
 
 
+# elements every image file has: a file without the 'DICM' prefix that shows none of them is not DICOM at all
+HEADER = ("SOPClassUID", "SOPInstanceUID", "Modality", "Rows", "PixelData", "StudyInstanceUID")
 VOI = "DICOM: the file's VOI LUT or window"
 BITS = "DICOM: stored values scaled by bits stored"
 STRETCH = "DICOM: each frame's own min..max to 0..255"
@@ -56,7 +58,13 @@ def dicom_events(name: str, blob: bytes | str, decoding: Decoding) -> Iterator[E
     try:
         ds = read(False)
     except InvalidDicomError:
-        ds = read(True)  # a .dcm file without the 128-byte preamble / 'DICM' prefix
+        try:
+            ds = read(True)  # a .dcm file without the 128-byte preamble / 'DICM' prefix
+        except Exception:
+            ds = None
+        if ds is None or not any(k in ds for k in HEADER):
+            raise Unreadable("not a DICOM file: it has no 'DICM' prefix and no DICOM header could be read from it "
+                             "(another format or a damaged file named .dcm?)") from None
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise Unreadable("DICOM file has no pixel data (e.g. a structured report, RT plan or DICOMDIR)")
     rows, cols = int(ds.Rows), int(ds.Columns)
