@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .mc import MCDropout
 
 ProgressFn = Callable[[Progress], None]
+RADIOMICS_STEP = 4  # images per step of a set whose network does not run (radiomics alone): progress moves with them
 CancelFn = Callable[[], bool]
 
 
@@ -186,7 +187,7 @@ def extract(source, set_name: str, job: Job, *, work=None, progress: ProgressFn 
         prep = (options.resize, ex.input_size, ex.input_range_for(options.resize))
         # On CUDA, batches of the fixed network shape (mc.py): batch_size does not change what runs.
         step = settings.gpu_batch if job.device.type == "cuda" else options.batch_size
-    step = step or options.batch_size
+    step = step or min(options.batch_size, RADIOMICS_STEP)  # no network to batch for: progress every few images
     open_kwargs = input_rules(options, settings, stored=radiomics)
     if images is None:
         images = open_set(source, set_name, options, settings, min_images, stored=radiomics)
