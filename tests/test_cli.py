@@ -181,6 +181,14 @@ def _all_parsers():
     return [("trustfid", root), *sub.choices.items()]
 
 
+def test_inspect_offers_only_the_options_of_one_set():
+    parsers = dict(_all_parsers())
+    flags = {f for a in parsers["inspect"]._actions for f in a.option_strings}
+    assert {"--passes", "--dropout-at", "--window", "--top-k", "--device"} <= flags
+    assert not flags & {"--bootstrap", "--kid-subsets", "--metrics", "--prdc-k", "--thumbnails", "--no-copy-check"}
+    assert {"--bootstrap", "--kid-subsets", "--metrics"} <= {f for a in parsers["score"]._actions for f in a.option_strings}
+
+
 def test_every_option_and_argument_explains_itself():
     missing = [f"{name} {'/'.join(a.option_strings) or a.dest}"
                for name, parser in _all_parsers() for a in parser._actions

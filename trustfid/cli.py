@@ -34,10 +34,15 @@ from .inputs.rules import plural
 from .schemas import BLOCKS, Progress, ScoreOptions, validation_message
 from .stats import STATS_OPTIONS, merge_options, saved_options
 
+# ScoreOptions that only a comparison of two sets uses (a command on one set, inspect, does not offer them)
+PAIR_ONLY = ("metrics", "frd_reading", "frd_paper_log", "bootstrap_resamples", "max_feature_rows", "prdc_k",
+             "copy_check", "kid_subsets", "thumbnails")
 
-def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
+
+def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "", pair: bool = True) -> None:
     """The options of ScoreOptions. Those that change the numbers default to None, so that a command can
-    tell an option the user gave from one left out (and fill the latter from saved statistics)."""
+    tell an option the user gave from one left out (and fill the latter from saved statistics). ``pair``
+    False: without PAIR_ONLY (their defaults)."""
     d = ScoreOptions()
     g = p.add_argument_group("MC dropout and preprocessing (these change the numbers)" + saved_note)
     g.add_argument("--passes", type=int, metavar="T",
@@ -68,6 +73,17 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
                    help="clean = clean-fid's PIL bicubic; legacy_pytorch = pytorch-fid's bilinear "
                         f"(default {d.resize})")
     o = p.add_argument_group("run")
+    o.add_argument("--device", default=d.device, help="auto (default: cuda when available), cpu, cuda or cuda:N")
+    o.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                   help=f"images per forward pass (default {d.batch_size}); does not change results")
+    o.add_argument("--top-k", type=int, default=d.top_k, metavar="K",
+                   help=f"most uncertain / most atypical images listed per set (default {d.top_k})")
+    o.add_argument("--strict", action="store_true", help="an unreadable file is an error instead of being skipped")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    if not pair:  # one image set: what only a comparison of two sets uses is left out
+        p.set_defaults(**{k: getattr(d, k) for k in PAIR_ONLY})
+        return
+    o = p.add_argument_group("comparing two sets")
     o.add_argument("--metrics", default=",".join(d.metrics), type=_metrics, metavar="LIST",
                    help="what to compute, comma-separated: fid (default), frd (the Fréchet Radiomics Distance, "
                         "radiomic features from pyradiomics as frd-score v1 computes them; needs the medical extra), "
@@ -80,13 +96,8 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
     o.add_argument("--frd-paper-log", action="store_true",
                    help="FRD as log(d) (the paper's Eq. 3) instead of frd-score's default log(d²): half the value, "
                         "not comparable with published FRDs")
-    o.add_argument("--device", default=d.device, help="auto (default: cuda when available), cpu, cuda or cuda:N")
-    o.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
-                   help=f"images per forward pass (default {d.batch_size}); does not change results")
     o.add_argument("--bootstrap", type=int, default=d.bootstrap_resamples, dest="bootstrap_resamples", metavar="N",
                    help=f"image resamples for the bootstrap interval (default {d.bootstrap_resamples}; 0 = off)")
-    o.add_argument("--top-k", type=int, default=d.top_k, metavar="K",
-                   help=f"most uncertain / most atypical images listed per set (default {d.top_k})")
     o.add_argument("--max-feature-rows", type=int, default=d.max_feature_rows, metavar="N",
                    help=f"feature rows kept per set for KID, FID∞, the bootstrap and precision/recall/density/"
                         f"coverage (default {d.max_feature_rows}; a set with more images uses a seeded sample)")
@@ -100,8 +111,6 @@ def _add_mc_options(p: argparse.ArgumentParser, saved_note: str = "") -> None:
                    help=f"KID subsets (default {d.kid_subsets}, as clean-fid; 0 = no KID)")
     o.add_argument("--thumbnails", type=int, default=d.thumbnails, metavar="N",
                    help=f"thumbnails of the most atypical images per set in the JSON report (default {d.thumbnails})")
-    o.add_argument("--strict", action="store_true", help="an unreadable file is an error instead of being skipped")
-    o.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def _metrics(text: str) -> list[str]:
@@ -407,7 +416,7 @@ def build_parser(more_commands=None) -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="latent variance of every image of one set", epilog=EXIT_CODES)
     p.add_argument("set", help=f"folder, archive, image array or a PACS study or series ({FORM})")
     p.add_argument("--json", metavar="PATH", help="write {images: [...], summary: {...}} ('-' = print it)")
-    _add_mc_options(p)
+    _add_mc_options(p, pair=False)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("features", help="write every image's plain-pass network features (N x 2048 float32) and "
