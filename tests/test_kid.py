@@ -108,6 +108,24 @@ def test_fid_infinity_removes_most_of_the_small_sample_bias_where_fid_is_linear_
         assert inf.points[0].fid > inf.points[-1].fid and inf.slope > 0
 
 
+def test_a_negative_extrapolation_or_kid_is_explained_never_printed_bare():
+    """Two samples of one distribution, few rows for their dimension: the fit in 1/N lands below 0 and so
+    does KID's unbiased estimate (seed 4 gives both). FID∞ says it failed and is 0; KID says what below 0 means;
+    the CLI summary prints neither as a bare negative number."""
+    from trustfid.cli import small_sample
+
+    r = np.random.default_rng(4)
+    a, b = r.normal(size=(60, 16)), r.normal(size=(60, 16))
+    f, k = fid_infinity(a, b, seed=0), kid(a, b, subsets=10, subset_size=50, seed=0)
+    assert f.fit_intercept < 0 and f.value == 0.0 and "not reliable" in f.note and f"{f.fit_intercept:.2f}" in f.note
+    assert k.value < 0 and "not told apart at 50 images" in k.note
+    line = "   ".join(small_sample(k, f))
+    assert "FID∞ not reliable" in line and "read it as 0" in line and "FID∞ -" not in line
+    r = np.random.default_rng(2)
+    fine = fid_infinity(r.normal(size=(60, 16)), r.normal(size=(60, 16)), seed=0)
+    assert fine.value == fine.fit_intercept > 0 and fine.note is None
+
+
 def test_fid_infinity_needs_two_sizes_of_ten_rows():
     x = np.random.default_rng(0).normal(size=(11, 8)).astype(np.float32)
     assert fid_infinity(x, x + 1, seed=0) is None  # 20% .. 80% of 11 rows are below 10

@@ -153,7 +153,7 @@ def test_inspect_lists_every_image(sets):
 
 def test_headline_leads_with_the_plain_fid_and_both_intervals_contain_it(report):
     h = report.headline
-    assert report.schema_version == "1.7" and report.config.precision == "fp32"
+    assert report.schema_version == "1.8" and report.config.precision == "fp32"
     assert h.fid == report.fid and h.text.startswith(f"FID {report.fid:.2f}, 95% interval")
     lo, hi = h.sampling_ci95
     assert lo <= report.fid <= hi and h.resamples == 8

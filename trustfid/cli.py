@@ -248,18 +248,27 @@ def _prdc_lines(p) -> list[str]:
     return lines
 
 
-def _fid_lines(report) -> list[str]:
-    from .trust import LEVEL_MEANING
-
-    lines = []
+def small_sample(k, f_inf) -> list[str]:
+    """KID and FID∞ in the summary's words; a value below 0 is explained, never printed bare."""
     small = []
-    k = report.kid
     if k and k.std is None:
         small.append(f"KID {k.value:.5f} at N = {k.subset_size} (one subset, the whole of both sets: no spread)")
     elif k:
         small.append(f"KID {k.value:.5f} ± {k.std:.5f} (spread over {k.subsets} subsets of {k.subset_size})")
-    if report.fid_infinity:
-        small.append(f"FID∞ {report.fid_infinity.value:.2f} (fit over {len(report.fid_infinity.points)} subset sizes)")
+    if k and k.note:
+        small[-1] += f": {k.note}"
+    if f_inf and f_inf.note:
+        small.append(f"FID∞ {f_inf.note}")
+    elif f_inf:
+        small.append(f"FID∞ {f_inf.value:.2f} (fit over {len(f_inf.points)} subset sizes)")
+    return small
+
+
+def _fid_lines(report) -> list[str]:
+    from .trust import LEVEL_MEANING
+
+    lines = []
+    small = small_sample(report.kid, report.fid_infinity)
     if small:
         lines.append("small-sample: " + "   ".join(small))
     mc = report.fid_mc

@@ -85,8 +85,13 @@ def kid(real: np.ndarray | None, generated: np.ndarray | None, subsets: int = KI
     if min(subset_size, len(real), len(generated)) == len(real) == len(generated):
         subsets = 1  # every subset would be the whole of both sets: the same estimate, no spread
     values, m = kid_subsets(real, generated, subsets, subset_size, seed)
-    return Kid(value=float(values.mean()), std=float(values.std(ddof=1)) if subsets > 1 else None,
-               subsets=subsets, subset_size=m)
+    value = float(values.mean())
+    note = None
+    if value < 0:
+        note = (f"below 0: KID is an unbiased estimate, which scatters about 0 when the two sets are not told apart "
+                f"at {m} images per subset; read it as 0, not as closer than identical")
+    return Kid(value=value, std=float(values.std(ddof=1)) if subsets > 1 else None, subsets=subsets, subset_size=m,
+               note=note)
 
 
 def _gaussian(rows: np.ndarray):
@@ -119,7 +124,13 @@ def fid_infinity(real: np.ndarray | None, generated: np.ndarray | None, seed: in
         ys += fids
         points.append(FidInfinityPoint(n_real=a, n_generated=b, fid=float(np.mean(fids)), repeats=len(fids)))
     slope, intercept = np.polyfit(np.asarray(xs), np.asarray(ys), 1)
-    return FidInfinity(value=float(intercept), slope=float(slope), points=points)
+    note = None
+    if intercept < 0:
+        note = (f"not reliable: the straight line through the FIDs of {len(points)} subset sizes reaches "
+                f"{intercept:.2f} at infinitely many images, and no FID is below 0; the FID falls with 1/N faster "
+                "than linearly here (too few images for the extrapolation): read the plain FID")
+    return FidInfinity(value=max(0.0, float(intercept)), slope=float(slope), points=points,
+                       fit_intercept=float(intercept), note=note)
 
 
 class _Kid(Plugin):

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.7"  # what each version added: CHANGELOG.md
+SCHEMA_VERSION = "1.8"  # what each version added: CHANGELOG.md
 
 # The feature network every published FID uses, by its registry name (trustfid/extractor.py).
 DEFAULT_EXTRACTOR = "inception-v3-tf-2015-12-05"
@@ -295,6 +295,9 @@ class Kid(Strict):
                                           "and every subset would be the whole of both")
     subsets: int
     subset_size: int
+    # 1.8
+    note: str | None = Field(None, description="what a value below 0 means (the unbiased estimate scatters about "
+                                               "0 when the sets are not told apart at this subset size)")
 
 
 class FidInfinityPoint(Strict):
@@ -307,9 +310,13 @@ class FidInfinityPoint(Strict):
 class FidInfinity(Strict):
     """FID extrapolated to infinitely many images (Chong & Forsyth 2020; kid.py)."""
 
-    value: float
+    value: float = Field(description="the linear fit's value at 1/N = 0, never below 0 (see fit_intercept)")
     slope: float = Field(description="FID per unit of 1/N_generated in the linear fit")
     points: list[FidInfinityPoint]
+    # 1.8
+    fit_intercept: float | None = Field(None, description="the fit's value at 1/N = 0 as computed; below 0 (no FID "
+                                        "can be) value is 0 and note says why the extrapolation failed")
+    note: str | None = Field(None, description="why the extrapolation is not to be read, when it is not")
 
 
 class SetRows(Strict):
