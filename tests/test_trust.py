@@ -82,6 +82,7 @@ def test_a_reference_outside_the_domain_is_low_and_says_what_to_use_instead():
                                    "images (80 of 100) score above 90% of natural photos")
     assert "most atypical: a.png, b.png, c.png" in t.reasons[0]
     assert "FRD" in trust.LEVEL_MEANING["low"]
+    assert t.findings == []  # generated images unlike photos against a reference unlike photos: as meant
 
 
 @pytest.mark.parametrize("generated_above, p", [(35, 1e-9), (62, 1e-30), (100, 1e-100)])
