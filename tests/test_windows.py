@@ -68,11 +68,27 @@ def test_the_report_says_which_mapping_each_set_used_and_the_window_changes_the_
     plain = score(image_sets["real"], scans, OPTS)
     assert plain.intensity == {"real": {"8-bit: as stored": 4},
                                "generated": {"wider than 8 bits: each image's own min..max to 0..255": 2}}
+    (finding,) = [f for f in plain.trust.findings if f.startswith("intensities were mapped")]
+    assert finding.startswith("intensities were mapped to 0..255 differently: the real set was read as 'values as "
+                              "given (8-bit, or float in [0, 1])' (4 images) and the generated set as 'wider than 8 "
+                              "bits: each image's own min..max to 0..255' (2 images)") and "--window" in finding
     windowed = score(image_sets["real"], scans, {**OPTS, "window": [0, 4095]})
     assert windowed.intensity["generated"] == {"fixed window [0, 4095] to 0..255, clipped": 2}
     assert windowed.intensity["real"] == {"8-bit: as stored": 4}  # 8-bit data is never windowed
     assert windowed.fid != pytest.approx(plain.fid, rel=1e-3)
     assert windowed.config.window == (0, 4095)
+
+
+def test_sets_read_alike_raise_no_intensity_finding_and_a_mixed_set_does():
+    from trustfid.report import intensity_finding
+
+    as_given = {"8-bit: as stored": 3, "float in [0, 1]: times 255": 2}  # uint8 and float arrays: values as given
+    assert intensity_finding(as_given, {"8-bit: as stored": 5}) is None
+    assert intensity_finding({"DICOM: the file's VOI LUT or window": 4}, {"DICOM: the file's VOI LUT or window": 2}) is None
+    mixed = intensity_finding({"8-bit: as stored": 9, "wider than 8 bits: each image's own min..max to 0..255": 1},
+                              {"8-bit: as stored": 10})
+    assert "the real set mixes 'values as given (8-bit, or float in [0, 1])' (9 images) and 'wider than 8 bits: " \
+           "each image's own min..max to 0..255' (1 image)" in mixed
 
 
 def test_statistics_remember_their_window(scans, tmp_path):

@@ -35,10 +35,12 @@ class Fid(Plugin):
             ctx.progress(Progress(stage="report", passes=options.passes))
         boot, boot_samples = rep.bootstrap(r, g, options.bootstrap_resamples, options.seed)
         dom = rep.domain(r, g, ex.weights_sha256, options.resize, options.top_k)
+        trust = rep.trust(fid, mc, boot, dom, r, g)
+        if finding := rep.intensity_finding(r.intensity, g.intensity):
+            trust.findings.append(finding)
         return dict(fid=fid, fid_mc=mc, fid_bootstrap=boot, boot_samples=boot_samples,
                     latent_variance=rep.latent_variance(r, g, options.top_k),
-                    feature_rows=rep.feature_rows(r, g, options.max_feature_rows), domain=dom,
-                    trust=rep.trust(fid, mc, boot, dom, r, g),
+                    feature_rows=rep.feature_rows(r, g, options.max_feature_rows), domain=dom, trust=trust,
                     preprocessing=describe(options.resize, ex.input_size, ex.input_range_for(options.resize)),
                     model=model_info(ex))
 

@@ -164,7 +164,7 @@ class _Frd(Plugin):
 
     def section(self, r, g, ctx) -> dict:
         from .radiomics import provenance as radiomics_provenance
-        from .report import point_to_frd
+        from .report import intensity_finding, point_to_frd
 
         options, trust = ctx.options, ctx.sections.get("trust")
         outside = trust is not None and trust.reference_domain == "outside"
@@ -183,7 +183,9 @@ class _Frd(Plugin):
                                             len(real.kept) == real.n and len(generated.kept) == generated.n)
         if outside:
             point_to_frd(trust, value, mode)
-        return dict(frd=value, prdc_radiomics=prdc_radiomics)
+        # without the FID (whose trust findings carry it) the headline warns of sets read differently
+        unlike = intensity_finding(r.intensity, g.intensity) if value is not None and trust is None else None
+        return dict(frd=value, prdc_radiomics=prdc_radiomics, frd_intensity=unlike)
 
     def headline(self, sections: dict) -> tuple[dict, str | None, list[str]]:
         from .report import frd_text
@@ -191,7 +193,8 @@ class _Frd(Plugin):
         value = sections.get("frd")
         if value is None:
             return {}, None, []
-        return dict(frd=value.value, frd_ci95=value.sampling_ci95), frd_text(value), []
+        unlike = sections.get("frd_intensity")
+        return dict(frd=value.value, frd_ci95=value.sampling_ci95), frd_text(value), [unlike] if unlike else []
 
 
 PLUGIN = _Frd()

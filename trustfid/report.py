@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from .frechet import frechet_distance, frechet_distances
+from .inputs.intensity import EIGHT_BIT, FLOAT_01
+from .inputs.rules import plural
 from .schemas import (
     AtypicalImage,
     Domain,
@@ -33,6 +35,7 @@ from .schemas import (
 from .stats import Gaussian, SetStats
 from .trust import assess, baseline
 
+AS_GIVEN = "values as given (8-bit, or float in [0, 1])"
 FEW_RESAMPLES = 10  # an interval from fewer passes or resamples than this gets a warning
 
 PASS_GROUP = 4  # passes whose d x d matrices are held at once in the Fréchet step
@@ -106,6 +109,33 @@ def latent_variance(real: SetStats, generated: SetStats, top_k: int) -> LatentVa
 def trust(fid: float, mc: FidMC, boot: FidBootstrap, domain: Domain, real: SetStats, generated: SetStats) -> Trust:
     return assess(fid=fid, mc=mc, bootstrap=boot, domain=domain, n_real=real.n, n_generated=generated.n,
                   foreign=real.provenance is None or generated.provenance is None)
+
+
+def intensity_finding(real: dict[str, int], generated: dict[str, int]) -> str | None:
+    """A finding when the two sets' images were brought to 0..255 by different intensity mappings (bit depths,
+    DICOM windows), or one set mixes them (``SetStats.intensity``: images per mapping); None when all agree.
+    8-bit values and floats in [0, 1] count as one mapping: both are the values as given."""
+    def families(counts: dict[str, int]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name, n in counts.items():
+            key = AS_GIVEN if name in (EIGHT_BIT, FLOAT_01) else name
+            out[key] = out.get(key, 0) + n
+        return out
+
+    def listed(counts: dict[str, int]) -> str:
+        most_first = sorted(counts.items(), key=lambda kv: -kv[1])
+        return " and ".join(f"'{name}' ({plural(n, 'image')})" for name, n in most_first)
+
+    sides = {"real": families(real), "generated": families(generated)}
+    parts = [f"the {side} set mixes {listed(c)}" for side, c in sides.items() if len(c) > 1]
+    if not parts and all(sides.values()) and set(sides["real"]) != set(sides["generated"]):
+        parts.append(f"the real set was read as {listed(sides['real'])} and the generated set as "
+                     f"{listed(sides['generated'])}")
+    if not parts:
+        return None
+    return ("intensities were mapped to 0..255 differently: " + "; ".join(parts) + ". Images of other bit depths "
+            "or windows differ in brightness and contrast for reasons that are not the generator's, and the "
+            "distances count that: store both sets alike, or give one fixed window (--window) for both")
 
 
 # --- the headline ----------------------------------------------------------------------------------
