@@ -205,6 +205,18 @@ def test_a_set_of_one_usable_radiomics_row_is_a_clear_error(tmp_path):
         check_frd_stats(stats, "real", "ref.npz", {"frd_version": "v1"})
 
 
+def test_a_blank_image_is_left_out_of_the_frd_as_blank_not_with_pyradiomics_error():
+    from trustfid.decode_worker import prepare
+
+    for value in (0, 200):
+        reason = prepare("blank.png", np.full((48, 48, 3), value, np.uint8), None, None, True)[2]
+        assert reason == (f"FRD: a blank image (every pixel {value}): no texture for the radiomics: left out of "
+                          "the FRD"), reason
+    names, values = prepare("noise.png", np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8), None,
+                            None, True)[2]
+    assert len(names) == len(values) > 100  # an image with texture gets its features
+
+
 def test_saved_frd_only_statistics_load_without_fid_statistics(frd_sets, tmp_path):
     stats = compute_stats(frd_sets["real"], FRD_ONLY)
     stats.save(tmp_path / "frd.npz")

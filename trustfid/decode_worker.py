@@ -40,7 +40,12 @@ def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as e:  # a radiomics failure on one image never fails the job
-            feats = f"FRD: pyradiomics failed on this image ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            pixels = np.asarray(stored if stored is not None else image)
+            if pixels.size and pixels.min() == pixels.max():  # pyradiomics' error says nothing of the cause
+                feats = (f"FRD: a blank image (every pixel {pixels.flat[0]:g}): no texture for the radiomics: "
+                         "left out of the FRD")
+            else:
+                feats = f"FRD: pyradiomics failed on this image ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
     return name, x, feats
 
 
