@@ -3,6 +3,7 @@ only what it documents (schemathesis, bounded), and /docs works without a networ
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from tests.conftest import KEY_A
+from tests.conftest import KEY_A, ROOT
 from tests.test_api_jobs import chromium
 
 SUBMITS = ("/v1/jobs", "/v1/references")
@@ -117,6 +118,19 @@ def test_schemathesis_finds_no_undocumented_status_or_shape(stack, tmp_path):
     print(f"schemathesis took {took:.0f} s: {cases.group(0) if cases else '?'}")
     assert p.returncode == 0, p.stdout[-8000:] + p.stderr[-3000:]
     assert re.search(r"\b\d+ passed\b", p.stdout) or "No issues found" in p.stdout, p.stdout[-3000:]
+
+
+# --- docs/API.md's samples are what the code sends ------------------------------------------------------
+
+def test_the_documented_202_answer_has_every_field_of_a_job_record():
+    from trustfid.records import JobOptions, JobRecord
+
+    doc = (ROOT / "docs" / "API.md").read_text()
+    sample = json.loads(doc.split("Response (202):\n\n```json\n", 1)[1].split("```", 1)[0])
+    record = JobRecord.model_validate(sample)  # strict: a field the code no longer has fails here
+    assert list(sample) == list(JobRecord.model_fields)
+    assert list(sample["options"]) == list(JobOptions.model_fields)
+    assert record.options.metrics == ["fid"] and record.state == "queued"
 
 
 # --- offline docs --------------------------------------------------------------------------------------
