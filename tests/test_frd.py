@@ -60,6 +60,9 @@ def test_frd_alone_skips_the_fid_network_and_still_equals_frd_score(frd_sets):
         assert len(moving - {0.0, 1.0}) >= 2, moving
     assert report.fid is None and report.trust is None and report.model.weights_sha256 == ""
     assert report.headline.text.startswith("FRD ") and report.counts.real.used == 12
+    # 12 images against hundreds of features: the headline says what that does to the FRD
+    assert any(w.startswith(f"the FRD rests on 12 real images against {report.frd.features} radiomic features")
+               for w in report.headline.warnings), report.headline.warnings
     paper = score(frd_sets["real"], frd_sets["generated"], {**FRD_ONLY, "frd_paper_log": True}).frd
     assert paper.log == "log(d)" and paper.value == pytest.approx(report.frd.value / 2, rel=1e-12)
 

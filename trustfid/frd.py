@@ -193,8 +193,20 @@ class _Frd(Plugin):
         value = sections.get("frd")
         if value is None:
             return {}, None, []
-        unlike = sections.get("frd_intensity")
-        return dict(frd=value.value, frd_ci95=value.sampling_ci95), frd_text(value), [unlike] if unlike else []
+        warnings = [w for w in (sections.get("frd_intensity"), few_images(value)) if w]
+        return dict(frd=value.value, frd_ci95=value.sampling_ci95), frd_text(value), warnings
+
+
+def few_images(f: Frd) -> str | None:
+    """A warning when a set has fewer images than the FRD has features: its covariance is then singular (rank at
+    most images - 1), so the distance is biased upward and moves from one sample of images to the next."""
+    n = min(f.real.used, f.generated.used)
+    if n > f.features:
+        return None
+    side = "real" if f.real.used == n else "generated"
+    return (f"the FRD rests on {n} {side} images against {f.features} radiomic features: with no more images than "
+            "features the covariance is singular, the FRD is biased upward and moves from one sample of images to "
+            f"the next; compare it only with FRDs of the same set sizes, or use more than {f.features} images a set")
 
 
 PLUGIN = _Frd()
