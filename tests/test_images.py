@@ -307,6 +307,17 @@ def test_dicom_found_by_its_bytes_without_extension_and_non_images_skipped(tmp_p
     assert [k.name for k in s.skipped] == ["plan.dcm"] and "no pixel data" in s.skipped[0].reason
 
 
+def test_a_truncated_dicom_is_named_truncated(tmp_path):
+    whole = Path(dicom("CT_small.dcm")).read_bytes()
+    (tmp_path / "half.dcm").write_bytes(whole[: len(whole) // 2])  # cut inside the pixel data
+    (tmp_path / "head.dcm").write_bytes(whole[:300])  # cut before it
+    s, out = read_all(tmp_path)
+    reasons = {k.name: k.reason for k in s.skipped}
+    assert out == {} and reasons["half.dcm"].startswith("truncated DICOM file: its pixel data is shorter")
+    assert reasons["head.dcm"].startswith("DICOM file ends before its pixel data: truncated or damaged (it is a CT "
+                                          "Image Storage")
+
+
 def test_random_bytes_named_dcm_are_not_a_dicom_file_not_a_structured_report(tmp_path):
     shutil.copy(dicom("CT_small.dcm"), tmp_path / "ct.dcm")
     (tmp_path / "noise.dcm").write_bytes(np.random.default_rng(0).bytes(4096))

@@ -66,6 +66,11 @@ def dicom_events(name: str, blob: bytes | str, decoding: Decoding) -> Iterator[E
             raise Unreadable("not a DICOM file: it has no 'DICM' prefix and no DICOM header could be read from it "
                              "(another format or a damaged file named .dcm?)") from None
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        meta = getattr(ds, "file_meta", None)
+        kind = meta.get("MediaStorageSOPClassUID") if meta is not None else None  # e.g. CT Image Storage
+        if "Rows" in ds or (kind is not None and "Image Storage" in kind.name):
+            raise Unreadable(f"DICOM file ends before its pixel data: truncated or damaged (it is a "
+                             f"{kind.name if kind is not None else 'DICOM image'}, whose pixels are missing)")
         raise Unreadable("DICOM file has no pixel data (e.g. a structured report, RT plan or DICOMDIR)")
     rows, cols = int(ds.Rows), int(ds.Columns)
     check_pixels(f"image '{name}' is", cols, rows, decoding.max_pixels)
@@ -97,6 +102,8 @@ def dicom_events(name: str, blob: bytes | str, decoding: Decoding) -> Iterator[E
             if ts is not None and ts.is_compressed:
                 reason = (f"cannot decode compressed transfer syntax '{ts.name}' ({ts}) with the installed decoders "
                           f"({reason}); installing another decoder may help: {_install_hint(ts)}")
+            elif "less than expected" in reason:  # pydicom's words for a file cut short
+                reason = f"truncated DICOM file: its pixel data is shorter than its header says ({reason})"
             else:
                 reason = f"unreadable DICOM pixel data ({reason})"
             if n_frames > 1 and i + 1 < n_frames:
