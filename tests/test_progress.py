@@ -36,7 +36,8 @@ def test_progress_moves_within_a_batch(image_sets):
         assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] == 1
         within = [f for e, f in zip([e for e in events if e.set == side], fractions) if e.images_done == 0]
         assert sorted(set(within)) == pytest.approx([0, 0.25, 0.5, 0.75])
-    assert all(e.fraction_done is None for e in events if e.stage != "extracting")
+    assert all(e.fraction_done is None for e in events if e.stage not in ("extracting", "done"))
+    assert events[-1].stage == "done" and events[-1].fraction_done == 1  # a finished job's bar is full
 
 
 def test_a_new_set_and_a_sets_last_event_always_reach_the_record(redis_url, monkeypatch, tmp_path):

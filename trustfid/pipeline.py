@@ -350,7 +350,7 @@ def report_from_stats(r: SetStats, g: SetStats, job: Job, *, load_s: float, extr
         extra_metrics=extra, **fields,
     )
     if progress:
-        progress(Progress(stage="done", passes=passes))
+        progress(Progress(stage="done", passes=passes, fraction_done=1.0))
     return result
 
 

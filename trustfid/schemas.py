@@ -561,4 +561,5 @@ class Progress(Strict):
     passes: int = 0
     fraction_done: float | None = Field(None, ge=0, le=1, description="share of this set's extraction done, "
                                         "moving within a batch too (after the plain pass and each MC pass): "
-                                        "the number for a progress bar; None outside extraction")
+                                        "the number for a progress bar; 1 once the job is done, None in its other "
+                                        "stages")

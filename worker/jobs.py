@@ -123,7 +123,7 @@ def succeeded(w: Worker, job_id: str, report):
     mc = report.fid_mc
     return finish("succeeded", fid=report.fid, fid_mc_std=mc.std if mc else None,
                   trust_level=report.trust.level if report.trust else None, headline=report.headline,
-                  progress=Progress(stage="done", images_done=images, images_total=images,
+                  progress=Progress(stage="done", images_done=images, images_total=images, fraction_done=1.0,
                                     passes=mc.passes if mc else 0))
 
 
@@ -139,7 +139,7 @@ def _reference(w: Worker, st: Stored, hooks: Hooks):
     fingerprint = hashlib.sha256(out.read_bytes()).hexdigest()
     w.staging.put_reference(rec.id, out)  # to the object store, when there is one
     return finish("succeeded", fingerprint=fingerprint, images=stats.n,
-                  progress=Progress(stage="done", images_done=stats.n, images_total=stats.n))
+                  progress=Progress(stage="done", images_done=stats.n, images_total=stats.n, fraction_done=1.0))
 
 
 def end(w: Worker, st: Stored, outcome: Callable[[Stored], Stored | None]) -> str:
