@@ -64,6 +64,9 @@ def test_the_page_states_headline_levels_and_provenance(page):
         assert f'<li class="level-{level}' in html
     assert f'<li class="level-{report.trust.level} current">' in html
     assert report.model.weights_sha256 in html and report.timing.finished_at in html
+    # how each set's values were brought to 0..255 (8-bit PNGs here: as stored)
+    intensity = html.split('id="intensity">')[1].split("</td>")[0]
+    assert intensity == "real: 8-bit: as stored (6)<br>generated: 8-bit: as stored (6)", intensity
     # why the FID is far: precision, recall, density and coverage, each with what it means
     from trustfid.prdc import MEANING
 
