@@ -68,11 +68,11 @@ def test_a_sharded_frd_auto_job_runs_the_radiomics_as_shards_and_equals_the_unsh
     for set_name, source in (("real", "medical_a"), ("generated", "natural_64_b")):
         folder = sets[set_name] = tmp_path / set_name
         folder.mkdir()
-        for i, im in enumerate(held.sets[source].images[:14]):
+        for i, im in enumerate(held.sets[source].images[:10]):
             Image.fromarray(im).save(folder / f"{i:02d}.png")
     options = {**FAST_OPTIONS, "metrics": ["fid", "frd:auto"], "bootstrap_resamples": 10}
     whole = _job(stack, sets, options)["report"]
-    sharded = _job(stack, sets, {**options, "shard_size": 5})
+    sharded = _job(stack, sets, {**options, "shard_size": 4})
     report = sharded["report"]
     assert whole["trust"]["reference_domain"] == "outside" and whole["frd"] is not None
     assert report["frd"]["value"] == pytest.approx(whole["frd"]["value"], rel=1e-9, abs=0)
