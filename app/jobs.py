@@ -167,13 +167,13 @@ class Jobs:
         return self._create_job(owner, new_id(), infos, paths, options)
 
     def submit_job_upload(self, owner: str, job_id: str, stager: MultipartStager) -> JobRecord:
-        raw_options = stager.texts.get("options")
+        raw_options = stager.texts.get("options")  # checked first: it is cheap, screening an archive is not
+        sent = None if raw_options is None else parse_options(parse_json_field(raw_options, "options"))
         infos, paths, ref_options = {}, {}, {}
         for side in ("real", "generated"):
             infos[side], paths[side], opts = self._form_side(owner, stager, side)
             if opts is not None:
                 ref_options[side] = opts
-        sent = None if raw_options is None else parse_options(parse_json_field(raw_options, "options"))
         options = _job_options(sent, infos, ref_options)
         return self._create_job(owner, job_id, infos, paths, options)
 

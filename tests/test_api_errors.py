@@ -224,7 +224,7 @@ def test_rate_limit_per_key_is_429(make_stack, image_sets):
 
 
 def test_a_bad_job_fails_with_a_reason_and_the_worker_lives_on(stack, image_sets):
-    garbage = [(f"broken{i}.png", b"\x89PNG not really") for i in range(3)]
+    garbage = [(f"broken{i}.png", b"\x89PNG\r\n\x1a\n not really") for i in range(3)]  # a PNG's first bytes only
     with stack.client() as c:
         r = upload(c, garbage, pngs(image_sets["generated"]), {**FAST_OPTIONS, "strict": True})
         assert r.status_code == 202, r.text

@@ -204,6 +204,65 @@ def test_zip_bombs_give_one_verdict_whoever_checks(tmp_path):
     assert len(open_images(tmp_path / "bomb.zip")) == 1  # without the ratio limit the engine lists it
 
 
+def _zeros_tar_gz(path: Path, members: dict[str, int]) -> Path:
+    """A .tar.gz of members of zeros (name -> size), streamed: nothing that size is held in memory."""
+    class Zeros:
+        def __init__(self, n):
+            self.left = n
+
+        def read(self, k=-1):
+            k = self.left if k < 0 else min(k, self.left)
+            self.left -= k
+            return bytes(k)
+
+    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+        for name, size in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tf.addfile(info, Zeros(size))
+    return path
+
+
+def test_a_tar_gz_bomb_of_one_member_is_413_before_anything_is_counted(tmp_path):
+    """One 300 MiB member of zeros named bomb.png: the expansion ratio is checked before the count, so
+    the answer is archive_bomb (413), not "too few images" (422), on upload as in the engine."""
+    bomb = _zeros_tar_gz(tmp_path / "bomb.tar.gz", {"bomb.png": 300 * 2**20})
+    assert bomb.stat().st_size < 2 * 2**20
+    limits = {"max_expanded_bytes": 8 * 2**30, "max_member_bytes": 2**30}  # the defaults: only the ratio can stop it
+    with pytest.raises(TooLargeError) as upload_check:
+        check_file(bomb, _settings(**limits), "real")
+    with pytest.raises(TooLargeError) as engine:
+        open_images(bomb, max_compression_ratio=50, **limits)
+    assert upload_check.value.code == "archive_bomb" and "fold" in upload_check.value.message
+    same_verdict(engine, upload_check, tmp_path)
+
+
+def test_a_member_whose_first_bytes_are_not_its_formats_is_not_a_usable_image(tmp_path):
+    """In an archive as in a folder, 'fake.png' holding text does not count towards the two images a
+    set needs; the refusal names it and why."""
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    for name in ("set.zip", "set.tar"):
+        members = {"good.png": png.getvalue(), "fake.png": b"this is a caption, not a picture"}
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(tmp_path / name, "w") as zf:
+                for n, data in members.items():
+                    zf.writestr(n, data)
+        else:
+            with tarfile.open(tmp_path / name, "w") as tf:
+                for n, data in members.items():
+                    info = tarfile.TarInfo(n)
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        with pytest.raises(InputError) as upload_check:
+            check_file(tmp_path / name, _settings(), "real")
+        with pytest.raises(InputError) as engine:
+            open_images(tmp_path / name).check_usable("real", 2)
+        for e in (upload_check, engine):
+            assert e.value.code == "too_few_images" and "has 1 usable image" in e.value.message, e.value.message
+            assert "fake.png (not a PNG file (its first bytes say otherwise))" in e.value.message
+
+
 def test_unsafe_member_names_the_engine_skips_are_refused_on_upload(tmp_path):
     png = io.BytesIO()
     Image.new("RGB", (8, 8)).save(png, "PNG")

@@ -164,7 +164,7 @@ def test_a_reference_whose_folder_is_unwritable_fails_with_a_storage_code(make_s
 
 
 def test_job_errors_never_show_the_services_folders(stack, image_sets):
-    broken = [(f"broken{i}.png", b"\x89PNG not really") for i in range(3)]
+    broken = [(f"broken{i}.png", b"\x89PNG\r\n\x1a\n not really") for i in range(3)]  # a PNG's first bytes only
     with stack.client() as c:
         r = upload(c, broken, pngs(image_sets["generated"]), {**FAST_OPTIONS, "strict": True})
         rec = stack.wait_job(r.json()["id"])

@@ -11,6 +11,7 @@ import zipfile
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from trustfid.errors import InputError, TrustfidError, UnsupportedTypeError
@@ -82,11 +83,44 @@ def check_set(staged: StagedSet, limits: Limits, what: str) -> Path:
         rules.check_image_count("the upload", len(staged.files), limits.max_images)
     for f in staged.files:
         check_file(f, limits, what, staged.kind(f))
-    if kinds == {"image"} and len(staged.files) < rules.MIN_IMAGES and not any(
-            rules.is_dicom(f.name, rules.read_head(f)) for f in staged.files):  # a DICOM file may hold frames
-        with _about(what):
-            raise rules.too_few_images("uploaded", "", len(staged.files), rules.MIN_IMAGES)
+    if kinds == {"image"}:
+        usable = _Usable()
+        for f in staged.files:
+            usable.add(f.name, lambda f=f: rules.read_head(f))
+        if not usable.enough:
+            with _about(what):
+                raise rules.too_few_images("uploaded", "", usable.found, rules.MIN_IMAGES, usable.skipped)
     return staged.engine_path()
+
+
+class _Usable:
+    """The engine's rule for which candidate images count (ImageSet.check_usable), applied as candidates
+    come: one whose first bytes do not match its format is skipped with the reason. Heads are read only
+    until ``needed`` usable images are found (or a DICOM file, which may hold frames)."""
+
+    def __init__(self, needed: int = rules.MIN_IMAGES):
+        self.needed, self.found, self.skipped = needed, 0, []
+
+    @property
+    def enough(self) -> bool:
+        return self.found >= self.needed
+
+    def add(self, name: str, head_fn, problem: str | None = None) -> None:
+        if self.enough:
+            return
+        why = problem
+        if why is None:
+            try:
+                head = head_fn()
+            except Exception as e:  # a member the archive cannot give back (CRC, truncated): the engine skips it
+                why = f"cannot read archive member: {rules.first_line(e)}"
+            else:
+                why = rules.not_an_image(name, head) or (
+                    None if rules.kind_of(name) == "image" or rules.looks_like_image(head) else "not an image")
+        if why:
+            self.skipped.append((name, why))
+        else:
+            self.found += self.needed if rules.is_dicom(name, head) else 1
 
 
 def check_file(path: Path, limits: Limits, what: str, kind: str | None = None) -> None:
@@ -105,13 +139,16 @@ def check_file(path: Path, limits: Limits, what: str, kind: str | None = None) -
             _check_image(path, limits)
 
 
-def _screen(members, budget: ArchiveBudget, of_images: bool = True) -> None:
-    """The upload's policy on an archive listing: one unsafe member (escaping path, link, device)
-    refuses the whole archive, every declared size counts against the limits, and the members that
-    may be images against the image limit; an archive of images (``of_images``: not a .npz) needs at
-    least MIN_IMAGES of them."""
-    images, frames, passed_over = 0, 0, []
-    for m in members:
+def _screen(members, budget: ArchiveBudget, of_images: bool = True, archive_bytes: int | None = None) -> None:
+    """The upload's policy on an archive listing, in a fixed order. First the sizes: one unsafe member
+    (escaping path, link, device) refuses the whole archive, every declared size counts against the
+    limits, then the whole archive's expansion ratio (``archive_bytes``: a tar's size on disk; its
+    members have no packed size). Then the first bytes: a candidate image whose first bytes do not match
+    its format is not usable, as in a folder. Then the counts: the image limit, and an archive of images
+    (``of_images``: not a .npz) needs at least MIN_IMAGES usable ones. ``members``: (Member, head_fn)
+    pairs; a head is read before the next pair is asked for (a tar is read as a stream)."""
+    candidates, usable, passed_over = 0, _Usable(), []
+    for m, head_fn in members:
         if m.unsafe:
             raise InputError(f"archive '{budget.label}' holds '{m.name}', which is refused: {m.problem}. Repack it "
                              f"with regular files under relative paths only.", code="unsafe_archive")
@@ -119,14 +156,17 @@ def _screen(members, budget: ArchiveBudget, of_images: bool = True) -> None:
         if m.is_dir or rules.is_hidden(m.name):
             continue
         if rules.kind_of(m.name) in ("image", "unknown"):
-            images += 1
-            frames += rules.suffix(m.name) in rules.DICOM_SUFFIXES  # may hold many images
+            candidates += 1
+            if of_images:
+                usable.add(m.name, head_fn, m.problem)
         else:
             passed_over.append(m.name)
-    rules.check_image_count(f"archive '{budget.label}'", images, budget.limits.max_images)
-    if of_images and images < rules.MIN_IMAGES and not frames:
-        raise rules.too_few_images("uploaded", f"archive '{budget.label}'", images, rules.MIN_IMAGES,
-                                   passed_over=passed_over)
+    if archive_bytes is not None:
+        budget.whole(archive_bytes)
+    rules.check_image_count(f"archive '{budget.label}'", candidates, budget.limits.max_images)
+    if of_images and not usable.enough:
+        raise rules.too_few_images("uploaded", f"archive '{budget.label}'", usable.found, rules.MIN_IMAGES,
+                                   usable.skipped, passed_over)
 
 
 def _check_zip(path: Path, limits: Limits, of_images: bool = True) -> None:
@@ -134,23 +174,22 @@ def _check_zip(path: Path, limits: Limits, of_images: bool = True) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             members = rules.zip_members(zf, budget)
+            _screen(((m, partial(rules.zip_head, zf, m.info)) for m in members), budget, of_images)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
         raise rules.unreadable_archive(path.name, "zip", e) from None
-    _screen(members, budget, of_images)
 
 
 def _check_tar(path: Path, limits: Limits) -> None:
     budget = ArchiveBudget(path.name, limits)
     rules.check_tar_compression(rules.read_head(path, 6), path.name)
     try:
-        # Stream mode: headers are read in order, member data skipped, nothing is held in memory.
+        # Stream mode: headers are read in order, member data skipped but for a few members' first
+        # bytes; nothing is held in memory.
         with tarfile.open(path, mode="r|*") as tf:
-            _screen(rules.tar_members(tf, budget), budget)
+            _screen(((m, partial(rules.tar_head, tf, m.info)) for m in rules.tar_members(tf, budget)), budget,
+                    archive_bytes=path.stat().st_size)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise rules.unreadable_archive(path.name, "tar", e) from None
-    budget.whole(path.stat().st_size)
-
-
 def _check_image(path: Path, limits: Limits) -> None:
     """Pixels per image from the header (the engine checks again when decoding)."""
     size = header_size(path.name, path)

@@ -121,7 +121,7 @@ class ZipReader(_ArchiveReader):
         try:
             with zipfile.ZipFile(path) as zf:
                 for i, m in enumerate(rules.zip_members(zf, self.budget)):
-                    self._plan(m, i, partial(_zip_head, zf, m.info))
+                    self._plan(m, i, partial(rules.zip_head, zf, m.info))
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
             raise rules.unreadable_archive(label, "zip", e) from None
         self._finish()
@@ -130,7 +130,7 @@ class ZipReader(_ArchiveReader):
         return zipfile.ZipFile(self.path)
 
     def _head(self, zf: zipfile.ZipFile, index: int) -> bytes:
-        return _zip_head(zf, zf.infolist()[index])
+        return rules.zip_head(zf, zf.infolist()[index])
 
     def _read(self, zf: zipfile.ZipFile, index: int, name: str) -> bytes:
         with zf.open(zf.infolist()[index]) as fp:
@@ -153,7 +153,7 @@ class TarReader(_ArchiveReader):
         try:
             with self._open() as f, tarfile.open(fileobj=f, mode="r:") as tf:
                 for m in rules.tar_members(tf, self.budget):
-                    self._plan(m, (m.info.offset_data, m.size), partial(_tar_head, tf, m.info))
+                    self._plan(m, (m.info.offset_data, m.size), partial(rules.tar_head, tf, m.info))
         except TrustfidError:
             raise
         except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
@@ -187,15 +187,6 @@ def _head(read) -> bytes | None:
         return read()
     except Exception:
         return None
-
-
-def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    with zf.open(info) as fp:
-        return fp.read(rules.HEAD_BYTES)
-
-
-def _tar_head(tf: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
-    return tf.extractfile(info).read(rules.HEAD_BYTES)
 
 
 def _bounded_read(fp, limit: int, label: str, name: str) -> bytes:

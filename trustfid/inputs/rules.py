@@ -290,6 +290,17 @@ def check_tar_compression(head: bytes, label: str) -> None:
                          code="bad_archive")
 
 
+def zip_head(zf, info) -> bytes:
+    """A zip member's first HEAD_BYTES bytes (decompressing only those)."""
+    with zf.open(info) as fp:
+        return fp.read(HEAD_BYTES)
+
+
+def tar_head(tf, info) -> bytes:
+    """A tar member's first HEAD_BYTES bytes (in a stream-mode tar: only of the member just listed)."""
+    return tf.extractfile(info).read(HEAD_BYTES)
+
+
 def tar_members(tf, budget: ArchiveBudget) -> Iterator[Member]:
     """Every entry of an open tar in archive order, counted against the member limit as it comes.
     The TarInfos are not kept by the TarFile (the caller keeps what it needs)."""
