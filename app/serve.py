@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,27 +53,26 @@ def redis_binary() -> str:
     return str(path)
 
 
-def _die_with_parent():  # runs in the child between fork and exec (Linux): no orphans if we are killed
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+def _launcher(nice: int = 0) -> list[str]:
+    """What a supervised child is started through, so that no Python code runs in the child between
+    fork and exec: children are restarted from the supervisor thread, and such code may deadlock there
+    (CPython's subprocess documentation). On Linux, util-linux's ``setpriv --pdeathsig TERM`` makes the
+    child get SIGTERM when this process dies, even by SIGKILL (no orphans); coreutils' ``nice -n`` sets
+    its niceness. Each execs the next, so the child keeps the pid we hold."""
+    prefix = []
+    if sys.platform.startswith("linux") and (setpriv := shutil.which("setpriv")):
+        prefix += [setpriv, "--pdeathsig", "TERM", "--"]
+    if nice and (nice_bin := shutil.which("nice")):
+        prefix += [nice_bin, "-n", str(nice)]
+    return prefix
 
 
 def _popen(args, env=None, log: Path | None = None, nice: int = 0) -> subprocess.Popen:
     out = open(log, "ab") if log else None
-
-    def child_setup():  # between fork and exec
-        if sys.platform.startswith("linux"):
-            _die_with_parent()
-        if nice:
-            os.nice(nice)
-
     try:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=child_setup)
+        return subprocess.Popen([*_launcher(nice), *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
     finally:
         if out:
             out.close()

@@ -46,6 +46,35 @@ def clean_env(**extra) -> dict:
 
 
 
+def test_supervised_children_are_started_from_a_thread_niced_and_die_with_their_parent(tmp_path):
+    """`trustfid serve` restarts children from its supervisor thread, so nothing may run in the child
+    before exec (no preexec_fn); the child still gets its niceness and dies when serve is SIGKILLed."""
+    script = (
+        "import sys, threading, time; from pathlib import Path; from app.serve import _popen\n"
+        "def start():\n"
+        "    print(_popen(['sleep', '120'], nice=7).pid, flush=True)\n"
+        "    time.sleep(120)  # the death signal follows the thread that started the child, as in serve\n"
+        "threading.Thread(target=start, daemon=True).start(); time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 10  # setpriv and nice each exec the next: the pid ends up running sleep
+        while Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[:2] != [b"sleep", b"120"]:
+            assert time.monotonic() < deadline, Path(f"/proc/{child}/cmdline").read_bytes()
+            time.sleep(0.05)
+        stat = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(stat[16]) == 7  # niceness
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(child), "the child outlived its SIGKILLed parent"
+    finally:
+        parent.kill()
+
+
 def _interrupt(proc, log) -> int:
     """Ctrl-C to `trustfid serve`; its exit code (killed if it does not stop within a minute)."""
     proc.send_signal(signal.SIGINT)
