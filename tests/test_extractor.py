@@ -11,8 +11,8 @@ from PIL import Image
 from pydantic import ValidationError
 from torch import nn
 
-from tests import realimages
-from tests.engine_helpers import tiny_network
+from tests.support import realimages
+from tests.support.engine import tiny_network
 from trustfid import Extractor, Metric, compute_stats, load_stats, register_extractor, score
 from trustfid.errors import IncompatibleStatsError, InputError
 from trustfid.mc import MCDropout

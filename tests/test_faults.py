@@ -7,95 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import httpx
 import pytest
 
-from app.serve import free_port
-from tests.conftest import FAST_OPTIONS, part_way, pngs, strip_timing, upload, wait_for, write_images
-from tests.test_service_serve import alive, children_of, clean_env
-
-SLOW = {**FAST_OPTIONS, "batch_size": 2}  # many small batches: time to kill something mid-job
-
-
-class Serve:
-    """`trustfid serve` in its own folder and port; ``env`` on top of a clean environment."""
-
-    def __init__(self, folder: Path, **env):
-        self.folder, self.env, self.port = folder, env, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Serve:
-        log = open(self.folder / "serve.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port),
-                                      "--log-level", "warning"],
-                                     cwd=self.folder, env=clean_env(**self.env), stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        self.wait(lambda: self._ready(), 180, "serve to be ready")
-        return self
-
-    def _ready(self) -> bool:
-        assert self.proc.poll() is None, self.log()[-6000:]
-        try:
-            return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def child(self, marker: str) -> int:
-        """The pid of the child whose command line contains ``marker`` (waits for it)."""
-        def find():
-            for pid in children_of(self.proc.pid):
-                try:
-                    if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") and alive(pid):
-                        return pid
-                except OSError:
-                    pass
-            return None
-        return self.wait(find, 60, f"a {marker} child")
-
-    def log(self) -> str:
-        p = self.folder / "serve.log"
-        return p.read_text(errors="replace") if p.exists() else ""
-
-    def stop(self, sig=signal.SIGINT, timeout: float = 60) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60)
-
-    def job(self, job_id: str) -> dict:
-        """The job record; ``{"state": None}`` while the API answers 503 (Redis restarting), which
-        must come with Retry-After. Any other error fails the test."""
-        with self.client() as c:
-            r = c.get(f"/v1/jobs/{job_id}")
-        if r.status_code == 503:
-            assert r.json()["error"]["code"] == "unavailable" and r.headers["retry-after"] == "1", r.text
-            return {"state": None}
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def report(self, job_id: str) -> dict:
-        with self.client() as c:
-            return strip_timing(c.get(f"/v1/jobs/{job_id}/report").json())
-
-    def wait_done(self, job_id: str, timeout: float = 240) -> dict:
-        return self.wait(lambda: (r := self.job(job_id))["state"] in ("succeeded", "failed", "cancelled") and r,
-                         timeout, f"job {job_id} to end")
-
-    def wait(self, pred, timeout: float, what: str):
-        return wait_for(pred, timeout, what, log=lambda: self.log()[-6000:])
+from tests.support.images import pngs, write_images
+from tests.support.presets import FAST_OPTIONS, SLOW
+from tests.support.service import Serve, part_way, upload
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,14 @@
   package our weights come from, run end to end on the same folders: within 5e-5 relative.
 - ``legacy_pytorch`` vs pytorch-fid's own pipeline (its dataset, its InceptionV3 wrapper with
   resize_input/normalize_input, its sqrtm Fréchet): pytorch-fid would download its .pth, which
-  this machine cannot, so its network classes are given the same TF weights (tests/engine_helpers).
+  this machine cannot, so its network classes are given the same TF weights (tests/support/engine.py).
 The images are crops of photos that ship inside scikit-image and scikit-learn.
 """
 
 import pytest
 
-from tests import realimages
-from tests.engine_helpers import pytorch_fid_model
+from tests.support import realimages
+from tests.support.engine import pytorch_fid_model
 from trustfid import score
 from trustfid.schemas import ScoreOptions
 

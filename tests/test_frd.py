@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import FAST_OPTIONS, ROOT, frd_score
+from tests.support import ROOT
+from tests.support.oracles import frd_score
+from tests.support.presets import FAST_OPTIONS
 from trustfid import Metric, score
 from trustfid.errors import IncompatibleStatsError, InputError
 from trustfid.pipeline import compute_stats

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests import realimages
-from tests.engine_helpers import our_net, pytorch_fid_model, torchscript_net, weights
+from tests.support import realimages
+from tests.support.engine import our_net, pytorch_fid_model, torchscript_net, weights
 from trustfid.errors import InputError
 from trustfid.inception import FIDInceptionV3
 from trustfid.weights import FID_HELPER_SHA1, _sha1, fid_helper_archive, load_weights

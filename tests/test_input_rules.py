@@ -1,7 +1,7 @@
 """One set of input rules (trustfid/inputs/rules.py, array_rules.py) for the three paths that read what
 users send: the engine's readers, the service's upload checks and the Python client's folder upload.
 The same files must give the same images, counts and FID whichever path they take, and the same
-refusals. Real files, the real service (tests/conftest.py), no mocks."""
+refusals. Real files, the real service (tests/support/service.py), no mocks."""
 
 from __future__ import annotations
 
@@ -19,16 +19,13 @@ from PIL import Image
 
 from app.ingest.screening import check_file
 from app.settings import Settings
-from tests.conftest import FAST_OPTIONS, KEY_A, ROOT, pngs, upload, write_images
+from tests.support import ROOT
+from tests.support.images import pngs, write_images
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import KEY_A, err, upload
 from trustfid.errors import InputError, TooLargeError
 from trustfid.inputs import open_images
 from trustfid.inputs.rules import kind_of, list_folder
-
-
-def err(r, status: int, code: str) -> str:
-    assert r.status_code == status, r.text
-    assert r.json()["error"]["code"] == code, r.text
-    return r.json()["error"]["message"]
 
 
 def _ct_small() -> Path:
@@ -147,7 +144,7 @@ def test_a_bare_named_non_image_is_refused_on_upload_and_ignored_in_a_folder(sta
 
     with stack.client() as c:
         r = upload(c, pngs(folder) + [folder / "notes"], pngs(image_sets["generated"]))
-    msg = err(r, 415, "unsupported_type")
+    msg = err(r, 415, "unsupported_type")["message"]
     assert "'notes'" in msg and msg.startswith("real:") and "first bytes" in msg
     assert _staged(stack, "notes") == []  # the refused upload's staging is gone
 
@@ -159,9 +156,9 @@ def test_names_the_engine_passes_over_are_refused_at_once_on_upload(stack, image
     (folder / "caption.txt").write_bytes(png)  # a caption suffix is never opened, whatever it holds
     assert [n for n, _ in open_images(folder)] == ["img_000.png"]
     with stack.client() as c:
-        msg = err(upload(c, [("._img_000.png", png)], pngs(image_sets["generated"])), 415, "unsupported_type")
+        msg = err(upload(c, [("._img_000.png", png)], pngs(image_sets["generated"])), 415, "unsupported_type")["message"]
         assert "hidden" in msg and "._img_000.png" in msg
-        msg = err(upload(c, [("caption.txt", png)], pngs(image_sets["generated"])), 415, "unsupported_type")
+        msg = err(upload(c, [("caption.txt", png)], pngs(image_sets["generated"])), 415, "unsupported_type")["message"]
         assert "'*.txt'" in msg
 
 
@@ -175,7 +172,7 @@ def same_verdict(engine: pytest.ExceptionInfo, upload_check: pytest.ExceptionInf
 
 
 def _settings(**kw) -> Settings:
-    """The limits of the test service (tests/conftest.py Stack)."""
+    """The limits of the test service (tests/support/service.py Stack)."""
     return Settings(**{"max_images": 60, "max_pixels": 512 * 512, "max_archive_members": 100,
                        "max_expanded_bytes": 16 * 2**20, "max_compression_ratio": 50, **kw})
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests import realimages
+from tests.support import realimages
 from trustfid import compute_stats
 from trustfid.kid import fid_infinity, kid
 from trustfid.rows import KeptRows

@@ -9,7 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.conftest import FAST_OPTIONS, ROOT
+from tests.support import ROOT
+from tests.support.presets import FAST_OPTIONS
 
 
 def _imports(package: str) -> dict[str, set[str]]:

@@ -6,7 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.conftest import write_images
+from tests.support.images import write_images
 from trustfid.errors import InputError, TooLargeError
 from trustfid.job import open_job
 from trustfid.pipeline import extract

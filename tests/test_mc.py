@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tests.engine_helpers import network_inputs as _x
-from tests.engine_helpers import our_net
+from tests.support.engine import network_inputs as _x
+from tests.support.engine import our_net
 from trustfid.mc import MCDropout
 from trustfid.schemas import ScoreOptions
 

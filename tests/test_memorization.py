@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests import realimages
+from tests.support import realimages
 from trustfid import score
 from trustfid.pipeline import compute_stats
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests import realimages
-from tests.engine_helpers import tiny_network
+from tests.support import realimages
+from tests.support.engine import tiny_network
 from trustfid import Extractor, Metric, score
 from trustfid.errors import InputError
 from trustfid.schemas import ScoreOptions

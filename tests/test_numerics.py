@@ -6,8 +6,8 @@ provenance and the report, so statistics of different precisions never combine."
 import pytest
 import torch
 
-from tests.engine_helpers import network_inputs as _x
-from tests.engine_helpers import our_net
+from tests.support.engine import network_inputs as _x
+from tests.support.engine import our_net
 from trustfid.errors import IncompatibleStatsError
 from trustfid.extras import Collector
 from trustfid.mc import MCDropout, stacked_passes
@@ -103,7 +103,7 @@ def test_precision_reaches_the_provenance_and_the_report(sets):
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    from tests.conftest import write_images
+    from tests.support.images import write_images
 
     d = tmp_path_factory.mktemp("numerics")
     return write_images(d / "real", 6, seed=1), write_images(d / "gen", 6, seed=2, shift=0.3)

@@ -1,4 +1,4 @@
-"""Image sets in a PACS, read over DICOMweb from a real Orthanc (tests/orthanc.py): a series scored from
+"""Image sets in a PACS, read over DICOMweb from a real Orthanc (tests/support/orthanc.py): a series scored from
 the PACS gives the FID, FRD and counts of the same DICOM files scored from a folder, on the CLI and on
 the service (real Redis, worker and API); a whole study registers as a reference; every refusal is
 named, at submission where it can be, with the host and the UID and never the credentials; the limits
@@ -20,9 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import FAST_OPTIONS, KEY_A, ROOT, Stack, wait_for
-from tests.orthanc import PASSWORD, USER, Orthanc, as_folder, ct_series, sr_series, uid
-from tests.test_fhir import fhir_matches
+from tests.support import ROOT
+from tests.support.oracles import fhir_matches
+from tests.support.orthanc import PASSWORD, USER, Orthanc, as_folder, ct_series, sr_series, uid
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import KEY_A, Stack, wait_for
 from trustfid.errors import InputError, TooLargeError
 from trustfid.inputs.dicomweb import DicomWebUri, Pacs
 from trustfid.settings import DicomWebServer

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests import realimages
+from tests.support import realimages
 from trustfid import compute_stats, inspect, load_stats, score
 from trustfid.errors import CancelledError, IncompatibleStatsError, InputError
 from trustfid.schemas import Report, ScoreOptions

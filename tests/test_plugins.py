@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS
+from tests.support.presets import FAST_OPTIONS
 from trustfid import plugins, score
 from trustfid.plugins import FEATURES, Plugin, register
 

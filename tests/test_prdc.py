@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from prdc import compute_prdc
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 from trustfid import prdc as P
 from trustfid.cli import main
 

@@ -104,7 +104,7 @@ def test_empty_batch_and_unknown_mode():
 
 def _photos() -> list[np.ndarray]:
     """Real photos, uint8 HxWx3: down- and up-scaling, non-square, one axis only, mixed."""
-    from tests import realimages
+    from tests.support import realimages
 
     astronaut, coffee, chelsea = (realimages.load(n) for n in ("astronaut.png", "coffee.png", "chelsea.png"))
     return [astronaut, coffee, chelsea[:64, :64], chelsea[100:137, 50:79], coffee[:150, :],

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, KEY_A, pngs, upload
-from tests.test_api_errors import err
+from tests.support.images import pngs
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import KEY_A, err, upload
 
 
 def _raw(url: str, data: bytes, wait: float) -> bytes:

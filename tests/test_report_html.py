@@ -17,8 +17,8 @@ from html import escape, unescape
 import pytest
 
 from app.report_html import Scale, render
-from tests import realimages
-from tests.test_api_jobs import chromium
+from tests.support import realimages
+from tests.support.oracles import chromium
 from trustfid import score
 from trustfid.records import InputInfo, JobOptions, JobRecord
 from trustfid.schemas import ScoreOptions

@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, KEY_A, ROOT, pngs
+from tests.support import ROOT
+from tests.support.images import pngs
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import KEY_A
 from trustfid.client import Client
 from trustfid.records import JobRecord
 

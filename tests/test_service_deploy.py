@@ -18,7 +18,7 @@ import pytest
 import tomllib
 import yaml
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def compose() -> dict:

@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, upload
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import upload
 
 
 def _files(folder):

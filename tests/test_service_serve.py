@@ -11,39 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from app.serve import free_port
-from tests.conftest import FAST_OPTIONS, ROOT, pngs
+from tests.support import ROOT
+from tests.support.images import pngs
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import Serve, alive, children_of, clean_env
 from trustfid.client import Client
-
-
-def children_of(pid: int) -> set[int]:
-    out = set()
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.add(int(d.name))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def clean_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRUSTFID_")}
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), TRUSTFID_THREADS="2", **extra)
-    return env
-
 
 
 def test_supervised_children_are_started_from_a_thread_niced_and_die_with_their_parent(tmp_path):
@@ -75,56 +48,32 @@ def test_supervised_children_are_started_from_a_thread_niced_and_die_with_their_
         parent.kill()
 
 
-def _interrupt(proc, log) -> int:
-    """Ctrl-C to `trustfid serve`; its exit code (killed if it does not stop within a minute)."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-
 def test_serve_runs_everything_and_stops_on_ctrl_c(tmp_path, image_sets):
-    port = free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-                            cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    s = Serve(tmp_path).start()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        kids = children_of(proc.pid)
+        kids = children_of(s.proc.pid)
         assert len(kids) == 2  # redis-server and the worker
 
         # The quick start: no key needed on 127.0.0.1; the client and plain HTTP both work.
-        with Client(url) as client:
+        with Client(s.url) as client:
             job = client.submit(image_sets["real"], image_sets["generated"], FAST_OPTIONS)
             report = job.wait(timeout=240).report()
         assert report.counts.real.used == 4 and report.counts.generated.used == 4
         cli = subprocess.run([sys.executable, "-m", "app.cli", "submit", str(image_sets["real"]),
-                              str(image_sets["generated"]), "--url", url, "--passes", "2", "--seed", "7",
+                              str(image_sets["generated"]), "--url", s.url, "--passes", "2", "--seed", "7",
                               "--options", '{"bootstrap_resamples": 5}', "--wait", "--json", str(tmp_path / "r.json")],
                              capture_output=True, text=True, timeout=300, env=clean_env())
         assert cli.returncode == 0, cli.stderr
         assert "FID" in cli.stdout and json.loads((tmp_path / "r.json").read_text())["config"]["passes"] == 2
-        with httpx.Client(base_url=url) as c:
+        with s.client() as c:
             files = [("real", (p.name, p.read_bytes())) for p in pngs(image_sets["real"])]
             files += [("generated", (p.name, p.read_bytes())) for p in pngs(image_sets["generated"])]
             r = c.post("/v1/jobs", files=files, data={"options": '{"passes": 2, "bootstrap_resamples": 5, "seed": 7}'})
             assert r.status_code == 202
             assert c.get(r.headers["location"]).json()["state"] in ("queued", "running", "succeeded")
     finally:
-        code = _interrupt(proc, log)
-    out = (tmp_path / "serve.log").read_text()
+        code = s.stop()  # Ctrl-C
+    out = s.log()
     assert code == 0, out
     assert "no API keys configured" in out and "127.0.0.1" in out
     deadline = time.monotonic() + 10
@@ -145,24 +94,7 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path):
 def test_serve_workers_runs_one_supervised_worker_per_gpu(tmp_path):
     """`serve --workers 2` on a machine showing two GPUs: two workers, one GPU each, each restarted when
     it dies. (On a machine without CUDA the workers run on the CPU; CUDA_VISIBLE_DEVICES is still set.)"""
-    port = free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
-                            cwd=tmp_path, env=clean_env(CUDA_VISIBLE_DEVICES="0,1"), stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def workers_alive(n):
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(url + "/readyz", timeout=2).json().get("workers") == n:
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.3)
+    s = Serve(tmp_path, "--workers", "2", CUDA_VISIBLE_DEVICES="0,1")
 
     def gpu_of(pid):
         try:
@@ -178,19 +110,17 @@ def test_serve_workers_runs_one_supervised_worker_per_gpu(tmp_path):
             return False
 
     try:
-        workers_alive(2)
-        workers = {pid: gpu_of(pid) for pid in children_of(proc.pid) if is_worker(pid)}
-        assert sorted(workers.values()) == ["0", "1"], (workers, (tmp_path / "serve.log").read_text())
+        s.start(workers=2)
+        workers = {pid: gpu_of(pid) for pid in children_of(s.proc.pid) if is_worker(pid)}
+        assert sorted(workers.values()) == ["0", "1"], (workers, s.log())
         victim = next(pid for pid, gpu in workers.items() if gpu == "1")
         os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 60
-        while not any(p != victim and is_worker(p) and gpu_of(p) == "1" for p in children_of(proc.pid)):
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.2)
-        workers_alive(2)
+        s.wait(lambda: any(p != victim and is_worker(p) and gpu_of(p) == "1" for p in children_of(s.proc.pid)), 60,
+               "worker2 restarted on GPU 1")
+        s.wait(lambda: s.workers() == 2, 180, "two workers ready again")
     finally:
-        code = _interrupt(proc, log)
-    out = (tmp_path / "serve.log").read_text()
+        code = s.stop()
+    out = s.log()
     assert code == 0, out
     assert "2 workers on GPUs 0, 1" in out and "worker2 exited" in out and "worker2 restarted" in out
 

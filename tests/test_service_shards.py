@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, part_way, pngs, strip_timing, upload, wait_for, write_images
+from tests.support.images import pngs, write_images
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import part_way, shard_lines, strip_timing, upload, wait_for
 
 OPTIONS = {**FAST_OPTIONS, "top_k": 10}  # top_k >= set size: the report lists every image's latent variance
 SHARDED = {**OPTIONS, "shard_size": 3}
@@ -17,7 +19,7 @@ SHARDED = {**OPTIONS, "shard_size": 3}
 
 @pytest.fixture(scope="module")
 def two_workers(redis_url, tmp_path_factory):
-    from tests.conftest import Stack
+    from tests.support.service import Stack
 
     s = Stack(redis_url, tmp_path_factory.mktemp("shards")).start(workers=2)
     yield s
@@ -34,15 +36,6 @@ def _wait_extracting(s, c, job: str) -> None:
     """Until the job record shows an image done (progress is written at most every 0.5 s)."""
     wait_for(lambda: part_way(rec := c.get(f"/v1/jobs/{job}").json()) and rec["progress"]["stage"] == "extracting",
              what="an image done", log=lambda: s.log("worker1.log"))
-
-
-def _shard_lines(s, state: str) -> dict[str, list[str]]:
-    """Per worker log, the shards it ended in ``state`` (Celery logs each task's return value)."""
-    out = {}
-    for n in (1, 2):
-        text = (s.logs / f"worker{n}.log").read_text(errors="replace")
-        out[f"worker{n}"] = re.findall(rf"trustfid\.score_shard\[[^\]]+\] succeeded in [\d.e-]+s: '{state}'", text)
-    return out
 
 
 def test_a_sharded_job_over_two_workers_equals_the_unsharded_job(two_workers, sets):
@@ -71,7 +64,7 @@ def test_a_sharded_job_over_two_workers_equals_the_unsharded_job(two_workers, se
     assert "shard_size" not in sharded["config"]
 
     # the shards ran as separate tasks, on both workers: 3 + 3 shards of at most 3 images
-    done = _shard_lines(s, "done")
+    done = shard_lines(s, "done")
     assert sum(len(v) for v in done.values()) >= 6 and all(done.values()), done
     # progress: the images done summed over the shards, never going back, up to every image
     extracting = [p["images_done"] for p in seen if p["stage"] == "extracting"]
@@ -83,7 +76,7 @@ def test_a_sharded_job_over_two_workers_equals_the_unsharded_job(two_workers, se
 
 def test_cancel_stops_every_shard_of_a_job(two_workers, sets):
     s = two_workers
-    before = {state: sum(len(v) for v in _shard_lines(s, state).values()) for state in ("done", "stopped")}
+    before = {state: sum(len(v) for v in shard_lines(s, state).values()) for state in ("done", "stopped")}
     # one shard per set, on either worker, a cancel check before every image: once the record shows an
     # image done (progress is written at most every 0.5 s), a shard is part-way with several to go
     slow = {**SHARDED, "batch_size": 1, "shard_size": 8}
@@ -96,7 +89,7 @@ def test_cancel_stops_every_shard_of_a_job(two_workers, sets):
                  log=lambda: s.log("worker1.log") + s.log("worker2.log"))
         rec = c.get(f"/v1/jobs/{job}").json()
         assert rec["state"] == "cancelled" and rec["fid"] is None
-    after = {state: sum(len(v) for v in _shard_lines(s, state).values()) for state in ("done", "stopped")}
+    after = {state: sum(len(v) for v in shard_lines(s, state).values()) for state in ("done", "stopped")}
     # a shard running at the cancel stopped part-way; at most one other had just finished
     assert after["stopped"] - before["stopped"] >= 1, s.log("worker1.log") + s.log("worker2.log")
     assert after["done"] - before["done"] <= 1
@@ -136,7 +129,7 @@ def test_100_photos_in_shards_of_30_on_one_thread_workers_give_the_unsharded_rep
     # shard below the 2048 dimensions), the default batch of 32, and workers of one thread each, as
     # `trustfid serve --workers 2` makes them on 2 cores. There the last shard's batch of 10 once took
     # another convolution path than the unsharded batch of 32 (trustfid/numerics.py): 9.8e-9 apart.
-    from tests import realimages
+    from tests.support import realimages
 
     real = realimages.write_folder(tmp_path / "real", realimages.mixed_crops(realimages.NATURAL, 100, seed=1))
     gen = realimages.write_folder(tmp_path / "gen", realimages.mixed_crops(realimages.NATURAL, 100, seed=2))

@@ -22,8 +22,9 @@ import boto3
 import pytest
 
 from app.serve import free_port
-from tests.conftest import FAST_OPTIONS, KEY_A, Stack, pngs, strip_timing, upload, wait_for
-from tests.test_api_errors import err
+from tests.support.images import pngs
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import KEY_A, Stack, err, strip_timing, upload, wait_for
 
 BUCKET = "trustfid-staging"
 CREDS = {"TRUSTFID_S3_ACCESS_KEY_ID": "test-access", "TRUSTFID_S3_SECRET_ACCESS_KEY": "test-secret",
@@ -338,7 +339,7 @@ def test_a_sharded_job_over_workers_on_two_machines_equals_the_unsharded_job(
         redis_url, tmp_path_factory, image_sets, s3_endpoint):
     """Two workers with their own data folders (two machines): one uploaded set and one s3:// set, split
     into shards that both workers run; the merge reads shards the other machine made from the store."""
-    from tests.test_service_shards import _shard_lines
+    from tests.support.service import shard_lines
 
     tmp = tmp_path_factory.mktemp("two-machines")
     prefix = new_prefix()
@@ -368,7 +369,7 @@ def test_a_sharded_job_over_workers_on_two_machines_equals_the_unsharded_job(
         assert reports[0]["fid"] == pytest.approx(reports[1]["fid"], rel=1e-9)
         assert reports[0]["fid_mc"]["samples"] == pytest.approx(reports[1]["fid_mc"]["samples"], rel=1e-9)
         assert strip_timing(reports[0]) == strip_timing(reports[1])
-        done = _shard_lines(s, "done")
+        done = shard_lines(s, "done")
         assert sum(len(v) for v in done.values()) >= 8 and all(done.values()), done  # 4 + 4 shards, both machines
         # the store holds nothing of the ended jobs (a shard sent twice that finished after the merge removes
         # its own copy moments later: worker/shards.py)

@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from tests.conftest import FAST_OPTIONS, part_way, pngs, strip_timing, upload, wait_for, write_images
+from tests.support.images import pngs, write_images
+from tests.support.presets import FAST_OPTIONS
+from tests.support.service import part_way, strip_timing, upload, wait_for
 
 SLOW = {**FAST_OPTIONS, "batch_size": 2}  # many small batches: progress to watch, and places to stop
 

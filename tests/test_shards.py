@@ -4,8 +4,8 @@ to .npz as a worker saves them, merge to the report one pass over the whole sets
 import numpy as np
 import pytest
 
-from tests import realimages
-from tests.engine_helpers import merge_set
+from tests.support import realimages
+from tests.support.engine import merge_set
 from trustfid import extract
 from trustfid.inputs import SetShard, open_images
 from trustfid.job import open_job

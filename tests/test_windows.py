@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 from trustfid import score
 from trustfid.inputs import open_images
 from trustfid.schemas import ScoreOptions
