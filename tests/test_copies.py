@@ -20,6 +20,8 @@ from bench.validation import copy_study as CS
 from trustfid import copies as TC
 from trustfid.errors import InputError
 
+pytestmark = pytest.mark.engine
+
 ROOT = CS.ROOT
 
 

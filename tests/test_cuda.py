@@ -12,7 +12,7 @@ from trustfid import score
 from trustfid.frechet import frechet_distances
 from trustfid.stats import Moments
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.engine, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 OPTIONS = {"passes": 4, "bootstrap_resamples": 0, "kid_subsets": 10, "seed": 3}
 

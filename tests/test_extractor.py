@@ -19,6 +19,8 @@ from trustfid.mc import MCDropout
 from trustfid.registry import _REGISTRY, extractor_names, get_extractor
 from trustfid.schemas import DEFAULT_EXTRACTOR, ScoreOptions
 
+pytestmark = pytest.mark.engine
+
 SIZE = (32, 32)
 FAST = {"bootstrap_resamples": 0, "device": "cpu"}
 

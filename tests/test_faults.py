@@ -16,6 +16,8 @@ from tests.support.images import pngs, write_images
 from tests.support.presets import FAST_OPTIONS, SLOW
 from tests.support.service import Serve, part_way, upload
 
+pytestmark = pytest.mark.service
+
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):

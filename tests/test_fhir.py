@@ -16,6 +16,8 @@ from trustfid import __version__
 from trustfid.fhir import bundle, to_json
 from trustfid.schemas import Report
 
+pytestmark = pytest.mark.engine
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Report:

@@ -16,7 +16,7 @@ from trustfid import score
 from trustfid.schemas import ScoreOptions
 
 REL = 5e-5
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.engine
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ from trustfid.pipeline import compute_stats
 from trustfid.shards import extract_shard, merge_set
 from trustfid.stats import load_stats
 
+pytestmark = pytest.mark.engine
+
 FRD_TOLERANCE = 1e-6
 FRD_ONLY = {"metrics": ["frd"], "bootstrap_resamples": 20, "seed": 3}
 
@@ -235,7 +237,6 @@ def test_saved_frd_only_statistics_load_without_fid_statistics(frd_sets, tmp_pat
     assert e.value.code == "no_fid_stats"
 
 
-@pytest.mark.slow
 def test_a_medical_reference_gets_the_frd_in_the_same_report_and_the_reason_points_to_it():
     """frd:auto on the study's held-out medical crops (never fitted on): the reference is outside the FID
     network's domain, so the FRD is computed in the same job and the "low" reason names it; against a
@@ -262,3 +263,4 @@ def test_a_medical_reference_gets_the_frd_in_the_same_report_and_the_reason_poin
     # the same FRD within the FRD's tolerance, not to the last digit: the radiomics are recomputed for the generated
     # set, and the float64 linear algebra's threads may split its sums otherwise (4e-8 measured once, loaded machine)
     assert _close(score(saved, natural_b, opts).frd.value, rep.frd.value)
+

@@ -11,6 +11,8 @@ from trustfid.errors import InputError
 from trustfid.inception import FIDInceptionV3
 from trustfid.weights import FID_HELPER_SHA1, _sha1, fid_helper_archive, load_weights
 
+pytestmark = pytest.mark.engine
+
 TOL = 1e-4  # max abs difference of 2048-d features (values up to ~10); float32 conv order differs
 
 

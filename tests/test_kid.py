@@ -20,6 +20,8 @@ from trustfid.kid import fid_infinity, kid
 from trustfid.rows import KeptRows
 from trustfid.schemas import ScoreOptions
 
+pytestmark = pytest.mark.engine
+
 
 @pytest.fixture(scope="module")
 def features():

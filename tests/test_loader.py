@@ -12,6 +12,8 @@ from trustfid.job import open_job
 from trustfid.pipeline import extract
 from trustfid.settings import EngineSettings
 
+pytestmark = pytest.mark.engine
+
 FAST = {"passes": 2, "batch_size": 3, "device": "cpu", "seed": 5, "mask_mode": "per_image", "max_feature_rows": 8}
 
 

@@ -8,6 +8,8 @@ from tests.support.engine import our_net
 from trustfid.mc import MCDropout
 from trustfid.schemas import ScoreOptions
 
+pytestmark = pytest.mark.engine
+
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):

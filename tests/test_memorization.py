@@ -15,6 +15,8 @@ from tests.support import realimages
 from trustfid import score
 from trustfid.pipeline import compute_stats
 
+pytestmark = pytest.mark.engine
+
 OPTS = {"passes": 0, "device": "cpu", "bootstrap_resamples": 5, "seed": 7}
 
 

@@ -11,6 +11,8 @@ from trustfid import Extractor, Metric, score
 from trustfid.errors import InputError
 from trustfid.schemas import ScoreOptions
 
+pytestmark = pytest.mark.engine
+
 # Measured on CPU: fid, every fid_mc sample and every per-image latent variance bit-identical to
 # score's. The tolerances leave room for the order of float sums on other hardware.
 FID_REL, SAMPLE_REL, VARIANCE_REL = 1e-6, 1e-6, 1e-5

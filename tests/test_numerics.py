@@ -15,6 +15,8 @@ from trustfid.numerics import _cudnn_fp32, onednn_conv2d, precision_scope
 from trustfid.schemas import ScoreOptions
 from trustfid.settings import EngineSettings
 
+pytestmark = pytest.mark.engine
+
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):

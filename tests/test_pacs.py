@@ -29,6 +29,8 @@ from trustfid.errors import InputError, TooLargeError
 from trustfid.inputs.dicomweb import DicomWebUri, Pacs
 from trustfid.settings import DicomWebServer
 
+pytestmark = pytest.mark.service
+
 STUDY = uid("study")
 REAL, GENERATED, SR, NOWHERE = uid("series", "real"), uid("series", "generated"), uid("series", "sr"), uid("none")
 OPTIONS = {**FAST_OPTIONS, "metrics": ["fid", "frd"]}

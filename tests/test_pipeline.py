@@ -8,6 +8,8 @@ from trustfid import compute_stats, inspect, load_stats, score
 from trustfid.errors import CancelledError, IncompatibleStatsError, InputError
 from trustfid.schemas import Report, ScoreOptions
 
+pytestmark = pytest.mark.engine
+
 FAST = dict(passes=3, bootstrap_resamples=8, dropout_at=["Mixed_7a", "Mixed_7b"])
 
 

@@ -9,6 +9,8 @@ from tests.support.presets import FAST_OPTIONS
 from trustfid import plugins, score
 from trustfid.plugins import FEATURES, Plugin, register
 
+pytestmark = pytest.mark.engine
+
 
 class MeanTerm(Plugin):
     """The FID's first term, |mu_r - mu_g|^2: how much of the distance comes from the sets' means."""

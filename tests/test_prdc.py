@@ -19,6 +19,8 @@ from tests.support import ROOT
 from trustfid import prdc as P
 from trustfid.cli import main
 
+pytestmark = pytest.mark.engine
+
 TOL = 1e-6
 
 

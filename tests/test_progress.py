@@ -11,6 +11,8 @@ import pytest
 from trustfid import score
 from trustfid.schemas import Progress
 
+pytestmark = pytest.mark.engine
+
 
 def test_the_engine_reports_every_stage_as_it_starts(image_sets):
     events: list[Progress] = []

@@ -23,6 +23,8 @@ from trustfid import score
 from trustfid.records import InputInfo, JobOptions, JobRecord
 from trustfid.schemas import ScoreOptions
 
+pytestmark = pytest.mark.engine
+
 EVIL = '<img src=x onerror="alert(1)">.png'
 
 

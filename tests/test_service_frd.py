@@ -54,7 +54,6 @@ def test_a_sharded_frd_job_equals_the_unsharded_one(stack, frd_sets):
     assert "No FID and no trust level" in whole["html"]
 
 
-@pytest.mark.slow
 def test_a_sharded_frd_auto_job_runs_the_radiomics_as_shards_and_equals_the_unsharded_one(stack, tmp_path):
     """frd:auto on a medical reference (the study's held-out crops, never fitted on): the first merge finds it
     outside the FID network's domain and sends each set's radiomics as a second round of shards, never

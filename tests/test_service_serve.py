@@ -11,12 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from app.serve import free_port
 from tests.support import ROOT
 from tests.support.images import pngs
 from tests.support.presets import FAST_OPTIONS
 from tests.support.service import Serve, alive, children_of, clean_env
 from trustfid.client import Client
+
+pytestmark = pytest.mark.service
 
 
 def test_supervised_children_are_started_from_a_thread_niced_and_die_with_their_parent(tmp_path):

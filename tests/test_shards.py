@@ -14,6 +14,8 @@ from trustfid.schemas import ScoreOptions
 from trustfid.shards import extract_shard, plan
 from trustfid.stats import load_stats
 
+pytestmark = pytest.mark.engine
+
 # per-image masks and a feature-row cap below the set sizes: both depend on each image's index in its set
 OPTIONS = dict(passes=2, bootstrap_resamples=5, top_k=3, batch_size=4, device="cpu", seed=7, mask_mode="per_image",
                max_feature_rows=4, dropout_at=["Mixed_7a"])

@@ -173,7 +173,7 @@ MISSED_AT_64 = pytest.mark.xfail(strict=True, reason=(
     "reference 'partly outside'; half b has 24 of 104"))
 
 
-@pytest.mark.slow
+@pytest.mark.engine
 @pytest.mark.parametrize("form", ["full", "128", pytest.param("64", marks=MISSED_AT_64), "32"])
 def test_natural_against_natural_is_high_at_every_resolution(heldout, form):
     rep = _report(heldout, f"natural_{form}_a", f"natural_{form}_b")
@@ -186,7 +186,7 @@ def test_natural_against_natural_is_high_at_every_resolution(heldout, form):
     assert [f for f in rep.trust.findings if not f.startswith("copies found")] == []
 
 
-@pytest.mark.slow
+@pytest.mark.engine
 @pytest.mark.parametrize("form", ["full", "128", "64", "32"])
 def test_natural_photos_are_never_low_and_never_outside_at_any_resolution(heldout, form):
     for real, generated in ((f"natural_{form}_a", f"natural_{form}_b"), (f"natural_{form}_b", f"natural_{form}_a")):
@@ -194,7 +194,7 @@ def test_natural_photos_are_never_low_and_never_outside_at_any_resolution(heldou
         assert rep.trust.level != "low" and rep.trust.reference_domain != "outside", rep.trust.reasons
 
 
-@pytest.mark.slow
+@pytest.mark.engine
 @pytest.mark.parametrize("generated", ["natural_64_b", "natural_32_b", "natural_blur", "natural_noise", "medical_b"])
 def test_natural_against_a_poor_generator_is_never_low(heldout, generated):
     rep = _report(heldout, "natural_full_a", generated)
@@ -208,7 +208,7 @@ def test_natural_against_a_poor_generator_is_never_low(heldout, generated):
         assert g.most_atypical[0].name in rep.trust.findings[0]
 
 
-@pytest.mark.slow
+@pytest.mark.engine
 def test_medical_against_medical_is_low(heldout):
     rep = _report(heldout, "medical_a", "medical_b")
     assert rep.trust.level == "low" and rep.trust.reference_domain == "outside"

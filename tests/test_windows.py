@@ -17,6 +17,8 @@ from trustfid import score
 from trustfid.inputs import open_images
 from trustfid.schemas import ScoreOptions
 
+pytestmark = pytest.mark.engine
+
 OPTS = {"passes": 0, "bootstrap_resamples": 0, "device": "cpu"}
 
 
