@@ -264,3 +264,32 @@ def test_a_medical_reference_gets_the_frd_in_the_same_report_and_the_reason_poin
     # set, and the float64 linear algebra's threads may split its sums otherwise (4e-8 measured once, loaded machine)
     assert _close(score(saved, natural_b, opts).frd.value, rep.frd.value)
 
+
+def test_an_8000_px_image_is_left_out_of_the_frd_by_name_within_a_stated_memory(frd_sets, tmp_path):
+    """pyradiomics' filters hold about 90 bytes a pixel (an 8000 x 8000 PNG took 5.6 GB): an image over
+    TRUSTFID_MAX_FRD_PIXELS (default 2048 x 2048) is left out of the FRD and named, before they run; the FID
+    still uses it. The whole command, its decode processes included, stays under the 2 GB docs/IMAGES.md
+    states for such an image."""
+    real = tmp_path / "real"
+    real.mkdir()
+    for f in sorted(frd_sets["real"].iterdir())[:3]:
+        (real / f.name).write_bytes(f.read_bytes())
+    yy, xx = np.ogrid[:8000, :8000]
+    Image.fromarray((128 + 100 * np.sin(xx / 300) * np.cos(yy / 500)).astype(np.uint8)).save(real / "huge.png")
+    out = tmp_path / "r.json"
+    # the largest resident set of the command and every process under it, from a fresh parent
+    measure = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); sys.exit(code)")
+    r = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "app.cli", "score", str(real),
+                        str(frd_sets["generated"]), "--metrics", "fid,frd", "--passes", "0", "--bootstrap", "0",
+                        "--device", "cpu", "-q", "--json", str(out)], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600)
+    peak_mb = int(r.stdout.split()[-1])
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert report["counts"]["real"]["used"] == 4  # the FID uses it
+    frd = report["frd"]
+    assert frd["real"]["used"] == 3 and [s["name"] for s in frd["real"]["skipped"]] == ["huge.png"], frd["real"]
+    assert frd["real"]["skipped"][0]["reason"].startswith(
+        "FRD: 8000 x 8000 = 64,000,000 pixels, over the FRD's limit of 4,194,304 per image")
+    assert peak_mb < 2048, f"peak {peak_mb} MB"

@@ -19,11 +19,12 @@ from .inputs import open_images
 from .inputs.events import Skip
 
 
-def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple | None, radiomics: bool):
+def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple | None, radiomics: int):
     """One decoded image as the job needs it: ``(name, network input or None, radiomic features or None)``.
-    ``prep`` (resize mode, input size, input range) when the FID network runs; ``radiomics`` when the FRD is
-    asked for: (feature names, values) of ``stored`` (the stored intensities; None: the image itself), or
-    the reason pyradiomics failed on it (a str: that image is left out of the FRD)."""
+    ``prep`` (resize mode, input size, input range) when the FID network runs; ``radiomics``, the FRD's pixel
+    limit (EngineSettings.max_frd_pixels; 0: no FRD), when the FRD is asked for: (feature names, values) of
+    ``stored`` (the stored intensities; None: the image itself), or why the image is left out of the FRD (a
+    str): over the pixel limit, blank, or pyradiomics failed on it."""
     x = None
     if prep is not None:
         from .preprocess import to_model_input
@@ -32,7 +33,11 @@ def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple
             _one_torch_thread()
         x = to_model_input([image], *prep)[0].numpy()
     feats = None
-    if radiomics:
+    h, w = np.shape(image)[:2]
+    if radiomics and h * w > radiomics:  # before pyradiomics' filters, whose memory grows with the pixels
+        feats = (f"FRD: {w} x {h} = {w * h:,} pixels, over the FRD's limit of {radiomics:,} per image: left out of "
+                 "the FRD (downscale it, or raise TRUSTFID_MAX_FRD_PIXELS on a machine with the memory)")
+    elif radiomics:
         from .radiomics import features
 
         try:
@@ -68,7 +73,7 @@ def serve(k: int, n: int, current, tasks, out) -> None:
         work(k, n, *task, current, out)
 
 
-def work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tuple | None, radiomics: bool,
+def work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tuple | None, radiomics: int,
          current, out) -> None:
     """Decode and resize this process's units of one set, then report its intensity tally; stop early
     when the set is abandoned (``current`` moved past ``generation``: cancelled, failed, done). A limit

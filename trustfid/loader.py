@@ -142,7 +142,7 @@ class ParallelLoader:
     applies the set's rules and keeps ``skipped``, ``used`` and ``intensity`` as a plain pass would."""
 
     def __init__(self, images, source, open_kwargs: dict, workers: int, step: int, prep: tuple | None,
-                 radiomics: bool = False):
+                 radiomics: int = 0):
         self.images, self.step, self.n = images, step, workers
         self.pool = pool(workers)
         with self.pool.current.get_lock():
@@ -211,7 +211,7 @@ def stacked(batch: list[tuple]) -> tuple[list[str], torch.Tensor | None, list | 
     return names, x, [item[2] for item in batch] if batch[0][2] is not None else None
 
 
-def prepared_here(images, step: int, prep: tuple | None, radiomics: bool) -> Iterator:
+def prepared_here(images, step: int, prep: tuple | None, radiomics: int) -> Iterator:
     """``stacked`` batches of a set decoded in this process (the prefetch thread's work)."""
     def items():
         for name, image in images:

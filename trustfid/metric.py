@@ -99,7 +99,8 @@ class Metric:
             radiomics = None
             if found.radiomics is not None:  # on the CPU, image by image: the stored intensities (uint8 or floats)
                 stored = chunk.permute(0, 2, 3, 1).cpu().numpy()
-                radiomics = [prepare(n, im, None, None, True)[2] for n, im in zip(names, stored)]
+                radiomics = [prepare(n, im, None, None, job.settings.max_frd_pixels)[2]
+                             for n, im in zip(names, stored)]
             found.take(names, self._network_input(chunk, job) if found.model is not None else None, radiomics,
                        found.n)
         self._extract_s += time.perf_counter() - t0

@@ -194,8 +194,9 @@ def extract(source, set_name: str, job: Job, *, work=None, progress: ProgressFn 
     total = len(images)
 
     workers = worker_count(settings.decode_workers, job.device, source, total, radiomics)
-    batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, prep, radiomics) if workers
-                   else prefetched(prepared_here(images, step, prep, radiomics)))
+    frd_limit = settings.max_frd_pixels if radiomics else 0
+    batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, prep, frd_limit) if workers
+                   else prefetched(prepared_here(images, step, prep, frd_limit)))
 
     def report(batch: int = 0, fraction: float = 0.0) -> None:
         if progress:

@@ -96,6 +96,9 @@ class EngineSettings(BaseSettings):
     )
     max_pixels: int = Field(DEFAULT_LIMITS.max_pixels, description="largest image accepted, in pixels (width x height)")
     max_images: int = Field(DEFAULT_LIMITS.max_images, description="most images accepted per set")
+    max_frd_pixels: int = Field(2048 * 2048, ge=1, description="largest image the FRD's radiomics run on, in "
+                                "pixels; a larger one is left out of the FRD and named in the report (pyradiomics' "
+                                "filters hold about 90 bytes per pixel: 4 Mpx about 0.4 GB, 64 Mpx 5.6 GB)")
     max_archive_members: int = Field(DEFAULT_LIMITS.max_archive_members,
                                      description="most entries read from one zip/tar")
     max_member_bytes: int = Field(DEFAULT_LIMITS.max_member_bytes,
