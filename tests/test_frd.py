@@ -216,11 +216,11 @@ def test_a_blank_image_is_left_out_of_the_frd_as_blank_not_with_pyradiomics_erro
     from trustfid.decode_worker import prepare
 
     for value in (0, 200):
-        reason = prepare("blank.png", np.full((48, 48, 3), value, np.uint8), None, None, True)[2]
+        reason = prepare("blank.png", np.full((48, 48, 3), value, np.uint8), None, None, 2**22)[2]
         assert reason == (f"FRD: a blank image (every pixel {value}): no texture for the radiomics: left out of "
                           "the FRD"), reason
     names, values = prepare("noise.png", np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8), None,
-                            None, True)[2]
+                            None, 2**22)[2]
     assert len(names) == len(values) > 100  # an image with texture gets its features
 
 
