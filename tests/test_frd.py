@@ -292,4 +292,4 @@ def test_an_8000_px_image_is_left_out_of_the_frd_by_name_within_a_stated_memory(
     assert frd["real"]["used"] == 3 and [s["name"] for s in frd["real"]["skipped"]] == ["huge.png"], frd["real"]
     assert frd["real"]["skipped"][0]["reason"].startswith(
         "FRD: 8000 x 8000 = 64,000,000 pixels, over the FRD's limit of 4,194,304 per image")
-    assert peak_mb < 2560, f"peak {peak_mb} MB"  # 1.9-2.1 GB measured: the decode process that resizes it
+    assert peak_mb < 2560, f"peak {peak_mb} MB"  # about 2.1 GB measured: the decode process that resizes it
