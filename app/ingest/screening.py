@@ -115,8 +115,7 @@ class _Usable:
             except Exception as e:  # a member the archive cannot give back (CRC, truncated): the engine skips it
                 why = f"cannot read archive member: {rules.first_line(e)}"
             else:
-                why = rules.not_an_image(name, head) or (
-                    None if rules.kind_of(name) == "image" or rules.looks_like_image(head) else "not an image")
+                why = rules.not_usable(name, head)
         if why:
             self.skipped.append((name, why))
         else:
@@ -190,6 +189,8 @@ def _check_tar(path: Path, limits: Limits) -> None:
                     archive_bytes=path.stat().st_size)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise rules.unreadable_archive(path.name, "tar", e) from None
+
+
 def _check_image(path: Path, limits: Limits) -> None:
     """Pixels per image from the header (the engine checks again when decoding)."""
     size = header_size(path.name, path)

@@ -89,7 +89,7 @@ class ImageSet:
             return
         found, skipped = 0, []
         for name, head, reason in self._reader.peek():
-            why = reason or (head is not None and rules.not_an_image(name, head))
+            why = reason or (head is not None and rules.not_usable(name, head))
             if why:
                 skipped.append((name, why))
                 continue

@@ -104,6 +104,14 @@ def not_an_image(name: str, head: bytes) -> str | None:
     return f"not a {suffix(name)[1:].upper()} file (its first bytes say otherwise)"
 
 
+def not_usable(name: str, head: bytes) -> str | None:
+    """Why a listed candidate is not a usable image by its first bytes (``not_an_image``; a name without
+    an image suffix must also look like an image), or None: the one rule of the engine's ``check_usable``
+    and the service's upload screening."""
+    return not_an_image(name, head) or (
+        None if kind_of(name) == "image" or looks_like_image(head) else "not an image (its first bytes say otherwise)")
+
+
 READ_FORMATS = "PNG, JPEG, TIFF, BMP, WebP, GIF, PNM and DICOM files and .npy/.npz arrays"
 
 
