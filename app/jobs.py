@@ -16,7 +16,7 @@ from app.ingest.multipart import MultipartStager, parse_json_field
 from app.ingest.screening import StagedSet, check_set
 from app.queue import TASK_REFERENCE, TASK_SCORE
 from app.services import Services
-from app.store import Store, Stored, finish, new_id
+from app.store import Finish, Store, Stored, new_id
 from trustfid.errors import InputError
 from trustfid.records import (
     FINAL_STATES,
@@ -205,11 +205,11 @@ class Jobs:
         if st.record.state == "running":  # its worker stops at its next check and cleans up after it
             self.store.request_cancel(record_id)
             self.cleanup.mark(kind, record_id)  # should that worker die first, a sweep does
-            return self.store.update(record_id, finish("cancelled", error=None))
+            return self.store.update(record_id, Finish("cancelled", error=None))
         if st.record.state not in FINAL_STATES:  # queued: nothing reads its inputs yet
             self.store.request_cancel(record_id)
             return self.cleanup.ending(kind, record_id,
-                                       lambda: self.store.update(record_id, finish("cancelled", error=None)))
+                                       lambda: self.store.update(record_id, Finish("cancelled", error=None)))
         self.cleanup.ending(kind, record_id, lambda: self.store.delete(st))
         return None
 

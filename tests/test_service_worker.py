@@ -116,3 +116,35 @@ def test_lost_jobs_are_queued_again_only_by_their_own_services_workers(redis_url
     finally:
         for st in made.values():
             store.delete(st)
+
+
+def test_a_worker_whose_lease_passed_to_another_writes_neither_its_end_nor_its_report(redis_url, tmp_path):
+    """The fence of a worker cut off past its lease (tests/test_hosts.py runs it across hosts): while
+    another worker holds the record's lease, this one's progress, end and report are refused; once the
+    lease is free again and the record still runs, its write takes the lease back."""
+    from app.settings import Settings
+    from app.store import Finish, LeaseLost, Store, Stored, connect, keys, new_id
+    from trustfid.records import InputInfo, JobOptions, JobRecord
+
+    store = Store(connect(redis_url), Settings(redis_url=redis_url, data_dir=tmp_path, lease_s=30))
+    rec = JobRecord(id=new_id(), state="running", created_at=time.time(), real=InputInfo(kind="upload"),
+                    generated=InputInfo(kind="upload"), options=JobOptions())
+    st = Stored(owner="test", record=rec, queue="fence")
+    store.create(st)
+    try:
+        with store.lease(rec.id, "worker-a"):
+            store.r.set(keys.lease(rec.id), "worker-b")  # a's lease lapsed while it was away; b took the job
+            with pytest.raises(LeaseLost, match="worker-b"):
+                store.update(rec.id, Finish("succeeded", report='{"fid": 1.0}', fid=1.0), fence=(rec.id, "worker-a"))
+            assert store.get(rec.id).record.state == "running" and store.get_report(rec.id) is None
+
+            store.r.delete(keys.lease(rec.id))  # b died as well: nobody holds it
+            done = store.update(rec.id, Finish("succeeded", report='{"fid": 1.0}', fid=1.0), fence=(rec.id, "worker-a"))
+            assert done.record.state == "succeeded" and store.get_report(rec.id) == '{"fid": 1.0}'
+            assert store.lease_holder(rec.id) == "worker-a"
+
+            # A second end (first end wins) writes neither the record nor the report.
+            store.update(rec.id, Finish("failed", report='{"fid": 2.0}'), fence=(rec.id, "worker-a"))
+            assert store.get(rec.id).record.state == "succeeded" and store.get_report(rec.id) == '{"fid": 1.0}'
+    finally:
+        store.delete(st)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from app.errors import UnavailableError
 from app.store import Store, Stored
+from trustfid.records import FINAL_STATES
 from trustfid.schemas import Progress
 
 log = logging.getLogger("trustfid.worker")
@@ -18,10 +19,13 @@ log = logging.getLogger("trustfid.worker")
 class Hooks:
     """``limits.soft_time_limit_s`` bounds the run (worker/process.py JobLimits, or the settings);
     ``write(progress)`` replaces the default write into the record (a shard's and a merge's
-    progress, worker/shards.py)."""
+    progress, worker/shards.py); ``holder``, the worker holding the record's lease, fences the default
+    write: once the lease has passed to another worker, the write raises LeaseLost, which stops the job
+    here (worker/jobs.py)."""
 
-    def __init__(self, store: Store, record_id: str, limits, write: Callable[[Progress], None] | None = None):
-        self.store, self.id = store, record_id
+    def __init__(self, store: Store, record_id: str, limits, write: Callable[[Progress], None] | None = None,
+                 holder: str | None = None):
+        self.store, self.id, self.holder = store, record_id, holder
         self.time_limit_s = limits.soft_time_limit_s
         self.deadline = time.monotonic() + self.time_limit_s
         self.timed_out = False
@@ -30,6 +34,7 @@ class Hooks:
         self._last_stage = None
         self._last_check = 0.0
         self._cancel = False
+        self.ended: str | None = None  # the record's state, when it ended while this worker ran it
 
     def progress(self, p: Progress) -> None:
         """Write the engine's progress, at most every 0.5 s — except that a new stage or set, and a set's
@@ -52,9 +57,13 @@ class Hooks:
                 return None
             s.record.progress = p
             return s
-        self.store.update(self.id, f)
+        st = self.store.update(self.id, f, fence=(self.id, self.holder) if self.holder else None)
+        if st is not None and st.record.state in FINAL_STATES:
+            self.ended = st.record.state  # cancelled, or ended by a worker that took it over: stop here
 
     def should_cancel(self) -> bool:
+        if self.ended:
+            return True
         now = time.monotonic()
         if now > self.deadline:
             self.timed_out = True

@@ -5,7 +5,10 @@ callback.
 Every delivery is safe to repeat: a finished record is left alone; a record another live worker is
 running (its lease is fresh) raises LeaseHeld, and the task tries again later; a record whose worker
 died is run again from its staged inputs (same seed ⇒ same report) until ``max_attempts`` deliveries,
-after which it fails with code ``worker_lost``. Whatever happens, an accepted job ends succeeded,
+after which it fails with code ``worker_lost``. A worker cut off from Redis past its lease, whose record
+was given to another worker meanwhile, writes nothing on its return: its writes are fenced by the lease
+(``Store.update``), so it stops at its next progress write, and neither its report nor its end reach the
+record. Whatever happens, an accepted job ends succeeded,
 failed with a reason, or cancelled; nothing a user sent raises out of here.
 
 A job with ``shard_size`` is planned here and run as a Celery chord of its shards and their merge
@@ -24,7 +27,7 @@ from pathlib import Path
 from app.errors import UnavailableError
 from app.queue import TASK_CALLBACK
 from app.staging import atomic_path
-from app.store import Stored, finish
+from app.store import Finish, LeaseLost, Stored
 from trustfid.records import FINAL_STATES, JobError
 from trustfid.schemas import Progress
 
@@ -52,7 +55,12 @@ def run(w: Worker, record_id: str) -> str:
             log.warning("job %s: sending its shards again", record_id)
             shards.send_shards(record_id, shards.pending(w, record_id))
             return "running"
-        return _run_leased(w, record_id)
+        try:
+            return _run_leased(w, record_id)
+        except LeaseLost as e:
+            log.warning("%s %s: its lease passed to worker %s while this worker was cut off; what this worker "
+                        "computed is not written", st.record.kind, record_id, e.args[0])
+            return "lost"
 
 
 def _start(s: Stored):
@@ -70,16 +78,21 @@ def _run_leased(w: Worker, record_id: str) -> str:
     if st is None or st.record.state in FINAL_STATES:
         return st.record.state if st else "gone"
     if st.record.attempts > w.limits.max_attempts:
-        return end(w, st, finish("failed", error=JobError(
+        return end(w, st, Finish("failed", error=JobError(
             code="worker_lost",
             message=f"the job was started {st.record.attempts - 1} times and its worker died each time")))
-    hooks = Hooks(w.store, record_id, w.limits)
+    hooks = Hooks(w.store, record_id, w.limits, holder=w.id)
     try:
         outcome = _score(w, st, hooks) if st.record.kind == "score" else _reference(w, st, hooks)
+    except LeaseLost:
+        raise
     except Exception as e:
-        outcome = finish("failed", error=job_error(e, hooks, w.staging, record_id))  # cancelled: a no-op
+        outcome = Finish("failed", error=job_error(e, hooks, w.staging, record_id))  # cancelled: a no-op
     if outcome is None:
         return "running"  # sharded: its shards and their merge run it now
+    if hooks.ended:
+        log.warning("%s %s ended (%s) while this worker ran it: it stopped and writes nothing", st.record.kind,
+                    record_id, hooks.ended)
     return end(w, st, outcome)
 
 
@@ -117,11 +130,10 @@ def _score(w: Worker, st: Stored, hooks: Hooks):
 
 
 def succeeded(w: Worker, job_id: str, report):
-    """Save a job's report; the updater that ends its record succeeded (sharded or not)."""
-    w.store.save_report(job_id, report.model_dump_json())
+    """The updater that ends a job's record succeeded with its report (sharded or not)."""
     images = report.counts.real.used + report.counts.generated.used
     mc = report.fid_mc
-    return finish("succeeded", fid=report.fid, fid_mc_std=mc.std if mc else None,
+    return Finish("succeeded", report=report.model_dump_json(), fid=report.fid, fid_mc_std=mc.std if mc else None,
                   trust_level=report.trust.level if report.trust else None, headline=report.headline,
                   progress=Progress(stage="done", images_done=images, images_total=images, fraction_done=1.0,
                                     passes=mc.passes if mc else 0))
@@ -138,17 +150,19 @@ def _reference(w: Worker, st: Stored, hooks: Hooks):
         stats.save(tmp)
     fingerprint = hashlib.sha256(out.read_bytes()).hexdigest()
     w.staging.put_reference(rec.id, out)  # to the object store, when there is one
-    return finish("succeeded", fingerprint=fingerprint, images=stats.n,
+    return Finish("succeeded", fingerprint=fingerprint, images=stats.n,
                   progress=Progress(stage="done", images_done=stats.n, images_total=stats.n, fraction_done=1.0))
 
 
 def end(w: Worker, st: Stored, outcome: Callable[[Stored], Stored | None]) -> str:
-    """End a record with ``outcome`` (an updater: ``finish(...)``, a no-op once it has ended), then clean
+    """End a record with ``outcome`` (an updater: ``Finish(...)``, a no-op once it has ended), then clean
     up after it: its staged copies (marked for removal before the record is written, so that neither a
     store that is away at that moment nor this worker dying leaves them behind: app/cleanup.py), its
-    shards' hash, and its callback. Returns the final state."""
+    shards' hash, and its callback. Returns the final state. The write is fenced by the record's lease,
+    which the caller holds: LeaseLost when it passed to another worker (nothing is written or removed)."""
     record_id = st.record.id
-    st = w.cleanup.ending(st.record.kind, record_id, lambda: w.store.update(record_id, outcome))
+    st = w.cleanup.ending(st.record.kind, record_id,
+                          lambda: w.store.update(record_id, outcome, fence=(record_id, w.id)))
     if st is None:
         return "gone"
     with contextlib.suppress(UnavailableError):

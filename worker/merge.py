@@ -6,9 +6,10 @@ round of shards (shards.plan_radiomics) and the job ends at that round's merge."
 
 from __future__ import annotations
 
+import logging
 import time
 
-from app.store import LeaseHeld, Stored, finish
+from app.store import Finish, LeaseHeld, LeaseLost, Stored
 from trustfid.records import FINAL_STATES, JobError
 from trustfid.schemas import Report
 
@@ -19,6 +20,7 @@ from .process import Worker
 from .shard_plan import RADIOMICS_PASS
 from .shards import local_source, plan_of, plan_radiomics, planned, send_shards, shard_path
 
+log = logging.getLogger("trustfid.worker")
 SECOND_PASS = "radiomics"  # what a merge returns once it has planned frd:auto's radiomics shards
 
 
@@ -30,6 +32,9 @@ def merge(w: Worker, job_id: str) -> str:
             state = _merge(w, job_id)
     except LeaseHeld:
         return "elsewhere"  # another merge (of another chord of this job) runs
+    except LeaseLost as e:  # cut off past the lease: the merge sent again by the reaper ends the job
+        log.warning("job %s: the merge's lease passed to worker %s; this merge writes nothing", job_id, e.args[0])
+        return "lost"
     if state == SECOND_PASS:  # sent once the lease is free, which the second round's merge takes
         send_shards(job_id, [s for s in plan_of(w, job_id).shard_ids() if s.work == RADIOMICS_PASS])
     return state
@@ -49,22 +54,24 @@ def _merge(w: Worker, job_id: str) -> str:
         w.store.set_shards(job_id, {"merge": ""})
         return "waiting"
     if error is not None:
-        ending = finish("failed", error=error)
+        ending = Finish("failed", error=error)
     else:
         images = (st.record.progress.images_total if st.record.progress else None) or 0
 
         def every_image_done(p):  # the merge's stages keep showing the sum over the shards
             hooks.write_record(p.model_copy(update={"images_done": images, "images_total": images}))
 
-        hooks = Hooks(w.store, job_id, w.limits, write=every_image_done)
+        hooks = Hooks(w.store, job_id, w.limits, write=every_image_done, holder=w.id)
         try:
             result = report(w, st, hooks)
             if result is None:  # frd:auto's radiomics run as shards: their chord's merge ends the job
                 return SECOND_PASS
             ending = succeeded(w, job_id, result)
         except Exception as e:
-            ending = finish("failed", error=job_error(e, hooks, w.staging, job_id))
-    return end(w, st, ending)
+            ending = Finish("failed", error=job_error(e, hooks, w.staging, job_id))
+    state = end(w, st, ending)
+    log.info("job %s: its shards merged on worker %s; the job %s", job_id, w.id, state)
+    return state
 
 
 def outcome(w: Worker, job_id: str) -> tuple[str, JobError | None]:

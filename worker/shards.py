@@ -25,6 +25,8 @@ Guarantees, as for a job:
   (Store.orphans) queues the job again and its delivery sends a chord over the shards not done
   (``pending``); the job's own attempts do not count that. A shard started more than
   ``max_attempts`` times fails the job with code ``worker_lost``.
+- Hosts cut off: a worker cut off from Redis past a shard's lease, whose shard was given to another
+  worker meanwhile, drops its statistics on its return (``Store.holds``): the shard is merged once.
 - Progress: every shard writes its images done into the hash; the job record shows their sum over
   all shards of both sets (never decreasing).
 - Cancel: every shard checks the job's cancel flag between batches, as a job does; a shard delivered
@@ -187,6 +189,18 @@ def _extract(w: Worker, st: Stored, shard: ShardId, out: Path, hooks: Hooks) -> 
     stats = extract_shard(local_source(w, job_id, info), shard.set_name, open_job(st.record.options.score_options()),
                           start, stop, work={RADIOMICS} if shard.work == RADIOMICS_PASS else None,
                           progress=hooks.progress, should_cancel=hooks.should_cancel)
+    now = w.store.get(job_id)
+    if now is None or now.record.state in FINAL_STATES:  # cancelled, or merged while this worker was cut off
+        w.cleanup.clean("score", job_id)  # this worker's copy of its inputs
+        return "late"
+    if w.staging.shared(job_id, out):
+        return "done"  # redone and saved by another worker while this one was cut off
+    if not w.store.holds(f"{job_id}:{shard}", w.id):
+        # This worker was cut off past the shard's lease, and the shard was given to another worker: that
+        # one's statistics count, these are dropped (the same numbers: one seed per shard).
+        log.warning("job %s: shard %s passed to worker %s while this worker was cut off; its statistics are "
+                    "dropped", job_id, shard, w.store.lease_holder(f"{job_id}:{shard}"))
+        return "lost"
     with atomic_path(out) as tmp:  # a shard's statistics appear whole or not at all
         stats.save(tmp, thumbnails=True)
     w.staging.share(job_id, out)  # for a merge on another machine
@@ -213,9 +227,8 @@ def record_progress(w: Worker, job_id: str, shard: ShardId, p: Progress) -> None
     if p.stage != "extracting":
         return
     h = w.store.shards(job_id)
-    if "plan" not in h:
+    if "plan" not in h or not w.store.set_shards(job_id, {f"{shard}:done": p.images_done}):
         return  # the job ended and was cleaned up meanwhile
-    w.store.set_shards(job_id, {f"{shard}:done": p.images_done})
     h[f"{shard}:done"] = str(p.images_done)
     total = ShardPlan.model_validate_json(h["plan"]).images()
     done = sum(int(v) for k, v in h.items() if k.endswith(":done"))

@@ -22,9 +22,9 @@ from .base import connect, connect_async
 from .counters import Counters
 from .leases import HeldLeases, LeaseHeld, Leases
 from .ratelimit import RESERVE_LUA, RateLimit
-from .records import Records, Stored, finish, new_id
+from .records import Finish, LeaseLost, Records, Stored, new_id
 
-__all__ = ["Store", "Stored", "LeaseHeld", "connect", "connect_async", "finish", "new_id"]
+__all__ = ["Store", "Stored", "LeaseHeld", "LeaseLost", "connect", "connect_async", "Finish", "new_id"]
 
 
 class Store(Records, Leases, RateLimit, Counters):

@@ -5,6 +5,7 @@ sharded job's hash (its plan and every shard's state, worker/shards.py)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ import redis
 import app.store.keys as keys
 
 from .base import call, call_async, execute
+
+log = logging.getLogger("trustfid.worker")
 
 
 class LeaseHeld(Exception):
@@ -88,9 +91,22 @@ class Leases:
                 lock.release()
 
     def renew_leases(self) -> None:
-        """Renew every lease this process holds (its heartbeat calls this)."""
+        """Renew every lease this process holds (its heartbeat calls this). A lease that lapsed while this
+        worker was cut off from Redis is taken back if nobody took it; one that another worker holds now
+        is dropped here, and this worker's writes under it are refused (``Records.update``'s fence)."""
         for lock in self.held.all():
-            lock.reacquire()
+            try:
+                lock.reacquire()
+            except redis.exceptions.LockNotOwnedError:
+                if not lock.acquire(token=lock.local.token):
+                    self.held.discard(lock)
+                    log.warning("lease %s lapsed and passed to %s", lock.name, call(self.r.get, lock.name))
+
+    def holds(self, name: str, worker_id: str) -> bool:
+        """Whether ``worker_id`` holds the lease on ``name``, taking it back if it lapsed and nobody took it
+        (a shard's last check before its statistics are shared)."""
+        got = call(self.r.set, keys.lease(name), worker_id, nx=True, px=int(self.lease_s * 1000))
+        return bool(got) or call(self.r.get, keys.lease(name)) == worker_id
 
     def lease_holder(self, name: str) -> str | None:
         return call(self.r.get, keys.lease(name))
@@ -123,11 +139,21 @@ class Leases:
     def shards(self, job_id: str) -> dict[str, str]:
         return call(self.r.hgetall, keys.shards(job_id))
 
-    def set_shards(self, job_id: str, fields: dict[str, str | int | float]) -> None:
-        pipe = self.r.pipeline()
-        pipe.hset(keys.shards(job_id), mapping={**fields, "touched": time.time()})
-        pipe.expire(keys.shards(job_id), self.ttl)
-        execute(pipe)
+    def set_shards(self, job_id: str, fields: dict[str, str | int | float]) -> bool:
+        """Write ``fields`` into a sharded job's hash. Only a plan creates the hash: any other write finds it
+        gone when the job ended and was cleaned up while a shard ran (on a worker cut off meanwhile, say),
+        and writes nothing. Returns whether it wrote."""
+        key = keys.shards(job_id)
+
+        def attempt(pipe) -> bool:
+            if "plan" not in fields and not pipe.exists(key):
+                return False
+            pipe.multi()
+            pipe.hset(key, mapping={**fields, "touched": time.time()})
+            pipe.expire(key, self.ttl)
+            return True
+
+        return call(self.r.transaction, attempt, key, value_from_callable=True)
 
     def count_shard_attempt(self, job_id: str, shard: str) -> int:
         return int(call(self.r.hincrby, keys.shards(job_id), f"{shard}:attempts", 1))

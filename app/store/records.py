@@ -20,6 +20,11 @@ from .base import call, call_async, execute
 from .counters import record_state_change
 
 
+class LeaseLost(Exception):
+    """This worker's lease lapsed while it was cut off, and another worker holds it now (``args[0]``): what
+    this one computed is not written (``Records.update``'s fence)."""
+
+
 class Stored(BaseModel):
     """What Redis holds for one job or reference."""
 
@@ -33,20 +38,25 @@ class Stored(BaseModel):
     record: Annotated[JobRecord | ReferenceRecord, Field(discriminator="kind")]
 
 
-def finish(state: str, **changes) -> Callable[[Stored], Stored | None]:
+class Finish:
     """An updater for ``Store.update`` that ends a record in ``state`` (succeeded, failed or cancelled)
-    with ``finished_at`` now and the given record fields, unless it has already ended (first end wins)."""
-    assert state in FINAL_STATES, state
+    with ``finished_at`` now and the given record fields, unless it has already ended (first end wins).
+    ``report`` (a job's report, JSON) is written in the same transaction, only when this update ends the
+    record: a second end writes neither."""
 
-    def update(s: Stored) -> Stored | None:
+    def __init__(self, state: str, report: str | None = None, **changes):
+        assert state in FINAL_STATES, state
+        self.state, self.report, self.changes = state, report, changes
+
+    def __call__(self, s: Stored) -> Stored | None:
         if s.record.state in FINAL_STATES:
             return None
-        s.record.state = state
+        s.record.state = self.state
         s.record.finished_at = time.time()
-        for name, value in changes.items():
+        for name, value in self.changes.items():
             setattr(s.record, name, value)
         return s
-    return update
+
 
 
 def new_id() -> str:
@@ -93,27 +103,42 @@ class Records:
         raw = await call_async(self.ar.get(keys.record(id_))) if _plausible_id(id_) else None
         return _owned(Stored.model_validate_json(raw) if raw else None, id_, owner, kind)
 
-    def update(self, id_: str, fn: Callable[[Stored], Stored | None]) -> Stored | None:
+    def update(self, id_: str, fn: Callable[[Stored], Stored | None], *,
+               fence: tuple[str, str] | None = None) -> Stored | None:
         """Read-modify-write under WATCH (redis-py's ``transaction``: retried when another writer got
         there first). ``fn`` returns the new value, or None to leave it as is. Returns the stored value
         afterwards (None if the record is gone). State changes move the record between the state sets
-        and feed the metrics: queue wait when it first starts, duration when it ends."""
+        and feed the metrics: queue wait when it first starts, duration when it ends. A ``Finish``'s
+        report is written with the record.
+
+        ``fence`` (lease name, holder): write only while that worker holds the lease. If it lapsed and
+        nobody took it, the write takes it back; if another worker holds it (this one was cut off, and the
+        record was given to that one), nothing is written and ``LeaseLost`` is raised. The lease is
+        watched with the record, so no other worker can take it between the check and the write."""
         key = keys.record(id_)
+        lease = keys.lease(fence[0]) if fence else None
 
         def attempt(pipe) -> Stored | None:
             raw = pipe.get(key)
             if not raw:
                 return None
+            holder = pipe.get(lease) if fence else None
+            if fence and holder not in (None, fence[1]):
+                raise LeaseLost(holder)
             old = Stored.model_validate_json(raw)
             new = fn(old.model_copy(deep=True))
             if new is None:
                 return old
             pipe.multi()
+            if fence and holder is None:
+                pipe.set(lease, fence[1], px=int(self.lease_s * 1000))
             pipe.set(key, new.model_dump_json(), ex=self._ttl_for(new))
+            if isinstance(fn, Finish) and fn.report is not None:
+                pipe.set(keys.report(id_), fn.report, ex=self.ttl)
             record_state_change(pipe, old.record, new.record)
             return new
 
-        return call(self.r.transaction, attempt, key, value_from_callable=True)
+        return call(self.r.transaction, attempt, *([key, lease] if fence else [key]), value_from_callable=True)
 
     def delete(self, st: Stored) -> None:
         rec = st.record
@@ -190,9 +215,6 @@ class Records:
                     yield step, Stored.model_validate_json(raw)
 
     # --- reports and cancel flags -------------------------------------------------------------
-    def save_report(self, id_: str, report_json: str) -> None:
-        call(self.r.set, keys.report(id_), report_json, ex=self.ttl)
-
     def get_report(self, id_: str) -> str | None:
         return call(self.r.get, keys.report(id_))
 
