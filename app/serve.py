@@ -79,12 +79,13 @@ def _popen(args, env=None, log: Path | None = None, nice: int = 0) -> subprocess
 
 
 def start_redis(directory: Path, port: int, *, appendonly: bool = True, log: Path | None = None,
-                timeout: float = 20.0) -> subprocess.Popen:
-    """A redis-server on 127.0.0.1:port keeping its data in ``directory``; returns once it answers."""
+                timeout: float = 20.0, also_bind: tuple[str, ...] = ()) -> subprocess.Popen:
+    """A redis-server on 127.0.0.1:port (and the addresses ``also_bind`` of this machine) keeping its data
+    in ``directory``; returns once it answers."""
     import redis
 
     directory.mkdir(parents=True, exist_ok=True)
-    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory.resolve()),
+    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", *also_bind, "--dir", str(directory.resolve()),
             "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec", "--save", "",
             "--daemonize", "no", "--protected-mode", "yes"]
     proc = _popen(args, log=log)

@@ -7,7 +7,7 @@ only fixtures.
 - ``presets``: the scoring options the tests use;
 - ``oracles``: what results are checked against: frd-score's own command, the FHIR schema, a browser;
 - ``engine``: the real network, loaded once per session; ``realimages``: real images from installed
-  packages; ``orthanc``: a real PACS.
+  packages; ``orthanc``: a real PACS; ``hosts``: worker hosts in network namespaces, to cut off.
 """
 
 from pathlib import Path

@@ -89,11 +89,13 @@ class Stack:
         self._n = 0
 
     # processes
-    def start_worker(self, **env) -> subprocess.Popen:
-        """A worker; ``env`` on top of the stack's (e.g. its own TRUSTFID_DATA_DIR, as on another machine)."""
+    def start_worker(self, wrap: list[str] | None = None, **env) -> subprocess.Popen:
+        """A worker; ``env`` on top of the stack's (e.g. its own TRUSTFID_DATA_DIR, as on another machine),
+        its command after ``wrap`` (e.g. ``ip netns exec NAME``, tests/support/hosts.py)."""
         self._n += 1
         log = open(self.logs / f"worker{self._n}.log", "ab")
-        cmd = worker_command(self.settings, pool="solo", concurrency=1, name=f"w{self._n}-{uuid.uuid4().hex[:6]}@%h")
+        cmd = [*(wrap or []), *worker_command(self.settings, pool="solo", concurrency=1,
+                                              name=f"w{self._n}-{uuid.uuid4().hex[:6]}@%h")]
         p = subprocess.Popen(cmd, env={**self.env, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
         log.close()
