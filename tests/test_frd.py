@@ -18,11 +18,15 @@ import pytest
 from PIL import Image
 
 from tests.support import ROOT
+from tests.support.images import write_images
 from tests.support.oracles import frd_score
 from tests.support.presets import FAST_OPTIONS
 from trustfid import Metric, score
+from trustfid.decode_worker import FrdLimits, prepare
 from trustfid.errors import IncompatibleStatsError, InputError
-from trustfid.pipeline import compute_stats
+from trustfid.job import open_job
+from trustfid.pipeline import compute_stats, extract
+from trustfid.settings import EngineSettings
 from trustfid.shards import extract_shard, merge_set
 from trustfid.stats import load_stats
 
@@ -213,15 +217,66 @@ def test_a_set_of_one_usable_radiomics_row_is_a_clear_error(tmp_path):
 
 
 def test_a_blank_image_is_left_out_of_the_frd_as_blank_not_with_pyradiomics_error():
-    from trustfid.decode_worker import prepare
-
+    limits = FrdLimits(pixels=2**22, seconds=120.0)
     for value in (0, 200):
-        reason = prepare("blank.png", np.full((48, 48, 3), value, np.uint8), None, None, 2**22)[2]
+        reason = prepare("blank.png", np.full((48, 48, 3), value, np.uint8), None, None, limits)[2]
         assert reason == (f"FRD: a blank image (every pixel {value}): no texture for the radiomics: left out of "
                           "the FRD"), reason
     names, values = prepare("noise.png", np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8), None,
-                            None, 2**22)[2]
+                            None, limits)[2]
     assert len(names) == len(values) > 100  # an image with texture gets its features
+
+
+BUDGET_REASON = ("FRD: radiomics took over the FRD's budget of 0.001 s per image: left out of the FRD (downscale it, "
+                 "or raise TRUSTFID_MAX_FRD_SECONDS)")
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["prefetch-thread", "decode-processes"])
+def test_an_image_over_the_frd_time_budget_is_left_out_of_the_frd_by_name_and_the_fid_still_uses_it(
+        tmp_path, monkeypatch, workers):
+    """TRUSTFID_MAX_FRD_SECONDS: an image whose radiomics take longer (at 1 ms, every image) is named in the
+    FRD's skipped list with the budget's reason, and the job goes on: the FID uses every image. The radiomics
+    run in the prefetch thread, or in decode processes (no signal can time them there)."""
+    folder = write_images(tmp_path / "set", 3, seed=4)
+    monkeypatch.setenv("TRUSTFID_MAX_FRD_SECONDS", "0.001")
+    settings = EngineSettings(decode_workers=workers)
+    assert settings.max_frd_seconds == 0.001
+    stats = extract(folder, "real", open_job({**FAST_OPTIONS, "metrics": ["fid", "frd"]}, settings=settings))
+    assert stats.plain.n == 3 and stats.skipped == []  # the FID's
+    assert stats.radiomics.n == 0
+    assert [(s.name, s.reason) for s in stats.radiomics.skipped] == [(f"img_{i:03d}.png", BUDGET_REASON)
+                                                                     for i in range(3)]
+    # the pixel limit is checked first, before pyradiomics runs: an image over both is named for its pixels
+    image = np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8)
+    reason = prepare("big.png", image, None, None, FrdLimits(pixels=1000, seconds=0.001))[2]
+    assert reason.startswith("FRD: 48 x 48 = 2,304 pixels, over the FRD's limit of 1,000 per image"), reason
+
+
+def test_radiomics_within_the_time_budget_are_pyradiomics_own_to_the_last_bit():
+    """A budget the radiomics stay within changes nothing: the features are those of pyradiomics' own extractor
+    (not the budgeted one) on the same inputs, bit for bit, and those computed with no budget at all."""
+    import SimpleITK as sitk
+    from radiomics import featureextractor
+
+    from trustfid.radiomics import LOG_SIGMA, config_path, features, gray
+
+    image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)
+    names, values = prepare("noise.png", image, None, None, FrdLimits(pixels=2**22, seconds=3600.0))[2]
+    stock = featureextractor.RadiomicsFeatureExtractor(str(config_path()))
+    stock.enableImageTypeByName("LoG", customArgs={"sigma": list(LOG_SIGMA)})
+    volume = gray(image)[np.newaxis]
+    mask = np.ones(volume.shape, np.uint8)
+    mask[0, 0, 0] = 0
+    expected = []
+    for name, value in stock.execute(sitk.GetImageFromArray(volume), sitk.GetImageFromArray(mask)).items():
+        try:
+            expected.append(float(value))
+        except (TypeError, ValueError):
+            assert "diagnostics" in name  # the string and tuple diagnostics, which features() leaves out
+    assert len(names) == len(expected) > 100
+    assert np.array_equal(values, expected, equal_nan=True)
+    unbudgeted_names, unbudgeted = features(image)
+    assert unbudgeted_names == names and np.array_equal(unbudgeted, values, equal_nan=True)
 
 
 def test_saved_frd_only_statistics_load_without_fid_statistics(frd_sets, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,12 +20,23 @@ from .inputs import open_images
 from .inputs.events import Skip
 
 
-def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple | None, radiomics: int):
+class FrdLimits(NamedTuple):
+    """What the FRD's radiomics may take of one image (EngineSettings.max_frd_pixels, max_frd_seconds)."""
+
+    pixels: int
+    seconds: float
+
+    @classmethod
+    def of(cls, settings) -> FrdLimits:
+        return cls(settings.max_frd_pixels, settings.max_frd_seconds)
+
+
+def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple | None, frd: FrdLimits | None):
     """One decoded image as the job needs it: ``(name, network input or None, radiomic features or None)``.
-    ``prep`` (resize mode, input size, input range) when the FID network runs; ``radiomics``, the FRD's pixel
-    limit (EngineSettings.max_frd_pixels; 0: no FRD), when the FRD is asked for: (feature names, values) of
-    ``stored`` (the stored intensities; None: the image itself), or why the image is left out of the FRD (a
-    str): over the pixel limit, blank, or pyradiomics failed on it."""
+    ``prep`` (resize mode, input size, input range) when the FID network runs; ``frd``, the FRD's per-image
+    limits, when the FRD is asked for (None: no FRD): (feature names, values) of ``stored`` (the stored
+    intensities; None: the image itself), or why the image is left out of the FRD (a str): over the pixel
+    limit, over the time budget, blank, or pyradiomics failed on it."""
     x = None
     if prep is not None:
         from .preprocess import to_model_input
@@ -34,16 +46,19 @@ def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple
         x = to_model_input([image], *prep)[0].numpy()
     feats = None
     h, w = np.shape(image)[:2]
-    if radiomics and h * w > radiomics:  # before pyradiomics' filters, whose memory grows with the pixels
-        feats = (f"FRD: {w} x {h} = {w * h:,} pixels, over the FRD's limit of {radiomics:,} per image: left out of "
+    if frd is not None and h * w > frd.pixels:  # before pyradiomics' filters, whose memory grows with the pixels
+        feats = (f"FRD: {w} x {h} = {w * h:,} pixels, over the FRD's limit of {frd.pixels:,} per image: left out of "
                  "the FRD (downscale it, or raise TRUSTFID_MAX_FRD_PIXELS on a machine with the memory)")
-    elif radiomics:
-        from .radiomics import features
+    elif frd is not None:
+        from .radiomics import OverBudget, features
 
         try:
-            feats = features(stored if stored is not None else image)
+            feats = features(stored if stored is not None else image, frd.seconds)
         except (MemoryError, KeyboardInterrupt):
             raise
+        except OverBudget:
+            feats = (f"FRD: radiomics took over the FRD's budget of {frd.seconds:g} s per image: left out of the FRD "
+                     "(downscale it, or raise TRUSTFID_MAX_FRD_SECONDS)")
         except Exception as e:  # a radiomics failure on one image never fails the job
             pixels = np.asarray(stored if stored is not None else image)
             if pixels.size and pixels.min() == pixels.max():  # pyradiomics' error says nothing of the cause
@@ -73,7 +88,7 @@ def serve(k: int, n: int, current, tasks, out) -> None:
         work(k, n, *task, current, out)
 
 
-def work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tuple | None, radiomics: int,
+def work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tuple | None, frd: FrdLimits | None,
          current, out) -> None:
     """Decode and resize this process's units of one set, then report its intensity tally; stop early
     when the set is abandoned (``current`` moved past ``generation``: cancelled, failed, done). A limit
@@ -97,7 +112,7 @@ def work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tuple
                 if isinstance(event, Skip):
                     events.append(event)
                 else:
-                    events.append(prepare(*event, images.take_stored(), prep, radiomics))
+                    events.append(prepare(*event, images.take_stored(), prep, frd))
             if not send("unit", events):
                 return
         send("end", images.intensity)

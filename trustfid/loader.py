@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .decode_worker import prepare, serve
+from .decode_worker import FrdLimits, prepare, serve
 from .errors import TrustfidError
 from .inputs import SetShard
 
@@ -142,7 +142,7 @@ class ParallelLoader:
     applies the set's rules and keeps ``skipped``, ``used`` and ``intensity`` as a plain pass would."""
 
     def __init__(self, images, source, open_kwargs: dict, workers: int, step: int, prep: tuple | None,
-                 radiomics: int = 0):
+                 frd: FrdLimits | None = None):
         self.images, self.step, self.n = images, step, workers
         self.pool = pool(workers)
         with self.pool.current.get_lock():
@@ -151,7 +151,7 @@ class ParallelLoader:
         if not isinstance(source, SetShard):
             source = str(source)  # a path; a shard (a path and its candidates) travels as it is
         for q in self.pool.tasks:
-            q.put((self.generation, source, open_kwargs, prep, radiomics))
+            q.put((self.generation, source, open_kwargs, prep, frd))
         self.tally: Counter = Counter()
 
     def _get(self, k: int):
@@ -211,11 +211,11 @@ def stacked(batch: list[tuple]) -> tuple[list[str], torch.Tensor | None, list | 
     return names, x, [item[2] for item in batch] if batch[0][2] is not None else None
 
 
-def prepared_here(images, step: int, prep: tuple | None, radiomics: int) -> Iterator:
+def prepared_here(images, step: int, prep: tuple | None, frd: FrdLimits | None) -> Iterator:
     """``stacked`` batches of a set decoded in this process (the prefetch thread's work)."""
     def items():
         for name, image in images:
-            yield prepare(name, image, images.take_stored(), prep, radiomics)
+            yield prepare(name, image, images.take_stored(), prep, frd)
 
     for batch in batched(items(), step):
         yield stacked(batch)

@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from .decode_worker import prepare
+from .decode_worker import FrdLimits, prepare
 from .errors import InputError
 from .extractor import Extractor
 from .inputs.array_rules import array_layout
@@ -98,9 +98,8 @@ class Metric:
             found.intensity[EIGHT_BIT if chunk.dtype == torch.uint8 else FLOAT_01] += len(chunk)
             radiomics = None
             if found.radiomics is not None:  # on the CPU, image by image: the stored intensities (uint8 or floats)
-                stored = chunk.permute(0, 2, 3, 1).cpu().numpy()
-                radiomics = [prepare(n, im, None, None, job.settings.max_frd_pixels)[2]
-                             for n, im in zip(names, stored)]
+                stored, frd = chunk.permute(0, 2, 3, 1).cpu().numpy(), FrdLimits.of(job.settings)
+                radiomics = [prepare(n, im, None, None, frd)[2] for n, im in zip(names, stored)]
             found.take(names, self._network_input(chunk, job) if found.model is not None else None, radiomics,
                        found.n)
         self._extract_s += time.perf_counter() - t0

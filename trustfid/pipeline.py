@@ -27,6 +27,7 @@ import numpy as np
 
 from . import plugins
 from . import report as rep
+from .decode_worker import FrdLimits
 from .errors import CancelledError, InputError
 from .inputs import ImageSet, open_images
 from .inputs.array_rules import is_stats_npz
@@ -194,9 +195,9 @@ def extract(source, set_name: str, job: Job, *, work=None, progress: ProgressFn 
     total = len(images)
 
     workers = worker_count(settings.decode_workers, job.device, source, total, radiomics)
-    frd_limit = settings.max_frd_pixels if radiomics else 0
-    batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, prep, frd_limit) if workers
-                   else prefetched(prepared_here(images, step, prep, frd_limit)))
+    frd = FrdLimits.of(settings) if radiomics else None
+    batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, prep, frd) if workers
+                   else prefetched(prepared_here(images, step, prep, frd)))
 
     def report(batch: int = 0, fraction: float = 0.0) -> None:
         if progress:

@@ -17,16 +17,32 @@ What pyradiomics is given, as frd-score gives it:
 * the features kept as frd-score v1 keeps them: every non-diagnostic output, plus the diagnostics
   that are numbers (image and mask means, voxel counts...), in pyradiomics' order.
 
+An image's radiomics have a time budget (``features``' ``seconds``: EngineSettings.max_frd_seconds):
+past it ``OverBudget`` is raised, and the image is left out of the FRD (decode_worker.prepare). A call
+into pyradiomics' C code cannot be interrupted, nor a thread stopped from outside (no signal: the
+radiomics run in decode processes and in a prefetch thread), so the budget is checked between
+pyradiomics' steps: before and after each image type's features, five feature classes each (with
+frd-score's YAML a 2-D image has five image types: the original and four wavelet decompositions;
+pyradiomics' LoG needs 4 voxels in every dimension of the (1, H, W) volume). The last check comes at the
+end: an image is left out when its radiomics took longer than the budget, and the work goes on past the
+budget for at most one step: loading the image (normalisation, resampling) or one image type's filter
+and features. An image's radiomics are timed from the start of ``features``, reading its file included.
+Measured on 2 cores: at most 0.35 s past the budget for a 1024 x 1024 image (1.9 s in all), 1.1 s at
+2048 x 2048 (7.4 s in all). An image within the budget gets the same pyradiomics calls on the same
+inputs: the same features, to the last bit.
+
 pyradiomics is an optional dependency (the ``medical`` extra; scripts/setup.sh builds it from
 source): ``require()`` raises a clear InputError when it is missing.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import logging
 import tempfile
+import time
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -44,6 +60,14 @@ INSTALL_HINT = ("FRD needs pyradiomics, SimpleITK and frd-score's configuration:
 
 class RadiomicsUnavailable(InputError):
     code = "frd_unavailable"
+
+
+class OverBudget(Exception):
+    """An image's radiomics ran past their time budget (``features``' ``seconds``)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the radiomics of this image took over {seconds:g} s")
+        self.seconds = seconds
 
 
 def missing() -> str | None:
@@ -84,12 +108,39 @@ def provenance(reading: str = "frd-score") -> dict:
 
 @lru_cache
 def _extractor():
+    """The configured extractor, shared by every call in this process (``execute`` only reads it)."""
     from radiomics import featureextractor
 
+    class BudgetedExtractor(featureextractor.RadiomicsFeatureExtractor):
+        """pyradiomics' extractor, checking a deadline (``time.monotonic``; None: none) before and after
+        each image type's features. A copy per call carries its own deadline: no state is shared between
+        threads."""
+
+        deadline: float | None = None
+        seconds: float = 0.0
+
+        def computeFeatures(self, image, mask, imageTypeName, **kwargs):
+            self.check()
+            out = super().computeFeatures(image, mask, imageTypeName, **kwargs)
+            self.check()
+            return out
+
+        def check(self) -> None:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise OverBudget(self.seconds)
+
     logging.getLogger("radiomics").setLevel(logging.ERROR)  # it logs every filter at INFO
-    ex = featureextractor.RadiomicsFeatureExtractor(str(config_path()))
+    ex = BudgetedExtractor(str(config_path()))
     if "LoG" in ex.enabledImagetypes:
         ex.enableImageTypeByName("LoG", customArgs={"sigma": list(LOG_SIGMA)})
+    return ex
+
+
+def _budgeted(seconds: float | None, start: float):
+    """The extractor for one image whose radiomics began at ``start`` and may take ``seconds`` (None: no limit)."""
+    ex = copy.copy(_extractor())
+    if seconds is not None:
+        ex.deadline, ex.seconds = start + seconds, seconds
     return ex
 
 
@@ -123,11 +174,14 @@ def read_as_frd_score(encoded: EncodedImage) -> tuple[np.ndarray, tuple[float, f
     return sitk.GetArrayFromImage(image), tuple(image.GetSpacing())
 
 
-def features(image: np.ndarray | EncodedImage) -> tuple[list[str], np.ndarray]:
+def features(image: np.ndarray | EncodedImage, seconds: float | None = None) -> tuple[list[str], np.ndarray]:
     """(names, float64 values) of one image's radiomic features, in pyradiomics' order. ``image``: the
-    decoded or stored intensities (pixel spacing 1), or an encoded file read as frd-score reads it."""
+    decoded or stored intensities (pixel spacing 1), or an encoded file read as frd-score reads it.
+    ``seconds``: the time budget from here, reading the file included (None: none); raises OverBudget past
+    it, at the next step boundary (module docstring)."""
     import SimpleITK as sitk
 
+    start = time.monotonic()
     if isinstance(image, EncodedImage):
         arr, (sx, sy) = read_as_frd_score(image)
         arr = arr[np.newaxis]
@@ -139,7 +193,7 @@ def features(image: np.ndarray | EncodedImage) -> tuple[list[str], np.ndarray]:
     mask[0, 0, 0] = 0
     msk = sitk.GetImageFromArray(mask)
     msk.SetSpacing((sx, sy, 1.0))
-    out = _extractor().execute(img, msk)
+    out = _budgeted(seconds, start).execute(img, msk)
     names, values = [], []
     for name, value in out.items():
         if "diagnostics" not in name:

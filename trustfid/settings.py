@@ -99,6 +99,11 @@ class EngineSettings(BaseSettings):
     max_frd_pixels: int = Field(2048 * 2048, ge=1, description="largest image the FRD's radiomics run on, in "
                                 "pixels; a larger one is left out of the FRD and named in the report (pyradiomics' "
                                 "filters hold about 90 bytes per pixel: 4 Mpx about 0.4 GB, 64 Mpx 5.6 GB)")
+    max_frd_seconds: float = Field(120.0, gt=0, description="longest the FRD's radiomics may run on one image, in "
+                                   "seconds; an image that takes longer is left out of the FRD and named in the "
+                                   "report (an image at max_frd_pixels takes about 10 s on 2 cores). Checked between "
+                                   "pyradiomics' steps (loading the image, each image type's features): an image runs "
+                                   "past it by at most one step")
     max_archive_members: int = Field(DEFAULT_LIMITS.max_archive_members,
                                      description="most entries read from one zip/tar")
     max_member_bytes: int = Field(DEFAULT_LIMITS.max_member_bytes,
