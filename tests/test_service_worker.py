@@ -148,3 +148,77 @@ def test_a_worker_whose_lease_passed_to_another_writes_neither_its_end_nor_its_r
             assert store.get(rec.id).record.state == "succeeded" and store.get_report(rec.id) == '{"fid": 1.0}'
     finally:
         store.delete(st)
+
+
+def test_a_progress_write_is_fenced_by_the_lease_and_stops_once_the_record_ended(redis_url, tmp_path):
+    """A progress write (its own key, one Lua script) keeps the fence of every other write: refused while
+    another worker holds the lease, taking it back once nobody does; once the record has ended it writes
+    nothing, and the worker learns that it ended. The end folds the last progress into the record."""
+    from app.settings import Settings
+    from app.store import Finish, LeaseLost, Store, Stored, connect, keys, new_id
+    from trustfid.records import InputInfo, JobOptions, JobRecord
+    from trustfid.schemas import Progress
+    from worker.hooks import Hooks
+
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path, lease_s=30)
+    store = Store(connect(redis_url), settings)
+    rec = JobRecord(id=new_id(), state="running", created_at=time.time(), real=InputInfo(kind="upload"),
+                    generated=InputInfo(kind="upload"), options=JobOptions())
+    st = Stored(owner="test", record=rec, queue="fence")
+    store.create(st)
+    raw = store.r.get(keys.record(rec.id))
+    shown = Progress(stage="extracting", set="real", images_done=4, images_total=10)
+    hooks = Hooks(store, rec.id, settings, holder="worker-a")
+    try:
+        store.r.set(keys.lease(rec.id), "worker-b", px=30_000)  # a's lease lapsed while it was away; b took it
+        with pytest.raises(LeaseLost, match="worker-b"):
+            hooks.write_record(shown)
+        assert store.get(rec.id).record.progress is None and not store.r.exists(keys.progress(rec.id))
+
+        store.r.delete(keys.lease(rec.id))  # b died as well: nobody holds it
+        hooks.write_record(shown)
+        assert store.lease_holder(rec.id) == "worker-a" and store.get(rec.id).record.progress == shown
+        assert store.r.get(keys.record(rec.id)) == raw  # the record itself is not rewritten
+
+        store.update(rec.id, Finish("cancelled"))  # the API's cancel
+        assert not store.r.exists(keys.progress(rec.id)) and store.get(rec.id).record.progress == shown
+        hooks.write_record(shown.model_copy(update={"images_done": 6}))
+        assert hooks.ended == "cancelled" and hooks.should_cancel()
+        assert not store.r.exists(keys.progress(rec.id)) and store.get(rec.id).record.progress == shown
+    finally:
+        store.delete(st)
+        store.r.delete(keys.lease(rec.id))
+
+
+def test_progress_moves_while_the_record_stays_byte_identical(stack, bigger_sets):
+    """A running job's progress is written beside its record (O(1) whatever the record's size): the record
+    as stored stays the same bytes while GET /v1/jobs/{id} shows the images done moving. A cancel then
+    folds the last progress shown into the record and removes the progress key."""
+    import redis
+
+    from app.store import keys
+
+    r = redis.Redis.from_url(stack.settings.redis_url, decode_responses=True)
+    real, gen = bigger_sets
+    with stack.client() as c:
+        job = upload(c, real, gen, SLOW).json()["id"]
+        wait_for(lambda: part_way(c.get(f"/v1/jobs/{job}").json()), what="the job to be part-way",
+                 log=lambda: stack.log("worker1.log"))
+        stored = r.get(keys.record(job))
+        seen: set[tuple] = set()
+
+        def moved() -> bool:
+            raw = r.get(keys.record(job))  # read before the record the API shows: both were running then
+            rec = c.get(f"/v1/jobs/{job}").json()
+            assert part_way(rec), "the job ended before its progress was seen to move: make it longer"
+            assert raw == stored, "a progress write rewrote the record"
+            seen.add((rec["progress"]["set"], rec["progress"]["images_done"]))
+            return len(seen) >= 3
+
+        wait_for(moved, what="three different counts of images done", log=lambda: stack.log("worker1.log"))
+        last = c.get(f"/v1/jobs/{job}").json()["progress"]
+        assert c.delete(f"/v1/jobs/{job}").status_code == 202
+        ended = stack.wait_job(job)
+        assert ended["state"] == "cancelled" and ended["progress"]["images_done"] >= last["images_done"]
+        assert not r.exists(keys.progress(job))
+        assert c.delete(f"/v1/jobs/{job}").status_code == 204

@@ -1,5 +1,6 @@
-"""The engine's progress and should_cancel hooks of one record: progress written to its record in the
-store (throttled, best effort), the cancel flag read from it, the job's time limit enforced."""
+"""The engine's progress and should_cancel hooks of one record: progress written beside its record in the
+store (its own key, O(1): throttled, best effort), the cancel flag read from it, the job's time limit
+enforced."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from app.errors import UnavailableError
-from app.store import Store, Stored
+from app.store import Store
 from trustfid.records import FINAL_STATES
 from trustfid.schemas import Progress
 
@@ -18,14 +19,14 @@ log = logging.getLogger("trustfid.worker")
 
 class Hooks:
     """``limits.soft_time_limit_s`` bounds the run (worker/process.py JobLimits, or the settings);
-    ``write(progress)`` replaces the default write into the record (a shard's and a merge's
+    ``write(progress)`` replaces the default write of the record's progress (a shard's and a merge's
     progress, worker/shards.py); ``holder``, the worker holding the record's lease, fences the default
     write: once the lease has passed to another worker, the write raises LeaseLost, which stops the job
-    here (worker/jobs.py)."""
+    here (worker/jobs.py). ``kind``: the record's (score or reference)."""
 
     def __init__(self, store: Store, record_id: str, limits, write: Callable[[Progress], None] | None = None,
-                 holder: str | None = None):
-        self.store, self.id, self.holder = store, record_id, holder
+                 holder: str | None = None, kind: str = "score"):
+        self.store, self.id, self.holder, self.kind = store, record_id, holder, kind
         self.time_limit_s = limits.soft_time_limit_s
         self.deadline = time.monotonic() + self.time_limit_s
         self.timed_out = False
@@ -52,12 +53,12 @@ class Hooks:
             log.warning("job %s: progress not written (%s)", self.id, e)
 
     def write_record(self, p: Progress) -> None:
-        def f(s: Stored):
-            if s.record.state != "running":
-                return None
-            s.record.progress = p
-            return s
-        st = self.store.update(self.id, f, fence=(self.id, self.holder) if self.holder else None)
+        """The record's progress, into its own key (``Store.write_progress``: the record is neither read nor
+        rewritten). Once the record has ended, nothing is written and ``ended`` is set."""
+        fence = (self.id, self.holder) if self.holder else None
+        if self.store.write_progress(self.id, self.kind, p, fence=fence) != "ended":
+            return
+        st = self.store.get(self.id)
         if st is not None and st.record.state in FINAL_STATES:
             self.ended = st.record.state  # cancelled, or ended by a worker that took it over: stop here
 

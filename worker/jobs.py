@@ -81,7 +81,7 @@ def _run_leased(w: Worker, record_id: str) -> str:
         return end(w, st, Finish("failed", error=JobError(
             code="worker_lost",
             message=f"the job was started {st.record.attempts - 1} times and its worker died each time")))
-    hooks = Hooks(w.store, record_id, w.limits, holder=w.id)
+    hooks = Hooks(w.store, record_id, w.limits, holder=w.id, kind=st.record.kind)
     try:
         outcome = _score(w, st, hooks) if st.record.kind == "score" else _reference(w, st, hooks)
     except LeaseLost:

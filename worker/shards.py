@@ -27,8 +27,8 @@ Guarantees, as for a job:
   ``max_attempts`` times fails the job with code ``worker_lost``.
 - Hosts cut off: a worker cut off from Redis past a shard's lease, whose shard was given to another
   worker meanwhile, drops its statistics on its return (``Store.holds``): the shard is merged once.
-- Progress: every shard writes its images done into the hash; the job record shows their sum over
-  all shards of both sets (never decreasing).
+- Progress: every shard writes its images done into the hash; the job's progress (its own key beside
+  the record) shows their sum over all shards of both sets (never decreasing).
 - Cancel: every shard checks the job's cancel flag between batches, as a job does; a shard delivered
   after the job ended does nothing.
 """
@@ -222,8 +222,9 @@ def shard_failed(w: Worker, job_id: str, shard: ShardId, error: JobError | None)
 
 
 def record_progress(w: Worker, job_id: str, shard: ShardId, p: Progress) -> None:
-    """One shard's images done into the hash, and the sum over every shard into the job record (never
-    lower than what the record showed: a shard delivered again starts from zero)."""
+    """One shard's images done into the hash, and the sum over every shard as the job's progress (its own
+    key: the record is not read; never lower than what was shown: a shard delivered again starts from
+    zero). No lease fence: each shard holds a lease of its own, and the job's is the merge's."""
     if p.stage != "extracting":
         return
     h = w.store.shards(job_id)
@@ -232,14 +233,7 @@ def record_progress(w: Worker, job_id: str, shard: ShardId, p: Progress) -> None
     h[f"{shard}:done"] = str(p.images_done)
     total = ShardPlan.model_validate_json(h["plan"]).images()
     done = sum(int(v) for k, v in h.items() if k.endswith(":done"))
-
-    def f(s: Stored):
-        if s.record.state != "running":
-            return None
-        old = s.record.progress
-        before = old.images_done if old is not None and old.stage == "extracting" else 0
-        shown = max(done, before)
-        s.record.progress = Progress(stage="extracting", images_done=shown, images_total=total, passes=p.passes,
-                                     fraction_done=min(1.0, shown / total) if total else None)
-        return s
-    w.store.update(job_id, f)
+    w.store.write_progress(job_id, "score", Progress(stage="extracting", images_done=done, images_total=total,
+                                                     passes=p.passes,
+                                                     fraction_done=min(1.0, done / total) if total else None),
+                           floor=True)

@@ -11,6 +11,12 @@ def record(record_id: str) -> str:
     return f"{P}rec:{record_id}"
 
 
+def progress(record_id: str) -> str:
+    """A running record's progress (JSON), apart from its record so that a progress write is O(1): merged
+    into the record by every read (records.py), folded into it and deleted when the record ends."""
+    return f"{P}progress:{record_id}"
+
+
 def report(job_id: str) -> str:
     return f"{P}report:{job_id}"
 
