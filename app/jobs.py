@@ -233,9 +233,10 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 def _point(rec: JobRecord, report_json: str | None) -> SeriesPoint:
-    ci95 = None
-    if report_json:
-        ci95 = (json.loads(report_json).get("fid_bootstrap") or {}).get("ci95")
+    if "fid_ci95" in rec.model_fields_set:
+        ci95 = rec.fid_ci95
+    else:  # a job that ended before records carried the interval: its report's
+        ci95 = (json.loads(report_json).get("fid_bootstrap") or {}).get("ci95") if report_json else None
     h = rec.headline
     frd_ci95 = h.frd_ci95 if h is not None else None
     return SeriesPoint(step=rec.options.step(), fid=rec.fid, fid_ci95_low=ci95[0] if ci95 else None,
@@ -249,7 +250,9 @@ def _point(rec: JobRecord, report_json: str | None) -> SeriesPoint:
 def series(store: Store, owner: str, tag: str, *, cursor: str | None = None, since: float | None = None,
            limit: int = 100) -> Series:
     """The caller's succeeded jobs carrying ``tag`` and a numeric ``step=`` tag, ordered by (step, job id),
-    ``limit`` per page; with ``since``, only jobs that finished at or after that time (unix seconds)."""
+    ``limit`` per page; with ``since``, only jobs that finished at or after that time (unix seconds). Every
+    number of a point is in its record: no report is read, except that of a job that ended before records
+    carried ``fid_ci95`` (they expire with the record TTL)."""
     after = decode_cursor(cursor) if cursor else None
     found: list[tuple[float, JobRecord]] = []
     for step, st in store.series(owner, tag, after):
@@ -261,8 +264,9 @@ def series(store: Store, owner: str, tag: str, *, cursor: str | None = None, sin
         if len(found) > limit:  # one more than a page: there is a next page
             break
     page = found[:limit]
-    reports = store.get_reports([rec.id for _, rec in page])
-    points = [_point(rec, raw) for (_, rec), raw in zip(page, reports)]
+    older = [rec.id for _, rec in page if "fid_ci95" not in rec.model_fields_set]
+    reports = dict(zip(older, store.get_reports(older)))
+    points = [_point(rec, reports.get(rec.id)) for _, rec in page]
     next_cursor = None
     if len(found) > limit:
         step, rec = page[-1]

@@ -108,6 +108,26 @@ def test_since_keeps_jobs_finished_at_or_after_it(stack, run_jobs):
     assert get_series(stack, tag=RUN, since=time.time() + 60).points == []
 
 
+def test_the_series_reads_records_only_never_a_report(stack, run_jobs):
+    """Every number of a point is in its job's record: with the reports gone from Redis, the series is
+    the same, intervals included."""
+    import redis
+
+    from app.store import keys
+
+    before = get_series(stack, tag=RUN)
+    assert before.points and all(p.fid_ci95_low is not None and p.fid_ci95_high is not None for p in before.points)
+    r = redis.Redis.from_url(stack.settings.redis_url, decode_responses=True)
+    saved = {p.job_id: (r.get(keys.report(p.job_id)), r.ttl(keys.report(p.job_id))) for p in before.points}
+    assert all(raw for raw, _ in saved.values())
+    try:
+        r.delete(*[keys.report(job_id) for job_id in saved])
+        assert get_series(stack, tag=RUN) == before
+    finally:  # the module's other tests read them
+        for job_id, (raw, ttl) in saved.items():
+            r.set(keys.report(job_id), raw, ex=ttl if ttl > 0 else None)
+
+
 def test_series_is_private_and_bad_parameters_say_what_is_wrong(stack, run_jobs):
     assert get_series(stack, key=KEY_B, tag=RUN).points == []
     with stack.client() as c:

@@ -148,6 +148,9 @@ class JobRecord(_TaskRecord):
     trust_level: TrustLevel | None = None
     # schema 1.1: the report's headline (plain FID, sampling and network intervals, warnings, the text)
     headline: Headline | None = None
+    fid_ci95: tuple[float, float] | None = Field(
+        None, description="copied from the report once succeeded: its fid_bootstrap.ci95 (the 95% interval from "
+                          "resampling the images), which GET /v1/series shows; null when the report has none")
 
 
 class JobList(Strict):

@@ -130,10 +130,12 @@ def _score(w: Worker, st: Stored, hooks: Hooks):
 
 
 def succeeded(w: Worker, job_id: str, report):
-    """The updater that ends a job's record succeeded with its report (sharded or not)."""
+    """The updater that ends a job's record succeeded with its report (sharded or not). The record gets the
+    numbers GET /v1/series shows, so that the series never reads a report."""
     images = report.counts.real.used + report.counts.generated.used
-    mc = report.fid_mc
+    mc, boot = report.fid_mc, report.fid_bootstrap
     return Finish("succeeded", report=report.model_dump_json(), fid=report.fid, fid_mc_std=mc.std if mc else None,
+                  fid_ci95=boot.ci95 if boot else None,
                   trust_level=report.trust.level if report.trust else None, headline=report.headline,
                   progress=Progress(stage="done", images_done=images, images_total=images, fraction_done=1.0,
                                     passes=mc.passes if mc else 0))
