@@ -128,6 +128,27 @@ def test_the_series_reads_records_only_never_a_report(stack, run_jobs):
             r.set(keys.report(job_id), raw, ex=ttl if ttl > 0 else None)
 
 
+def test_a_record_from_before_fid_ci95_takes_its_interval_from_its_report(stack, run_jobs):
+    """A job that succeeded before records carried fid_ci95 (its JSON has no such key) still shows its
+    interval, read from its report, as docs/API.md says."""
+    import redis
+
+    from app.store import keys
+
+    before = get_series(stack, tag=RUN)
+    r = redis.Redis.from_url(stack.settings.redis_url, decode_responses=True)
+    key = keys.record(before.points[0].job_id)
+    raw, ttl = r.get(key), r.ttl(key)
+    stored = json.loads(raw)
+    assert stored["record"]["fid_ci95"] == [before.points[0].fid_ci95_low, before.points[0].fid_ci95_high]
+    del stored["record"]["fid_ci95"]
+    try:
+        r.set(key, json.dumps(stored), ex=ttl)
+        assert get_series(stack, tag=RUN) == before
+    finally:
+        r.set(key, raw, ex=ttl)
+
+
 def test_series_is_private_and_bad_parameters_say_what_is_wrong(stack, run_jobs):
     assert get_series(stack, key=KEY_B, tag=RUN).points == []
     with stack.client() as c:
