@@ -33,6 +33,7 @@ from .inputs.dicomweb import FORM
 from .inputs.rules import plural
 from .schemas import BLOCKS, Progress, ScoreOptions, validation_message
 from .stats import STATS_OPTIONS, merge_options, saved_options
+from .timing import Clock, process_start, recording
 
 # ScoreOptions that only a comparison of two sets uses (a command on one set, inspect, does not offer them)
 PAIR_ONLY = ("metrics", "frd_reading", "frd_paper_log", "bootstrap_resamples", "max_feature_rows", "prdc_k",
@@ -444,11 +445,13 @@ def build_parser(more_commands=None) -> argparse.ArgumentParser:
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command, turning user errors into one line and exit code 2."""
+    started = process_start()  # the report's timing.startup_s counts from the process's start
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         refuse_unknown(parser, args.command, unknown)
     try:
-        return args.func(args)
+        with recording(Clock(started)):
+            return args.func(args)
     except UnreachableError as e:
         print(f"trustfid: error: {e.message}", file=sys.stderr)
         return 3
