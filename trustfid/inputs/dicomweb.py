@@ -38,12 +38,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
 from ..errors import InputError, PacsError, TooLargeError, TrustfidError
-from ..settings import DicomWebServer
 from .rules import plural
+
+if TYPE_CHECKING:  # the settings (pydantic-settings) load when a PACS is read, not when the CLI starts
+    from ..settings import DicomWebServer
 
 SCHEMES = {"dicomweb+https": "https", "dicomweb+http": "http"}
 FORM = "dicomweb+https://HOST[:PORT]/PATH/studies/STUDY_UID[/series/SERIES_UID]"
