@@ -432,7 +432,8 @@ class Timing(Strict):
     startup_s: float | None = Field(None, description="from the process's start to the engine's call: the "
                                     "interpreter, the imports, the arguments (null unless the caller gave the "
                                     "process's start: the command line does; a library call or a service worker, "
-                                    "whose process serves many jobs, does not). With network_load_s, the start-up")
+                                    "whose process serves many jobs, does not). With network_load_s, the start-up. "
+                                    "A PACS set's retrieval comes after it and before load_s: in no stage")
     network_load_s: float | None = Field(None, description="loading the feature network and its weights (and torch, "
                                          "the first time in a process; a worker keeps the network: about 0 after "
                                          "its first job); part of load_s")

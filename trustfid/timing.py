@@ -38,6 +38,7 @@ class Clock:
         self.sets: dict[str, dict[str, float]] = {}
         self.metrics: dict[str, float] = {}
         self.set_name: str | None = None  # the set being extracted (``on_set``)
+        self.used = False  # an engine call took it (``job_clock``): a clock serves one call
 
     def add(self, stage: str, seconds: float, set_name: str | None = None) -> None:
         """Add ``seconds`` to a job-wide stage, or to a set's (``set_name``; "" means the set being extracted)."""
@@ -112,16 +113,24 @@ def recording(clock: Clock | None = None):
         _current.reset(token)
 
 
+def mark_entered() -> None:
+    """The engine was called (before its entry point's own work: a PACS set's retrieval), for ``startup_s``."""
+    clock = active()
+    if clock is not None and not clock.used and clock.entered is None:
+        clock.entered = time.perf_counter()
+
+
 @contextlib.contextmanager
 def job_clock():
-    """The engine's entry points: the clock a caller opened (``recording``), else a new one for this call."""
+    """The engine's entry points: the clock a caller opened (``recording``) for its first call, else a new one."""
     clock = active()
-    if clock is not None and clock.entered is None:
-        clock.entered = time.perf_counter()
+    if clock is not None and not clock.used:
+        clock.used = True
+        mark_entered()
         yield clock
         return
     with recording(Clock()) as clock:
-        clock.entered = time.perf_counter()
+        clock.used, clock.entered = True, time.perf_counter()
         yield clock
 
 

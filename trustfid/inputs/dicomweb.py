@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
 from ..errors import InputError, PacsError, TooLargeError, TrustfidError
+from ..timing import mark_entered
 from .rules import plural
 
 if TYPE_CHECKING:  # the settings (pydantic-settings) load when a PACS is read, not when the CLI starts
@@ -420,6 +421,7 @@ def fetches_dicomweb(*names: str):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
+            mark_entered()  # the retrieval is the engine's time, not the command's start-up (timing.py)
             with local_copies({n: bound.arguments[n] for n in names if n in bound.arguments}) as local:
                 bound.arguments.update(local)
                 return fn(*bound.args, **bound.kwargs)
