@@ -409,8 +409,9 @@ class SetTiming(Strict):
     collect_s: float = Field(0.0, description="the rest of each batch's work in the main thread: streaming "
                              "moments, kept feature rows, copy-check prints, latent variance, radiomic rows")
     decode_s: float | None = Field(None, description="reading, decoding and resizing the images, summed over the "
-                                   "decoders (the prefetch thread or the decode processes); null when none ran "
-                                   "(saved statistics, the Metric, merged shards)")
+                                   "decoders (the prefetch thread or the decode processes; a new process's first "
+                                   "image includes its import of torch); null when none ran (saved statistics, the "
+                                   "Metric, merged shards)")
     decoder_listing_s: float | None = Field(None, description="decode processes listing the set again, each for "
                                             "itself, summed over them (0 with the prefetch thread)")
     radiomics_s: float | None = Field(None, description="the FRD's radiomic features, summed over the decoders")
