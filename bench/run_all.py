@@ -19,6 +19,7 @@ Run on their own, their sections of RESULTS.md written from their output (run_al
 (f) bench/shard_bench.py    a sharded job on 1 and 2 workers; bench/gpu_bench.py --only decode
 (g) bench/gpu_bench.py      on a GPU machine (bench/gpu_check.sh, DEVELOPERS.md)
 (h) bench/fail_fast_bench.py  a bad generated argument against a 20,000-image reference (goal < 5 s)
+(j) bench/stages_bench.py   where a whole score command's time goes: its report's timing, stage by stage
 """
 
 from __future__ import annotations

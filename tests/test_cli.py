@@ -34,6 +34,9 @@ def test_score_the_samples_writes_the_report(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("FID ") and "trust:" in p.stdout
     report = Report.model_validate_json(out.read_text())
+    # the command knows when its process started: the start-up is in the report's timing
+    assert report.timing.startup_s > 0 and report.timing.network_load_s > 0
+    assert {k: s.images for k, s in report.timing.sets.items()} == {"real": 24, "generated": 24}
     assert report.counts.real.used == 24 and report.fid > 0
     assert f"{report.fid:.4f}" in p.stdout
     # the headline leads, with its warnings; then KID / FID∞ and the domain check
@@ -218,3 +221,46 @@ def test_submit_with_no_service_listening_says_so_in_one_line_and_exits_3():
     assert p.returncode == 3, p.stderr
     assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert f"cannot reach the trustfid service at {url}" in p.stderr and "trustfid serve" in p.stderr
+
+
+# --- a fast start: help and argument errors before the engine (torch) is imported -------------------
+
+# Runs a command as `python -m trustfid` (the package's __main__) or as the installed `trustfid` (app.cli),
+# then says on its last stdout line which of the engine's heavy libraries were imported.
+STARTUP = """
+import runpy, sys
+entry = sys.argv.pop(1)
+try:
+    if entry == "trustfid":
+        runpy.run_module("trustfid", run_name="__main__", alter_sys=True)
+        code = 0
+    else:
+        from app.cli import main
+        code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print("imported:", *[m for m in ("torch", "torchvision", "numpy") if m in sys.modules])
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("entry", ["trustfid", "app.cli"])
+@pytest.mark.parametrize("args,code,says,parser", [
+    (["--help"], 0, "usage: trustfid", True),
+    (["score", "--help"], 0, "usage: trustfid score", True),
+    (["score", "samples/real", "samples/generated", "--pases", "3"], 2, "(did you mean --passes?)", True),
+    (["score", "samples/real", "samples/generated", "--passes", "many"], 2, "invalid int value: 'many'", True),
+    (["score", "samples/real", "samples/generated", "--dropout-rate", "1.5"], 2, "dropout_rate", False),
+    (["score", "/no/such/folder", "samples/generated"], 2, "/no/such/folder", False),
+])
+def test_help_and_argument_errors_come_before_torch_is_imported(entry, args, code, says, parser):
+    p = subprocess.run([sys.executable, "-c", STARTUP, entry, *args], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert p.returncode == code, p.stdout + p.stderr
+    imported = p.stdout.splitlines()[-1].split()[1:]
+    # the parser's answers (help, its own errors) import none of them; the options' checks and the listing
+    # may need numpy, never torch
+    assert (imported == []) if parser else ("torch" not in imported), imported
+    assert says in (p.stdout if code == 0 else p.stderr) and "Traceback" not in p.stderr
+    if not parser:  # the engine's errors: one line (argparse's come with the command's usage)
+        assert p.stderr.count("\n") == 1, p.stderr

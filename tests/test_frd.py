@@ -49,7 +49,8 @@ def test_cli_fid_and_frd_in_one_report_equal_the_published_tools(frd_sets, tmp_p
     report = json.loads(out.read_text())
     frd = report["frd"]
     assert _close(frd["value"], frd_sets["frd_score"]), (frd["value"], frd_sets["frd_score"])
-    assert report["schema_version"] == "1.8" and report["fid"] > 0 and frd["log"] == "log(d²)"
+    assert report["schema_version"] == "1.9" and report["fid"] > 0 and frd["log"] == "log(d²)"
+    assert all(report["timing"]["sets"][side]["radiomics_s"] > 0 for side in ("real", "generated"))  # the decoders'
     assert frd["version"] == "v1" and frd["real"]["used"] == 12 and frd["generated"]["used"] == 12
     assert 300 < frd["features"] <= frd["features_extracted"]
     lo, hi = frd["sampling_ci95"]

@@ -79,3 +79,14 @@ def test_errors_from_a_decode_process_reach_the_caller_as_the_same_error(folder)
     with pytest.raises(TooLargeError) as e:
         extract(folder, "real", open_job(FAST, settings=settings))
     assert e.value.code == "too_large" and "pixels" in e.value.message
+
+
+def test_the_decode_processes_report_their_own_seconds(folder):
+    from trustfid.timing import recording
+
+    with recording() as clock:
+        _stats(folder, 2)
+    s = clock.sets["real"]
+    # each process lists the set for itself and decodes its share; the main thread waited for them
+    assert s["decoder_listing_s"] > 0 and s["decode_s"] > 0 and s["decode_wait_s"] > 0
+    assert s["network_s"] > 0 and s["radiomics_s"] == 0

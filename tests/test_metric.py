@@ -61,6 +61,9 @@ def test_metric_equals_score_whatever_the_batch_sizes(images):
     assert got.counts.real.used == 6 and got.counts.generated.used == 6
     assert got.config == expected.config and got.model == expected.model
     assert got.trust.level == expected.trust.level and got.device == "cpu"
+    t = got.timing  # the updates' stages; the caller decoded the images
+    assert {k: s.images for k, s in t.sets.items()} == {"real": 6, "generated": 6}
+    assert t.sets["real"].network_s > 0 and t.sets["real"].decode_s is None and t.network_load_s > 0
 
 
 def test_float_images_outside_0_1_are_refused_never_clipped():

@@ -155,7 +155,7 @@ def test_inspect_lists_every_image(sets):
 
 def test_headline_leads_with_the_plain_fid_and_both_intervals_contain_it(report):
     h = report.headline
-    assert report.schema_version == "1.8" and report.config.precision == "fp32"
+    assert report.schema_version == "1.9" and report.config.precision == "fp32"
     assert h.fid == report.fid and h.text.startswith(f"FID {report.fid:.2f}, 95% interval")
     lo, hi = h.sampling_ci95
     assert lo <= report.fid <= hi and h.resamples == 8
@@ -211,3 +211,34 @@ def test_inspect_gives_every_image_a_domain_score(sets):
     assert all(isinstance(s, float) for s in scores)
     assert r.domain.images == 6 and r.domain.median == pytest.approx(float(np.median(scores)))
     assert r.domain.most_atypical[0].domain_score == max(scores)
+
+
+# --- schema 1.9: where the time goes (issue 27) ----------------------------------------------------
+
+MAIN_THREAD = ("listing_s", "decode_wait_s", "network_s", "mc_s", "probe_s", "collect_s")
+
+
+def test_timing_splits_the_job_into_its_stages(report):
+    t = report.timing
+    assert t.total_s == pytest.approx(t.load_s + t.extract_s + t.frechet_s)  # the fields of before keep their meaning
+    assert t.startup_s is None  # a library call: the process's start is not the job's
+    assert t.network_load_s is not None and 0 < t.network_load_s <= t.load_s
+    assert {k: s.images for k, s in t.sets.items()} == {"real": 7, "generated": 6}
+    for s in t.sets.values():
+        assert s.network_s > 0 and s.mc_s > 0 and s.probe_s > 0 and s.listing_s > 0 and s.decode_s > 0
+        assert s.decoder_listing_s == 0 and s.radiomics_s == 0  # the prefetch thread; no FRD
+    # the main thread's stages follow one another within the job
+    assert sum(getattr(s, k) for s in t.sets.values() for k in MAIN_THREAD) <= t.load_s + t.extract_s
+    assert list(t.metrics) == ["fid", "kid", "frd", "prdc", "memorization"]  # every metric that ran, in order
+    assert sum(t.metrics.values()) <= t.frechet_s
+    assert t.frechet_plain_s + t.frechet_mc_s + t.bootstrap_s + t.domain_check_s <= t.metrics["fid"]
+    assert t.report_s is not None and t.report_s + sum(t.metrics.values()) <= t.frechet_s
+
+
+def test_a_side_given_as_statistics_has_its_reading_as_its_listing(sets, report, tmp_path):
+    path = tmp_path / "real.npz"
+    compute_stats(str(sets[0]), ScoreOptions(**FAST)).save(path)
+    t = score(str(path), str(sets[1]), ScoreOptions(**FAST)).timing
+    assert t.sets["real"].images == 7 and t.sets["real"].listing_s > 0
+    assert t.sets["real"].network_s == 0 and t.sets["real"].decode_s is None  # nothing decoded for it
+    assert t.sets["generated"].network_s > 0

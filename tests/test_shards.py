@@ -60,6 +60,9 @@ def test_shards_merge_to_the_unsharded_report(sets, tmp_path):
         assert np.array_equal(merged[name].latent_variance, one_pass[name].latent_variance)
         assert merged[name].names == one_pass[name].names
     assert _numbers(sharded) == _numbers(whole)  # the whole report, bar timing
+    # its timing: the report's own stages; the sets were extracted in their shards
+    assert sharded.timing.sets == {} and list(sharded.timing.metrics)[:2] == ["fid", "kid"]
+    assert sharded.timing.frechet_plain_s is not None and sharded.timing.total_s > 0
 
 
 def test_a_shard_reads_only_its_candidates_and_the_skipped_files_before_them(sets):

@@ -14,8 +14,9 @@ could not be reached or did not finish in time (the service commands), 1 an inte
 please report it).
 
 The installed `trustfid` command is app/cli.py, which adds the service's commands (serve, worker,
-submit) to this parser. The engine (torch) is imported lazily inside the commands, so `trustfid
---help` and the service commands start fast.
+submit) to this parser. The engine (torch) is imported lazily inside the commands, and numpy once the
+arguments are parsed, so `trustfid --help`, a mistake in the arguments and the service commands answer
+fast (tests/test_cli.py checks what they import).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .errors import TrustfidError, UnreachableError
 from .inputs.dicomweb import FORM
 from .inputs.rules import plural
 from .schemas import BLOCKS, Progress, ScoreOptions, validation_message
-from .stats import STATS_OPTIONS, merge_options, saved_options
+from .timing import Clock, process_start, recording
 
 # ScoreOptions that only a comparison of two sets uses (a command on one set, inspect, does not offer them)
 PAIR_ONLY = ("metrics", "frd_reading", "frd_paper_log", "bootstrap_resamples", "max_feature_rows", "prdc_k",
@@ -129,6 +130,8 @@ def _options(args, saved: list[tuple[str, dict]] = ()) -> ScoreOptions:
     """The options of a command: those given, then for each saved statistics file (name, its
     STATS_OPTIONS) the ones left out; a given option that differs from a file's is refused here,
     before any image is read."""
+    from .stats import STATS_OPTIONS, merge_options  # numpy: after the arguments are parsed
+
     chosen = {name: getattr(args, name) for name in STATS_OPTIONS if getattr(args, name) is not None}
     if args.dropout_at is not None:
         chosen["dropout_at"] = [b.strip() for b in args.dropout_at.split(",") if b.strip()]
@@ -144,6 +147,8 @@ def _options(args, saved: list[tuple[str, dict]] = ()) -> ScoreOptions:
 
 def _saved(*sources: str) -> list[tuple[str, dict]]:
     """(file name, options) of each source that is a trustfid statistics file."""
+    from .stats import saved_options
+
     return [(Path(s).name, o) for s in sources if s.endswith(".npz") and (o := saved_options(s)) is not None]
 
 
@@ -444,11 +449,13 @@ def build_parser(more_commands=None) -> argparse.ArgumentParser:
 
 def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command, turning user errors into one line and exit code 2."""
+    started = process_start()  # the report's timing.startup_s counts from the process's start
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         refuse_unknown(parser, args.command, unknown)
     try:
-        return args.func(args)
+        with recording(Clock(started)):
+            return args.func(args)
     except UnreachableError as e:
         print(f"trustfid: error: {e.message}", file=sys.stderr)
         return 3

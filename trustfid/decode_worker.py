@@ -11,6 +11,7 @@ move the FRD away from frd-score's.
 from __future__ import annotations
 
 import queue
+import time
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -31,12 +32,14 @@ class FrdLimits(NamedTuple):
         return cls(settings.max_frd_pixels, settings.max_frd_seconds)
 
 
-def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple | None, frd: FrdLimits | None):
+def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple | None, frd: FrdLimits | None,
+            seconds: dict[str, float] | None = None):
     """One decoded image as the job needs it: ``(name, network input or None, radiomic features or None)``.
     ``prep`` (resize mode, input size, input range) when the FID network runs; ``frd``, the FRD's per-image
     limits, when the FRD is asked for (None: no FRD): (feature names, values) of ``stored`` (the stored
     intensities; None: the image itself), or why the image is left out of the FRD (a str): over the pixel
-    limit, over the time budget, blank, or pyradiomics failed on it."""
+    limit, over the time budget, blank, or pyradiomics failed on it. ``seconds["radiomics_s"]``, when given,
+    gets the radiomics' time."""
     x = None
     if prep is not None:
         from .preprocess import to_model_input
@@ -52,6 +55,7 @@ def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple
     elif frd is not None:
         from .radiomics import OverBudget, features
 
+        t0 = time.perf_counter()
         try:
             feats = features(stored if stored is not None else image, frd.seconds)
         except (MemoryError, KeyboardInterrupt):
@@ -66,6 +70,8 @@ def prepare(name: str, image: np.ndarray, stored: np.ndarray | None, prep: tuple
                          "left out of the FRD")
             else:
                 feats = f"FRD: pyradiomics failed on this image ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        if seconds is not None:
+            seconds["radiomics_s"] = seconds.get("radiomics_s", 0.0) + time.perf_counter() - t0
     return name, x, feats
 
 
@@ -90,9 +96,10 @@ def serve(k: int, n: int, current, tasks, out) -> None:
 
 def work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tuple | None, frd: FrdLimits | None,
          current, out) -> None:
-    """Decode and resize this process's units of one set, then report its intensity tally; stop early
-    when the set is abandoned (``current`` moved past ``generation``: cancelled, failed, done). A limit
-    or input error is sent back to be raised in the job; anything else too, with its type and message."""
+    """Decode and resize this process's units of one set, then report its intensity tally and its seconds
+    (listing the set, decoding and resizing, radiomics: timing.DECODER_STAGES); stop early when the set is
+    abandoned (``current`` moved past ``generation``: cancelled, failed, done). A limit or input error is
+    sent back to be raised in the job; anything else too, with its type and message."""
     def send(kind, payload) -> bool:
         while current.value == generation:
             try:
@@ -102,19 +109,24 @@ def work(k: int, n: int, generation: int, source, open_kwargs: dict, prep: tuple
                 pass
         return False
 
+    seconds = {"decode_s": 0.0, "decoder_listing_s": 0.0, "radiomics_s": 0.0}
     try:
+        t0 = time.perf_counter()
         images = open_images(source, **open_kwargs)
+        seconds["decoder_listing_s"] = time.perf_counter() - t0
         for u, unit in enumerate(images.units()):
             if u % n != k:
                 continue
+            t0, radiomics = time.perf_counter(), seconds["radiomics_s"]
             events = []
             for event in unit():
                 if isinstance(event, Skip):
                     events.append(event)
                 else:
-                    events.append(prepare(*event, images.take_stored(), prep, frd))
+                    events.append(prepare(*event, images.take_stored(), prep, frd, seconds))
+            seconds["decode_s"] += time.perf_counter() - t0 - (seconds["radiomics_s"] - radiomics)
             if not send("unit", events):
                 return
-        send("end", images.intensity)
+        send("end", (images.intensity, seconds))
     except BaseException as e:  # sent to the job, which raises it
         send("error", (type(e), e.__dict__, str(e)))

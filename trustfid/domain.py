@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 import numpy as np
+
+from .timing import current
 
 # Stages whose convolutions are observed (all run once per image in the deterministic pass).
 STAGES: tuple[str, ...] = ("stem", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
@@ -84,6 +87,13 @@ class DomainProbe:
         def hook(module, inputs, z):
             if threading.get_ident() != self._thread:
                 return
+            t0 = time.perf_counter()
+            try:
+                record(z)
+            finally:  # the set's probe_s (timing.py), taken out of its network_s
+                current().add("probe_s", time.perf_counter() - t0, "")
+
+        def record(z):
             import torch
 
             n, c = z.shape[:2]

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import time
 
 import numpy as np
 
 from .domain import STATS_KEY, DomainModel, DomainProbe
 from .inception import FIDInceptionV3
 from .rows import KeptRows
+from .timing import current
 
 THUMB = 64
 
@@ -69,12 +71,17 @@ class Collector:
             part[PRINTS_KEY] = batch_prints(x)
         raw = None
         if self.probe is not None:
+            t0 = time.perf_counter()  # the domain probe's per-batch step: the set's probe_s (timing.py)
             raw = self.probe.take(f_plain)
             part.update({STATS_KEY: raw} if self.model is None else self.model.per_image(raw, f_plain))
+            if self.model is not None and self.k:
+                self._keep_thumbnails(x, part, raw, names, first_index)
+            current().add("probe_s", time.perf_counter() - t0, "")
         if part:
             self.parts.append(part)
-        if raw is None or self.model is None or not self.k:
-            return
+
+    def _keep_thumbnails(self, x, part: dict, raw, names: list[str], first_index: int) -> None:
+        """The batch's images among the ``k`` highest domain scores so far, as thumbnails."""
         scores = self.model.score_stats(part, len(raw))
         for i, (s, name) in enumerate(zip(scores, names)):
             item = (float(s), -(first_index + i), name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .plugin import FEATURES, Context, Plugin
 from .schemas import ModelInfo, Progress
+from .timing import current
 
 
 def model_info(ex) -> ModelInfo:
@@ -29,12 +30,17 @@ class Fid(Plugin):
 
         options, ex, device = ctx.options, ctx.extractor, ctx.device
         where = device if getattr(device, "type", None) == "cuda" else CPU  # float64 linear algebra on the GPU
-        fid = frechet_distance(r.plain.gaussian(), g.plain.gaussian(), where)
-        mc = rep.fid_mc(r, g, where)
+        clock = current()  # its steps' seconds (schemas.Timing)
+        with clock.stage("frechet_plain_s"):
+            fid = frechet_distance(r.plain.gaussian(), g.plain.gaussian(), where)
+        with clock.stage("frechet_mc_s"):
+            mc = rep.fid_mc(r, g, where)
         if ctx.progress:
             ctx.progress(Progress(stage="report", passes=options.passes))
-        boot, boot_samples = rep.bootstrap(r, g, options.bootstrap_resamples, options.seed)
-        dom = rep.domain(r, g, ex.weights_sha256, options.resize, options.top_k)
+        with clock.stage("bootstrap_s"):
+            boot, boot_samples = rep.bootstrap(r, g, options.bootstrap_resamples, options.seed)
+        with clock.stage("domain_check_s"):
+            dom = rep.domain(r, g, ex.weights_sha256, options.resize, options.top_k)
         trust = rep.trust(fid, mc, boot, dom, r, g)
         if finding := rep.intensity_finding(r.intensity, g.intensity):
             trust.findings.append(finding)

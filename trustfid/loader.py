@@ -25,6 +25,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -153,6 +154,7 @@ class ParallelLoader:
         for q in self.pool.tasks:
             q.put((self.generation, source, open_kwargs, prep, frd))
         self.tally: Counter = Counter()
+        self.seconds: dict[str, float] = {}  # the processes' own seconds, summed (decode_worker.work)
 
     def _get(self, k: int):
         """The next item of process k for this set (items of abandoned sets are dropped)."""
@@ -174,7 +176,7 @@ class ParallelLoader:
             if kind == "error":
                 raise _rebuilt(payload)
             if kind == "end":
-                self.tally.update(payload)
+                self._ended(payload)
                 break
             yield from payload
             u += 1
@@ -183,7 +185,14 @@ class ParallelLoader:
                 kind, payload = self._get(k)
                 if kind == "error":
                     raise _rebuilt(payload)
-                self.tally.update(payload)
+                self._ended(payload)
+
+    def _ended(self, payload) -> None:
+        """A process's end of the set: its intensity tally and its seconds (timing.DECODER_STAGES)."""
+        tally, seconds = payload
+        self.tally.update(tally)
+        for stage, s in seconds.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + s
 
     def __iter__(self) -> Iterator[tuple[list[str], torch.Tensor | None, list | None]]:
         try:
@@ -211,11 +220,25 @@ def stacked(batch: list[tuple]) -> tuple[list[str], torch.Tensor | None, list | 
     return names, x, [item[2] for item in batch] if batch[0][2] is not None else None
 
 
-def prepared_here(images, step: int, prep: tuple | None, frd: FrdLimits | None) -> Iterator:
-    """``stacked`` batches of a set decoded in this process (the prefetch thread's work)."""
+def prepared_here(images, step: int, prep: tuple | None, frd: FrdLimits | None,
+                  seconds: dict[str, float] | None = None) -> Iterator:
+    """``stacked`` batches of a set decoded in this process (the prefetch thread's work). ``seconds`` gets
+    the time spent decoding and resizing (``decode_s``) and in the radiomics (``radiomics_s``)."""
+    seconds = {} if seconds is None else seconds
+    seconds.update(decode_s=0.0, decoder_listing_s=0.0, radiomics_s=0.0)
+
     def items():
-        for name, image in images:
-            yield prepare(name, image, images.take_stored(), prep, frd)
+        it = iter(images)
+        while True:
+            t0 = time.perf_counter()
+            item = next(it, None)
+            if item is None:
+                seconds["decode_s"] += time.perf_counter() - t0
+                return
+            radiomics = seconds["radiomics_s"]
+            out = prepare(*item, images.take_stored(), prep, frd, seconds)
+            seconds["decode_s"] += time.perf_counter() - t0 - (seconds["radiomics_s"] - radiomics)
+            yield out
 
     for batch in batched(items(), step):
         yield stacked(batch)

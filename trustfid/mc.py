@@ -25,6 +25,7 @@ the passes run one by one, batch by batch.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -33,6 +34,7 @@ import torch
 from .extractor import Extractor, evaluating
 from .numerics import precision_scope
 from .schemas import ScoreOptions
+from .timing import current
 
 SET_TAGS = {"real": 0, "generated": 1}
 
@@ -162,9 +164,14 @@ class MCDropout:
             return torch.cat([p for p, _ in parts]), torch.cat([m for _, m in parts], dim=1)
 
     def _features(self, x, set_tag, first_index, watch, step):
+        clock = current()  # the set's network_s and mc_s (timing.py); the probe's hooks count their own
+        t0, probe0 = time.perf_counter(), clock.get("probe_s", clock.set_name) if clock.set_name else 0.0
         with watch():
             h = self.trunk(x)
             plain = self.tail(h, None).float().cpu()
+        probe = (clock.get("probe_s", clock.set_name) if clock.set_name else 0.0) - probe0
+        t1 = time.perf_counter()
+        clock.add("network_s", max(0.0, t1 - t0 - probe), "")
         if self.stack > 1:
             groups = [list(range(t, min(t + self.stack, self.passes))) for t in range(0, self.passes, self.stack)]
         else:
@@ -175,4 +182,5 @@ class MCDropout:
             out = (self.tail_stacked(h, ts, set_tag, first_index) if self.stack > 1
                    else self.tail(h, ts[0], set_tag, first_index)[None])
             mc.append(out.float().cpu())
+        clock.add("mc_s", time.perf_counter() - t1, "")
         return plain, torch.cat(mc) if mc else torch.empty(0, *plain.shape)

@@ -47,6 +47,7 @@ from .preprocess import network_input
 from .registry import as_extractor
 from .schemas import Report, ScoreOptions
 from .stats import SetStats
+from .timing import Clock, recording
 
 
 class Metric:
@@ -64,12 +65,14 @@ class Metric:
         self._work = work_of(self.options)
         self._job: Job | None = None  # opened at the first update, on the images' device
         self._load_s = 0.0
+        self._network_load_s = 0.0
         self.reset()
 
     def reset(self) -> None:
         """Forget every image (the network stays loaded)."""
         self._sets: dict[str, SetFeatures | None] = {"real": None, "generated": None}
         self._extract_s = 0.0
+        self._clock = Clock()  # where the updates' time went (schemas.Timing)
 
     def _job_on(self, device: torch.device) -> Job:
         if self._job is None or (FEATURES in self._work and self._job.device != device):
@@ -77,6 +80,7 @@ class Metric:
             self._job = open_job(self.options, self._given, self._settings, device=device, work=self._work)
             self.options = self._job.options
             self._load_s += time.perf_counter() - t0
+            self._network_load_s += time.perf_counter() - t0
         return self._job
 
     def update(self, images, real: bool = True) -> None:
@@ -86,6 +90,10 @@ class Metric:
         if not len(x):
             return
         job = self._job_on(x.device)
+        with recording(self._clock):
+            self._update(x, set_name, job)
+
+    def _update(self, x: torch.Tensor, set_name: str, job: Job) -> None:
         t0 = time.perf_counter()
         found = self._sets[set_name] or SetFeatures.start(job, set_name)
         if found.model is not None:
@@ -126,7 +134,11 @@ class Metric:
     def compute(self) -> Report:
         """The report of every image given since the last reset (more updates may follow)."""
         r, g = self.stats(real=True), self.stats(real=False)
-        return report_from_stats(r, g, self._job, load_s=self._load_s, extract_s=self._extract_s)
+        clock = Clock()
+        clock.sets = {k: dict(v) for k, v in self._clock.sets.items()}
+        clock.job["network_load_s"] = self._network_load_s
+        with recording(clock):
+            return report_from_stats(r, g, self._job, load_s=self._load_s, extract_s=self._extract_s)
 
 
 def image_batch(images) -> torch.Tensor:

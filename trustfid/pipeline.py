@@ -16,6 +16,7 @@ frd alone never imports it (its device is the string "cpu"), nor do its decode p
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import plugins
+from . import plugins, timing
 from . import report as rep
 from .decode_worker import FrdLimits
 from .errors import CancelledError, InputError
@@ -36,7 +37,7 @@ from .inputs.rules import MIN_IMAGES, too_few_images
 from .job import Job, open_job, resolve, work_of
 from .loader import ParallelLoader, prefetched, prepared_here, worker_count
 from .plugins import FEATURES, RADIOMICS, Context
-from .schemas import InspectImage, InspectReport, Progress, Report, ScoreOptions, SkippedFile, Timing
+from .schemas import InspectImage, InspectReport, Progress, Report, ScoreOptions, SetTiming, SkippedFile, Timing
 from .settings import EngineSettings, get_engine_settings
 from .stats import Moments, RadiomicsStats, SetStats, check_compatible, load_stats, provenance
 
@@ -106,16 +107,24 @@ class SetFeatures:
         """The next images: ``x`` their network input (with FEATURES), ``radiomics`` their radiomic features
         (with RADIOMICS; decode_worker.prepare), ``first_index`` the first one's index in its set;
         ``on_step(fraction)`` as the MC passes go."""
-        if self.radiomics is not None:
-            self.add_radiomics(names, radiomics, first_index)
-        if self.model is None:
-            self.names.extend(names)
-            return
-        from .mc import SET_TAGS
+        clock = timing.current()
+        t0 = time.perf_counter()
+        inner = sum(clock.get(k, self.set_name) for k in ("network_s", "mc_s", "probe_s"))
+        try:
+            if self.radiomics is not None:
+                self.add_radiomics(names, radiomics, first_index)
+            if self.model is None:
+                self.names.extend(names)
+                return
+            from .mc import SET_TAGS
 
-        plain, mc = self.model.features(x, SET_TAGS[self.set_name], first_index, watch=self.collector.watch,
-                                        on_step=on_step)
-        self.add(names, plain, mc, x=x, first_index=first_index)
+            with clock.on_set(self.set_name):  # the network's passes and the probe add their own stages
+                plain, mc = self.model.features(x, SET_TAGS[self.set_name], first_index, watch=self.collector.watch,
+                                                on_step=on_step)
+                self.add(names, plain, mc, x=x, first_index=first_index)
+        finally:  # the rest of the batch's work: what the stages inside did not count
+            inner = sum(clock.get(k, self.set_name) for k in ("network_s", "mc_s", "probe_s")) - inner
+            clock.add("collect_s", max(0.0, time.perf_counter() - t0 - inner), self.set_name)
 
     def add(self, names: list[str], plain: torch.Tensor, mc: torch.Tensor, *, x: torch.Tensor,
             first_index: int) -> None:
@@ -161,8 +170,9 @@ def open_set(source, set_name: str, options: ScoreOptions, settings: EngineSetti
     either, so a mistake in the second argument fails in seconds."""
     if not is_image_source(source):
         return None
-    images = open_images(source, **input_rules(options, settings or get_engine_settings(), stored))
-    images.check_usable(set_name, min_images)
+    with timing.current().stage("listing_s", set_name):
+        images = open_images(source, **input_rules(options, settings or get_engine_settings(), stored))
+        images.check_usable(set_name, min_images)
     return images
 
 
@@ -177,8 +187,10 @@ def extract(source, set_name: str, job: Job, *, work=None, progress: ProgressFn 
     statistics (a SetStats or a statistics .npz) are returned as they are."""
     if isinstance(source, SetStats):
         return source
+    clock = timing.current()
     if is_stats_source(source):
-        return load_stats(source)
+        with clock.stage("listing_s", set_name):
+            return load_stats(source)
     settings, options = job.settings, job.options
     found = SetFeatures.start(job, set_name, work)
     network, radiomics = found.model is not None, found.radiomics is not None
@@ -196,8 +208,9 @@ def extract(source, set_name: str, job: Job, *, work=None, progress: ProgressFn 
 
     workers = worker_count(settings.decode_workers, job.device, source, total, radiomics)
     frd = FrdLimits.of(settings) if radiomics else None
-    batches = iter(ParallelLoader(images, source, open_kwargs, workers, step, prep, frd) if workers
-                   else prefetched(prepared_here(images, step, prep, frd)))
+    decoders: dict[str, float] = {}  # the decoders' own seconds (timing.DECODER_STAGES), once they are done
+    loader = ParallelLoader(images, source, open_kwargs, workers, step, prep, frd) if workers else None
+    batches = iter(loader if loader is not None else prefetched(prepared_here(images, step, prep, frd, decoders)))
 
     def report(batch: int = 0, fraction: float = 0.0) -> None:
         if progress:
@@ -207,7 +220,12 @@ def extract(source, set_name: str, job: Job, *, work=None, progress: ProgressFn 
 
     report()
     try:
-        for batch_names, x, feats in batches:
+        while True:
+            with clock.stage("decode_wait_s", set_name):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            batch_names, x, feats = batch
             if should_cancel and should_cancel():
                 raise CancelledError("the job was cancelled")
             found.take(batch_names, x, feats, first_index + found.n,
@@ -215,6 +233,8 @@ def extract(source, set_name: str, job: Job, *, work=None, progress: ProgressFn 
             report()
     finally:
         batches.close()  # stops the decode processes or the prefetch thread
+    for stage, seconds in (loader.seconds if loader is not None else decoders).items():
+        clock.add(stage, seconds, set_name)
     found.intensity.update(images.intensity)
     return found.stats(str(source) if isinstance(source, (str, Path)) else type(source).__name__, images.skipped,
                        min_images)
@@ -256,27 +276,42 @@ def compute_stats(source, options: ScoreOptions | dict | None = None, *, extract
 @fetches_dicomweb("real", "generated")  # a set may be a PACS study or series (inputs/dicomweb.py)
 def score(real, generated, options: ScoreOptions | dict | None = None, *, extractor=None,
           progress: ProgressFn | None = None, should_cancel: CancelFn | None = None) -> Report:
-    t0 = time.perf_counter()
-    options = resolve(options, extractor)
-    work = work_of(options)
-    # Both sets are listed and checked before the network loads or any image is decoded: a mistake in
-    # either argument fails in seconds. The generated set first: the reference is usually the large
-    # one (listing a .tar.gz reads all of it), and a training loop's generated set the one that changes.
-    sources = {"real": real, "generated": generated}
-    opened = {set_name: open_set(sources[set_name], set_name, options, stored=RADIOMICS in work)
-              for set_name in ("generated", "real")}
-    job = open_job(options, extractor, work=work)
-    sources = {k: load_stats(v) if is_stats_source(v) else v for k, v in sources.items()}  # read once, here
-    check_saved(sources, job)
-    t_load = time.perf_counter() - t0
+    with timing.job_clock():
+        t0 = time.perf_counter()
+        options = resolve(options, extractor)
+        work = work_of(options)
+        # Both sets are listed and checked before the network loads or any image is decoded: a mistake in
+        # either argument fails in seconds. The generated set first: the reference is usually the large
+        # one (listing a .tar.gz reads all of it), and a training loop's generated set the one that changes.
+        sources = {"real": real, "generated": generated}
+        opened = {set_name: open_set(sources[set_name], set_name, options, stored=RADIOMICS in work)
+                  for set_name in ("generated", "real")}
+        job = timed_open_job(options, extractor, work=work)
+        sources = {k: _read_stats(v, k) for k, v in sources.items()}  # read once, here
+        check_saved(sources, job)
+        t_load = time.perf_counter() - t0
 
-    sides = {set_name: extract(source, set_name, job, progress=progress, should_cancel=should_cancel,
-                               images=opened[set_name])
-             for set_name, source in sources.items()}
-    frd_auto(sides, sources, job, progress=progress, should_cancel=should_cancel)
-    t_extract = time.perf_counter() - t0 - t_load
-    return report_from_stats(sides["real"], sides["generated"], job, load_s=t_load, extract_s=t_extract,
-                             progress=progress)
+        sides = {set_name: extract(source, set_name, job, progress=progress, should_cancel=should_cancel,
+                                   images=opened[set_name])
+                 for set_name, source in sources.items()}
+        frd_auto(sides, sources, job, progress=progress, should_cancel=should_cancel)
+        t_extract = time.perf_counter() - t0 - t_load
+        return report_from_stats(sides["real"], sides["generated"], job, load_s=t_load, extract_s=t_extract,
+                                 progress=progress)
+
+
+def timed_open_job(options, extractor=None, **kwargs) -> Job:
+    """``open_job``, its time the current clock's ``network_load_s`` (timing.py)."""
+    with timing.current().stage("network_load_s"):
+        return open_job(options, extractor, **kwargs)
+
+
+def _read_stats(source, set_name: str):
+    """A side given as a saved statistics file, read (its time the set's listing); any other side as it is."""
+    if not is_stats_source(source):
+        return source
+    with timing.current().stage("listing_s", set_name):
+        return load_stats(source)
 
 
 def check_saved(sources: dict, job: Job) -> None:
@@ -341,25 +376,41 @@ def report_from_stats(r: SetStats, g: SetStats, job: Job, *, load_s: float, extr
     passes = options.passes if ex is not None else 0
     if progress:
         progress(Progress(stage="frechet", passes=passes))
-    ctx = Context(options, ex, job.device, progress)
-    fields, extra = plugins.sections(r, g, ctx)
-    result = Report(
-        counts={side: {"used": s.n, "skipped": sorted(s.skipped, key=lambda f: f.name)}  # by name, on every path
-                for side, s in (("real", r), ("generated", g))},
-        config=options, intensity={"real": r.intensity, "generated": g.intensity}, device=str(job.device),
-        timing=_timing(load_s, extract_s, time.perf_counter() - t0, r.n + g.n),
-        headline=plugins.headline(ctx),
-        extra_metrics=extra, **fields,
-    )
+    with contextlib.ExitStack() as stack:
+        clock = timing.active() or stack.enter_context(timing.recording())  # the merge's, the Metric's: its own
+        ctx = Context(options, ex, job.device, progress)
+        fields, extra = plugins.sections(r, g, ctx)
+        t_report = time.perf_counter()
+        headline = plugins.headline(ctx)
+        counts = {side: {"used": s.n, "skipped": sorted(s.skipped, key=lambda f: f.name)}  # by name, on every path
+                  for side, s in (("real", r), ("generated", g))}
+        result = Report(
+            counts=counts, config=options, intensity={"real": r.intensity, "generated": g.intensity},
+            device=str(job.device), timing=Timing(), headline=headline, extra_metrics=extra, **fields,
+        )
+        clock.add("report_s", time.perf_counter() - t_report)
+        result.timing = _timing(load_s, extract_s, time.perf_counter() - t0, {"real": r.n, "generated": g.n}, clock)
     if progress:
         progress(Progress(stage="done", passes=passes, fraction_done=1.0))
     return result
 
 
-def _timing(load_s: float, extract_s: float, frechet_s: float, images: int) -> Timing:
+def _timing(load_s: float, extract_s: float, frechet_s: float, images: dict[str, int], clock: timing.Clock) -> Timing:
+    sets = {}
+    for set_name, n in images.items():
+        stages = clock.sets.get(set_name)
+        if stages is None:  # extracted elsewhere (merged shards)
+            continue
+        decoded = any(k in stages for k in timing.DECODER_STAGES)
+        sets[set_name] = SetTiming(images=n, **{k: stages.get(k, 0.0 if decoded or k not in timing.DECODER_STAGES
+                                                                else None) for k in timing.SET_STAGES})
+    job = clock.job
     return Timing(load_s=load_s, extract_s=extract_s, frechet_s=frechet_s, total_s=load_s + extract_s + frechet_s,
-                  images_per_s=images / extract_s if extract_s > 0 else 0.0,
-                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                  images_per_s=sum(images.values()) / extract_s if extract_s > 0 else 0.0,
+                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  startup_s=clock.startup_s(), network_load_s=job.get("network_load_s"), sets=sets,
+                  metrics=dict(clock.metrics), **{k: job.get(k) for k in ("frechet_plain_s", "frechet_mc_s",
+                                                                          "bootstrap_s", "domain_check_s", "report_s")})
 
 
 MAX_EXPORT_ROWS = 200_000  # ScoreOptions.max_feature_rows' upper bound: every row of a set up to this size

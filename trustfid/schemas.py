@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = "1.8"  # what each version added: CHANGELOG.md
+SCHEMA_VERSION = "1.9"  # what each version added: CHANGELOG.md
 
 # The feature network every published FID uses, by its registry name (trustfid/extractor.py).
 DEFAULT_EXTRACTOR = "inception-v3-tf-2015-12-05"
@@ -389,13 +389,67 @@ class ModelInfo(Strict):
     input_size: tuple[int, int] | None = Field(None, description="(height, width) of the network input")
 
 
+class SetTiming(Strict):
+    """Where one set's time went (schema 1.9; trustfid/timing.py). The first six stages are wall-clock seconds
+    of the main thread of the process that extracted the set, one after another: together they are its share of
+    ``extract_s`` (and of ``load_s``: its listing). The last three are summed over the decoders, which run
+    beside the network: they overlap the others and may add up to more than the wall time."""
+
+    images: int = Field(0, description="images of the set that entered its statistics")
+    listing_s: float = Field(0.0, description="listing and checking the set's entries before any image is decoded "
+                             "(reading the file, for a set given as saved statistics)")
+    decode_wait_s: float = Field(0.0, description="time the main thread waited for the next decoded and resized "
+                                 "batch: the decoding the network did not hide (with decode processes, their "
+                                 "start and their listing too, the first time)")
+    network_s: float = Field(0.0, description="the network's deterministic pass (trunk and plain tail), without the "
+                             "domain probe's share of it")
+    mc_s: float = Field(0.0, description="the network's MC-dropout passes (the tail, T times)")
+    probe_s: float = Field(0.0, description="the domain probe: its hooks' statistics during the deterministic pass "
+                           "(image by image on a CPU), then each batch's scores and thumbnails")
+    collect_s: float = Field(0.0, description="the rest of each batch's work in the main thread: streaming "
+                             "moments, kept feature rows, copy-check prints, latent variance, radiomic rows")
+    decode_s: float | None = Field(None, description="reading, decoding and resizing the images, summed over the "
+                                   "decoders (the prefetch thread or the decode processes; a new process's first "
+                                   "image includes its import of torch); null when none ran (saved statistics, the "
+                                   "Metric, merged shards)")
+    decoder_listing_s: float | None = Field(None, description="decode processes listing the set again, each for "
+                                            "itself, summed over them (0 with the prefetch thread)")
+    radiomics_s: float | None = Field(None, description="the FRD's radiomic features, summed over the decoders")
+
+
 class Timing(Strict):
-    load_s: float = 0.0
-    extract_s: float = 0.0
-    frechet_s: float = 0.0
+    """Seconds of one job. ``load_s`` + ``extract_s`` + ``frechet_s`` = ``total_s``: from the engine's call to its
+    report. The stages (schema 1.9) split them; docs/API.md ("Where the time goes") defines each."""
+
+    load_s: float = Field(0.0, description="before extraction: listing both sets, loading the network, reading "
+                          "saved statistics")
+    extract_s: float = Field(0.0, description="extracting both sets (and frd:auto's second pass)")
+    frechet_s: float = Field(0.0, description="from the sets' statistics to the report: every metric's section "
+                             "and the report itself")
     total_s: float = 0.0
-    images_per_s: float = 0.0
+    images_per_s: float = Field(0.0, description="images of both sets per second of extract_s")
     finished_at: str | None = Field(None, description="UTC time the report was made (ISO 8601)")
+    # 1.9
+    startup_s: float | None = Field(None, description="from the process's start to the engine's call: the "
+                                    "interpreter, the imports, the arguments (null unless the caller gave the "
+                                    "process's start: the command line does; a library call or a service worker, "
+                                    "whose process serves many jobs, does not). With network_load_s, the start-up. "
+                                    "A PACS set's retrieval comes after it and before load_s: in no stage")
+    network_load_s: float | None = Field(None, description="loading the feature network and its weights (and torch, "
+                                         "the first time in a process; a worker keeps the network: about 0 after "
+                                         "its first job); part of load_s")
+    sets: dict[str, SetTiming] = Field(default_factory=dict, description="per set (real, generated) where its "
+                                       "time went; a set extracted elsewhere (merged shards) has no entry")
+    metrics: dict[str, float] = Field(default_factory=dict, description="each metric's own section of the report, "
+                                      "by its registered name (fid, kid, frd, prdc, memorization, ...); part of "
+                                      "frechet_s")
+    frechet_plain_s: float | None = Field(None, description="the plain FID's Fréchet distance (part of metrics.fid)")
+    frechet_mc_s: float | None = Field(None, description="the MC passes' Fréchet distances (part of metrics.fid)")
+    bootstrap_s: float | None = Field(None, description="the bootstrap over images (part of metrics.fid)")
+    domain_check_s: float | None = Field(None, description="the domain check's scores, histogram and thumbnails "
+                                         "(part of metrics.fid)")
+    report_s: float | None = Field(None, description="assembling the report from the sections (headline, counts); "
+                                   "writing the JSON and printing come after the report is made and are not in it")
 
 
 class FrdSet(Strict):

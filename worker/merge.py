@@ -90,13 +90,21 @@ def outcome(w: Worker, job_id: str) -> tuple[str, JobError | None]:
 def report(w: Worker, st: Stored, hooks: Hooks) -> Report | None:
     """The job's report from its shards' statistics, fetched here and merged in shard order; None when
     frd:auto's radiomics are still to compute (planned here as a second round of shards)."""
+    from trustfid.timing import recording
+
+    with recording() as clock:  # the report's timing: the merge's own stages (the shards' ran elsewhere)
+        return _report(w, st, hooks, clock)
+
+
+def _report(w: Worker, st: Stored, hooks: Hooks, clock) -> Report | None:
     from trustfid.job import open_job
     from trustfid.pipeline import extract, frd_auto_sets, report_from_stats
     from trustfid.plugins import RADIOMICS
     from trustfid.shards import merge_set
 
     t0 = time.perf_counter()
-    job = open_job(st.record.options.score_options())
+    with clock.stage("network_load_s"):
+        job = open_job(st.record.options.score_options())
     load_s = time.perf_counter() - t0
     layout = plan_of(w, st.record.id)
     sides, sources = {}, {}
@@ -118,6 +126,7 @@ def report(w: Worker, st: Stored, hooks: Hooks) -> Report | None:
                                               _parts(w, st.record.id, layout, set_name, RADIOMICS_PASS),
                                               work={RADIOMICS}, should_cancel=hooks.should_cancel).radiomics
     extract_s = max(time.time() - (st.record.started_at or time.time()) - load_s, 1e-9)
+    clock.sets.clear()  # the sets were extracted in their shards: what the merge re-extracted is no set's timing
     return report_from_stats(sides["real"], sides["generated"], job, load_s=load_s, extract_s=extract_s,
                              progress=hooks.progress)
 

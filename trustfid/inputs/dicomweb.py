@@ -38,12 +38,15 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
 from ..errors import InputError, PacsError, TooLargeError, TrustfidError
-from ..settings import DicomWebServer
+from ..timing import mark_entered
 from .rules import plural
+
+if TYPE_CHECKING:  # the settings (pydantic-settings) load when a PACS is read, not when the CLI starts
+    from ..settings import DicomWebServer
 
 SCHEMES = {"dicomweb+https": "https", "dicomweb+http": "http"}
 FORM = "dicomweb+https://HOST[:PORT]/PATH/studies/STUDY_UID[/series/SERIES_UID]"
@@ -418,6 +421,7 @@ def fetches_dicomweb(*names: str):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
+            mark_entered()  # the retrieval is the engine's time, not the command's start-up (timing.py)
             with local_copies({n: bound.arguments[n] for n in names if n in bound.arguments}) as local:
                 bound.arguments.update(local)
                 return fn(*bound.args, **bound.kwargs)
