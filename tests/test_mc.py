@@ -103,3 +103,46 @@ def test_channels_last_network_gives_the_same_features(net):
     plain, _ = MCDropout(fast, ScoreOptions(passes=1), torch.device("cpu")).features(x)
     with torch.inference_mode():
         assert (plain - net(x)).abs().max().item() < 1e-4
+
+
+@pytest.fixture()
+def eager(monkeypatch):
+    """Switch off the fused oneDNN convolution + ReLU (inception.ConvBN) for one test."""
+    from trustfid import inception
+
+    return lambda: monkeypatch.setattr(inception, "_FUSED", False)
+
+
+def test_fused_convolutions_give_the_eager_features_to_the_bit(net, eager):
+    """The engine's CPU path (channels_last, fused conv + ReLU on reordered weights) against the plain
+    relu(conv(x)): the same oneDNN convolution, so the plain and the MC features are equal, for the
+    deterministic pass and for dropout passes, whatever the batch (the weights are reordered for the
+    first shape seen)."""
+    import copy
+
+    fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    x = _x(5, seed=3)
+    options = {"passes": 2, "dropout_at": ["Mixed_6e", "Mixed_7b"], "seed": 1}
+    fused = _mc(fast, **options).features(x)
+    fused_small = _mc(fast, **options).features(x[:2])
+    assert all(m._packed is not None for m in fast.modules() if hasattr(m, "_packed"))  # the fused path ran
+    eager()
+    plain = _mc(fast, **options).features(x)
+    assert torch.equal(fused[0], plain[0]) and torch.equal(fused[1], plain[1])
+    assert torch.equal(fused_small[0], plain[0][:2]) and torch.equal(fused_small[1], plain[1][:, :2])
+
+
+def test_a_hook_on_a_convolution_sees_every_call_with_the_fused_path(net):
+    """domain.py hooks the convolutions: a hooked convolution takes the eager call, so the hook fires."""
+    import copy
+
+    fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    seen = []
+    conv = fast.stages.Mixed_7c.branch_pool.conv
+    handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    try:
+        plain, _ = _mc(fast, passes=0).features(_x(2))
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([2, 192, 8, 8])]
+    assert torch.equal(plain, _mc(fast, passes=0).features(_x(2))[0])
